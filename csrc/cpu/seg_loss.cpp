@@ -1,0 +1,323 @@
+// Segmentation loss alpha * BCE + beta * TV on the CPU, in one pass over memory.
+//
+// The contiguous input is a sequence of rows of length W. A spatial block ("plane": H rows in
+// 2-D, D * H rows in 3-D) is the unit in which the TV stencil looks for neighbours; a sample
+// is one or more planes (its channels). Chunks are row ranges inside one sample, fixed by the
+// shape, and each chunk writes its own partial sums, so the loss has the same bits for any
+// thread count (cpu_common.h).
+//
+// The probabilities of the rows around the current one are kept in a ring of padded rows
+// (radius 1 row in 2-D, H rows in 3-D), so every element is read from memory and turned into a
+// probability once per chunk, and its H and D neighbours come from cache.
+#include <torch/library.h>
+
+#include "cpu_common.h"
+// after cpu_common.h (see there)
+#include "../seg_loss_math.h"
+
+namespace pylosses::cpu {
+namespace {
+
+constexpr int64_t kChunkElements = 1 << 16;  // about this many elements a chunk
+
+struct SegGeometry {
+  int64_t batch = 0, per_sample = 0;  // samples and elements in each
+  int64_t W = 1, H = 1, D = 1;        // spatial extents, D = 1 in 2-D
+  int64_t rows_per_plane = 1, rows_per_sample = 0;
+  int64_t radius = 1;  // rows from a row to its farthest neighbour
+  int64_t rows_per_chunk = 1, chunks_per_sample = 0;
+
+  SegGeometry(const at::Tensor& input, int64_t spatial_dims) {
+    const int64_t nd = input.dim();
+    batch = input.size(0);
+    per_sample = batch == 0 ? 0 : input.numel() / batch;
+    W = input.size(nd - 1);
+    H = input.size(nd - 2);
+    D = spatial_dims == 3 ? input.size(nd - 3) : 1;
+    if (input.numel() == 0) {
+      return;
+    }
+    rows_per_plane = D * H;
+    rows_per_sample = per_sample / W;
+    radius = spatial_dims == 3 ? H : 1;
+    // enough rows that the ring's halo stays a small part of the work
+    rows_per_chunk = std::max(at::divup(kChunkElements, W), 4 * radius);
+    chunks_per_sample = at::divup(rows_per_sample, rows_per_chunk);
+  }
+  int64_t n_chunks() const { return batch * chunks_per_sample; }
+};
+
+// Sums of one chunk, or of a sample, or of everything.
+template <typename T>
+struct SegSums {
+  T bce = 0, tv_w = 0, tv_h = 0, tv_d = 0;
+};
+
+template <typename acc_t>
+struct SegScratch {
+  std::vector<acc_t> ring, x, t, grad, grad_t;
+};
+
+template <typename acc_t>
+struct SegParams {
+  acc_t alpha;
+  acc_t w_w, w_h, w_d;  // beta times each axis's share of the gradient (0 for an axis of length 1)
+};
+
+// Pointers to the probabilities of a row and of its neighbours on the H and D axes (the row
+// itself where a neighbour is missing). p[-1] and p[W] are valid: the ring rows are padded.
+template <typename acc_t>
+struct Neighbourhood {
+  const acc_t *p, *up, *down, *front, *back;
+};
+
+template <typename acc_t>
+struct SegVecSums {
+  Vec<acc_t> bce{acc_t(0)}, tv_w{acc_t(0)}, tv_h{acc_t(0)}, tv_d{acc_t(0)};
+  Vec<acc_t> p_min{acc_t(0)}, p_max{acc_t(0)};  // range of the probabilities read
+};
+
+// Loss sums and input gradient of one row: the stencil and the BCE on acc_t rows.
+template <typename acc_t, bool kLogits, bool k3D, bool kGrad>
+void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int64_t W,
+             const SegParams<acc_t>& prm, SegVecSums<acc_t>& sums, acc_t* grad) {
+  using V = Vec<acc_t>;
+  for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
+    constexpr bool kTail = decltype(tail)::value;
+    const V p = load<kTail>(nb.p + i, lanes);
+    const V left = load<kTail>(nb.p + i - 1, lanes);
+    const V up = load<kTail>(nb.up + i, lanes);
+    const V tv = load<kTail>(t + i, lanes);
+    const V xv = kLogits ? load<kTail>(x + i, lanes) : p;
+    accumulate<kTail>(sums.bce, math::bce_loss<V, kLogits>(xv, p, tv), lanes);
+    accumulate<kTail>(sums.tv_w, math::tv_loss(left, p), lanes);
+    accumulate<kTail>(sums.tv_h, math::tv_loss(up, p), lanes);
+    V front;
+    if constexpr (k3D) {
+      front = load<kTail>(nb.front + i, lanes);
+      accumulate<kTail>(sums.tv_d, math::tv_loss(front, p), lanes);
+    }
+    if constexpr (kGrad) {
+      const V right = load<kTail>(nb.p + i + 1, lanes);
+      const V down = load<kTail>(nb.down + i, lanes);
+      V tv_grad = V(prm.w_w) * math::tv_grad(left, p, right) + V(prm.w_h) * math::tv_grad(up, p, down);
+      if constexpr (k3D) {
+        tv_grad = tv_grad + V(prm.w_d) * math::tv_grad(front, p, load<kTail>(nb.back + i, lanes));
+      }
+      const V g = V(prm.alpha) * math::bce_grad_input<V, kLogits>(p, tv) + math::prob_grad<V, kLogits>(p) * tv_grad;
+      store<kTail>(g, grad + i, lanes);
+    }
+  });
+}
+
+// alpha * d BCE / d target of one row.
+template <typename acc_t, bool kLogits>
+void seg_row_grad_target(const acc_t* x, const acc_t* p, int64_t W, acc_t alpha, acc_t* grad_t) {
+  using V = Vec<acc_t>;
+  for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
+    constexpr bool kTail = decltype(tail)::value;
+    const V pv = load<kTail>(p + i, lanes);
+    const V xv = kLogits ? load<kTail>(x + i, lanes) : pv;
+    store<kTail>(V(alpha) * math::bce_grad_target<V, kLogits>(xv, pv), grad_t + i, lanes);
+  });
+}
+
+// The probabilities of one input row into a padded ring row.
+template <typename acc_t, bool kLogits, typename input_t>
+void fill_prob_row(const input_t* src, acc_t* row, int64_t W, SegVecSums<acc_t>& sums) {
+  using V = Vec<acc_t>;
+  acc_t* p = row + 1;
+  at::vec::convert(src, p, W);
+  for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
+    constexpr bool kTail = decltype(tail)::value;
+    const V v = load<kTail>(p + i, lanes);  // lanes past the row are 0: inside [0, 1]
+    if constexpr (kLogits) {
+      store<kTail>(math::sigmoid(v), p + i, lanes);
+    } else {
+      sums.p_min = at::vec::minimum(sums.p_min, v);  // NaN propagates, and fails the check
+      sums.p_max = at::vec::maximum(sums.p_max, v);
+    }
+  });
+  row[0] = p[0];
+  row[W + 1] = p[W - 1];
+}
+
+template <typename input_t, typename target_t, bool kLogits, bool k3D, bool kGrad>
+void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* target,
+                const SegParams<acc_type_t<input_t, target_t>>& prm, saved_grad_t<input_t>* grad_in,
+                saved_grad_t<target_t>* grad_t, std::vector<SegSums<acc_type_t<input_t, target_t>>>& partials,
+                std::vector<char>& out_of_range) {
+  using acc_t = acc_type_t<input_t, target_t>;
+  const int64_t W = geo.W, H = geo.H, R = geo.radius;
+  const int64_t ring_rows = 2 * R + 1;
+  const int64_t padded = W + 2;
+  for_each_chunk<SegScratch<acc_t>>(geo.n_chunks(), [&](int64_t chunk, SegScratch<acc_t>& s) {
+    if (s.ring.empty()) {
+      s.ring.resize(ring_rows * padded);
+      s.x.resize(W);
+      s.t.resize(W);
+      s.grad.resize(W);
+      s.grad_t.resize(grad_t ? W : 0);
+    }
+    const auto ring_row = [&](int64_t row) { return s.ring.data() + (row % ring_rows) * padded; };
+    SegVecSums<acc_t> sums;
+    const int64_t sample = chunk / geo.chunks_per_sample;
+    const int64_t sample_end = (sample + 1) * geo.rows_per_sample;
+    const int64_t first = sample * geo.rows_per_sample + (chunk % geo.chunks_per_sample) * geo.rows_per_chunk;
+    const int64_t last = std::min(first + geo.rows_per_chunk, sample_end);
+    int64_t next_fill = std::max(first - R, first - first % geo.rows_per_plane);
+    for (int64_t row = first; row < last; ++row) {
+      const int64_t q = row % geo.rows_per_plane;  // row inside its plane
+      const int64_t h = q % H, d = q / H;
+      const int64_t plane_end = row - q + geo.rows_per_plane;
+      for (; next_fill <= std::min(row + R, plane_end - 1); ++next_fill) {
+        fill_prob_row<acc_t, kLogits>(input + next_fill * W, ring_row(next_fill), W, sums);
+      }
+      const acc_t* p = ring_row(row) + 1;
+      Neighbourhood<acc_t> nb{p, p, p, p, p};
+      if (h > 0) nb.up = ring_row(row - 1) + 1;
+      if (h < H - 1) nb.down = ring_row(row + 1) + 1;
+      if (k3D && d > 0) nb.front = ring_row(row - H) + 1;
+      if (k3D && d < geo.D - 1) nb.back = ring_row(row + H) + 1;
+
+      const int64_t offset = row * W;
+      const acc_t* x = kLogits ? load_row(input + offset, s.x.data(), W) : p;
+      const acc_t* t = load_row(target + offset, s.t.data(), W);
+      acc_t* g = kGrad ? out_row(grad_in + offset, s.grad.data()) : nullptr;
+      seg_row<acc_t, kLogits, k3D, kGrad>(x, nb, t, W, prm, sums, g);
+      if (kGrad) {
+        store_row(g, grad_in + offset, W);
+      }
+      if (grad_t) {
+        acc_t* gt = out_row(grad_t + offset, s.grad_t.data());
+        seg_row_grad_target<acc_t, kLogits>(x, p, W, prm.alpha, gt);
+        store_row(gt, grad_t + offset, W);
+      }
+    }
+    partials[chunk] = {lane_sum(sums.bce), lane_sum(sums.tv_w), lane_sum(sums.tv_h), lane_sum(sums.tv_d)};
+    if (!kLogits) {
+      acc_t lo[Vec<acc_t>::size()], hi[Vec<acc_t>::size()];
+      sums.p_min.store(lo);
+      sums.p_max.store(hi);
+      for (int64_t i = 0; i < Vec<acc_t>::size(); ++i) {
+        out_of_range[chunk] |= !(lo[i] >= 0 && hi[i] <= 1);
+      }
+    }
+  });
+}
+
+// The reduction of per-sample sums over n elements with the spatial extents `extent`:
+// alpha * mean(BCE) + beta * sum over axes of mean |difference| (or the same with sums).
+double seg_reduce(const SegSums<double>& s, double n, const double extent[3], double alpha, double beta, bool mean) {
+  const double tv[3] = {s.tv_w, s.tv_h, s.tv_d};
+  if (!mean) {
+    return alpha * s.bce + beta * (tv[0] + tv[1] + tv[2]);
+  }
+  double value = alpha * s.bce / n;
+  for (int a = 0; a < 3; ++a) {
+    if (extent[a] > 1) {  // an axis of length 1 has no differences and contributes 0
+      value += beta * tv[a] / (n * (extent[a] - 1) / extent[a]);
+    }
+  }
+  return value;
+}
+
+// Returns (loss, grad_input, grad_target). The gradients are d loss / d input and d loss /
+// d target before the reduction's 1 / N (N: elements in all, or in a sample for "none") and
+// grad_output are applied by loss_backward; an empty tensor where not asked for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor& input_, const at::Tensor& target_,
+                                                                double alpha, double beta, int64_t spatial_dims,
+                                                                bool from_logits, int64_t reduction,
+                                                                bool compute_grad_input, bool compute_grad_target) {
+  TORCH_CHECK_VALUE(spatial_dims == 2 || spatial_dims == 3, "seg_loss_fwd: spatial_dims must be 2 or 3, got ",
+                    spatial_dims);
+  TORCH_CHECK_VALUE(input_.dim() > spatial_dims, "seg_loss_fwd: input must have a batch axis and ", spatial_dims,
+                    " spatial axes, got shape ", input_.sizes());
+  TORCH_CHECK_VALUE(input_.sizes() == target_.sizes(), "seg_loss_fwd: input and target must have the same shape, got ",
+                    input_.sizes(), " and ", target_.sizes());
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "seg_loss_fwd: reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+                    reduction);
+  TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()), "seg_loss_fwd: input must be floating point, got ",
+                   input_.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(target_.scalar_type()) || target_.scalar_type() == at::kBool ||
+                       target_.scalar_type() == at::kByte,
+                   "seg_loss_fwd: target must be floating point, bool or uint8, got ", target_.scalar_type());
+  TORCH_CHECK_TYPE(!compute_grad_target || at::isFloatingType(target_.scalar_type()),
+                   "seg_loss_fwd: a gradient for a ", target_.scalar_type(), " target was asked for");
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor target = target_.contiguous();
+  const SegGeometry geo(input, spatial_dims);
+  const bool mean_like = reduction != at::Reduction::Sum;
+  const double extent[3] = {double(geo.W), double(geo.H), double(geo.D)};
+  const auto axis_weight = [&](double len) { return len > 1 ? beta * (mean_like ? len / (len - 1) : 1.0) : 0.0; };
+
+  const auto saved_options = [](const at::Tensor& t) { return t.options().dtype(saved_grad_dtype(t.scalar_type())); };
+  at::Tensor grad_in = at::empty(compute_grad_input ? input.sizes() : at::IntArrayRef{0}, saved_options(input));
+  at::Tensor grad_t = at::empty(compute_grad_target ? target.sizes() : at::IntArrayRef{0}, saved_options(target));
+
+  std::vector<SegSums<double>> per_sample(geo.batch);
+  bool out_of_range = false;
+  dispatch_input_target<true>(input.scalar_type(), target.scalar_type(), [&](auto in_tag, auto t_tag) {
+    using input_t = decltype(in_tag);
+    using target_t = decltype(t_tag);
+    using acc_t = acc_type_t<input_t, target_t>;
+    const SegParams<acc_t> prm{acc_t(alpha), acc_t(axis_weight(extent[0])), acc_t(axis_weight(extent[1])),
+                               acc_t(axis_weight(extent[2]))};
+    std::vector<SegSums<acc_t>> partials(geo.n_chunks());
+    std::vector<char> bad(geo.n_chunks(), 0);
+    auto* gi = compute_grad_input ? grad_in.mutable_data_ptr<saved_grad_t<input_t>>() : nullptr;
+    saved_grad_t<target_t>* gt = nullptr;
+    if constexpr (std::is_floating_point_v<target_t> || std::is_same_v<target_t, c10::Half> ||
+                  std::is_same_v<target_t, c10::BFloat16>) {
+      gt = compute_grad_target ? grad_t.mutable_data_ptr<saved_grad_t<target_t>>() : nullptr;
+    }
+    const auto run = [&](auto logits, auto three_d, auto with_grad) {
+      seg_kernel<input_t, target_t, decltype(logits)::value, decltype(three_d)::value, decltype(with_grad)::value>(
+          geo, input.const_data_ptr<input_t>(), target.const_data_ptr<target_t>(), prm, gi, gt, partials, bad);
+    };
+    const auto with_grad = [&](auto logits, auto three_d) {
+      compute_grad_input ? run(logits, three_d, std::true_type{}) : run(logits, three_d, std::false_type{});
+    };
+    const auto with_dims = [&](auto logits) {
+      spatial_dims == 3 ? with_grad(logits, std::true_type{}) : with_grad(logits, std::false_type{});
+    };
+    from_logits ? with_dims(std::true_type{}) : with_dims(std::false_type{});
+
+    for (int64_t c = 0; c < geo.n_chunks(); ++c) {  // fixed order
+      SegSums<double>& sum = per_sample[c / geo.chunks_per_sample];
+      sum.bce += partials[c].bce;
+      sum.tv_w += partials[c].tv_w;
+      sum.tv_h += partials[c].tv_h;
+      sum.tv_d += partials[c].tv_d;
+      out_of_range |= bad[c] != 0;
+    }
+  });
+  // torch's own message for nn.BCELoss on the CPU
+  TORCH_CHECK(!out_of_range, "all elements of input should be between 0 and 1");
+
+  const auto result_dtype = at::promote_types(input.scalar_type(), target.scalar_type());
+  const auto result_options = input.options().dtype(result_dtype);
+  if (reduction == at::Reduction::None) {
+    std::vector<double> values(geo.batch);
+    for (int64_t b = 0; b < geo.batch; ++b) {
+      values[b] = seg_reduce(per_sample[b], double(geo.per_sample), extent, alpha, beta, true);
+    }
+    at::Tensor loss = at::tensor(values, input.options().dtype(at::kDouble));
+    return {loss.to(result_dtype), grad_in, grad_t};
+  }
+  SegSums<double> total;
+  for (const auto& s : per_sample) {
+    total.bce += s.bce;
+    total.tv_w += s.tv_w;
+    total.tv_h += s.tv_h;
+    total.tv_d += s.tv_d;
+  }
+  const double value = seg_reduce(total, double(input.numel()), extent, alpha, beta, reduction == at::Reduction::Mean);
+  return {at::scalar_tensor(value, result_options), grad_in, grad_t};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pylosses, CPU, m) { m.impl("seg_loss_fwd", &seg_loss_fwd_cpu); }
+
+}  // namespace pylosses::cpu

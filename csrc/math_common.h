@@ -1,0 +1,33 @@
+#pragma once
+// The primitives that the per-loss math headers (<loss>_math.h) are written in, for float and
+// double on the host and on the device. The CPU kernels add overloads of the same names for
+// at::vec::Vectorized (csrc/cpu/cpu_common.h, included before any math header), so a single
+// template in <loss>_math.h serves the scalar CUDA code and the vectorised CPU code.
+#include <c10/macros/Macros.h>
+
+#include <cmath>
+
+namespace pylosses::math {
+
+C10_HOST_DEVICE inline float plog(float x) { return ::logf(x); }
+C10_HOST_DEVICE inline double plog(double x) { return ::log(x); }
+C10_HOST_DEVICE inline float plog1p(float x) { return ::log1pf(x); }
+C10_HOST_DEVICE inline double plog1p(double x) { return ::log1p(x); }
+C10_HOST_DEVICE inline float pexp(float x) { return ::expf(x); }
+C10_HOST_DEVICE inline double pexp(double x) { return ::exp(x); }
+C10_HOST_DEVICE inline float pabs(float x) { return ::fabsf(x); }
+C10_HOST_DEVICE inline double pabs(double x) { return ::fabs(x); }
+
+// std::max's rule, written out so that it is usable on the device: a NaN in `a` propagates.
+template <typename T>
+C10_HOST_DEVICE inline T pmax(T a, T b) { return a < b ? b : a; }
+
+// sign(x) with sign(0) = 0, as torch's abs backward uses it.
+template <typename T>
+C10_HOST_DEVICE inline T psign(T x) { return T(x > T(0)) - T(x < T(0)); }
+
+// x >= 0 ? a : b
+template <typename T>
+C10_HOST_DEVICE inline T pselect_ge0(T x, T a, T b) { return x >= T(0) ? a : b; }
+
+}  // namespace pylosses::math

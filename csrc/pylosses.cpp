@@ -1,0 +1,23 @@
+// The op schemas of pylosses, one place for all backends, and the stub module init that lets
+// `import pylosses._C` load this library (which registers the ops as it loads).
+//
+// Every loss has a forward op that returns the loss and, when asked, the gradients before the
+// reduction's scale and grad_output are applied; the backward of every loss is loss_backward.
+// reduction follows at::Reduction: 0 none, 1 mean, 2 sum.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(pylosses, m) {
+  m.def("mse_loss_fwd(Tensor input, Tensor target, int reduction, bool compute_grad) -> (Tensor, Tensor)");
+  m.def(
+      "seg_loss_fwd(Tensor input, Tensor target, float alpha, float beta, int spatial_dims, bool from_logits, "
+      "int reduction, bool compute_grad_input, bool compute_grad_target) -> (Tensor, Tensor, Tensor)");
+  m.def("loss_backward(Tensor grad_output, Tensor saved_grad, float scale, ScalarType dtype) -> Tensor");
+}

@@ -1,0 +1,78 @@
+#pragma once
+// Per-element math of the segmentation loss alpha * BCE + beta * TV, shared by the CPU and CUDA
+// kernels. T is float or double (CUDA) or an at::vec::Vectorized of them (CPU).
+//
+// x is the input as the user gave it (a probability, or a logit when kLogits), p the
+// probability (x itself, or sigmoid(x)) and t the target as a number in [0, 1].
+#include "math_common.h"
+
+namespace pylosses::math {
+
+// Clamp of the logs in nn.BCELoss, so that p = 0 or 1 gives a finite loss.
+constexpr double kBceLogClamp = -100.0;
+// Floor of p (1 - p) in nn.BCELoss's backward.
+constexpr double kBceGradEps = 1e-12;
+
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid(T x) {
+  const T e = pexp(T(0) - pabs(x));  // never overflows
+  return pselect_ge0(x, T(1), e) / (T(1) + e);
+}
+
+template <typename T, bool kLogits>
+C10_HOST_DEVICE inline T bce_loss(T x, T p, T t) {
+  if constexpr (kLogits) {
+    // the stable form of nn.BCEWithLogitsLoss: max(x, 0) - x t + log(1 + exp(-|x|))
+    return pmax(x, T(0)) - x * t + plog1p(pexp(T(0) - pabs(x)));
+  } else {
+    const T log_p = pmax(plog(p), T(kBceLogClamp));
+    const T log_q = pmax(plog1p(T(0) - p), T(kBceLogClamp));
+    return (t - T(1)) * log_q - t * log_p;
+  }
+}
+
+// d BCE / d x
+template <typename T, bool kLogits>
+C10_HOST_DEVICE inline T bce_grad_input(T p, T t) {
+  if constexpr (kLogits) {
+    return p - t;
+  } else {
+    return (p - t) / pmax((T(1) - p) * p, T(kBceGradEps));
+  }
+}
+
+// d BCE / d t, as torch gives it: -x for logits, -logit(p) for probabilities (unclamped, so
+// p = 0 or 1 gives an infinite target gradient exactly as nn.BCELoss does).
+template <typename T, bool kLogits>
+C10_HOST_DEVICE inline T bce_grad_target(T x, T p) {
+  if constexpr (kLogits) {
+    return T(0) - x;
+  } else {
+    return plog1p(T(0) - p) - plog(p);
+  }
+}
+
+// dp / dx: the factor that carries the TV gradient (taken on p) to the input.
+template <typename T, bool kLogits>
+C10_HOST_DEVICE inline T prob_grad(T p) {
+  if constexpr (kLogits) {
+    return p * (T(1) - p);
+  } else {
+    return T(1);
+  }
+}
+
+// The total-variation terms of one element along one axis. prev and next are its neighbours
+// on that axis; at either end of the axis the element stands in for the missing neighbour, so
+// the missing difference is 0 and adds nothing to the loss or the gradient.
+// The loss counts each pair once, at its later element: |p - prev|.
+template <typename T>
+C10_HOST_DEVICE inline T tv_loss(T prev, T p) { return pabs(p - prev); }
+
+// d/dp of |p - prev| + |next - p|
+template <typename T>
+C10_HOST_DEVICE inline T tv_grad(T prev, T p, T next) {
+  return psign(p - prev) - psign(next - p);
+}
+
+}  // namespace pylosses::math

@@ -1,0 +1,204 @@
+"""The functional API and backend selection; it mirrors torch.nn.functional.
+
+Every function validates its arguments once, for every backend, and raises a ValueError or
+TypeError that names the argument and the value. Under torch.autocast the loss runs with
+autocast off on the tensors as given (the kernels compute in float32 anyway) and returns a
+float32 loss, as torch's own losses do under autocast.
+"""
+
+import math
+import numbers
+import warnings
+from typing import Callable, List, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops, reference
+
+__all__ = ["mse_loss", "segmentation_loss", "available_backends", "set_input_checks", "input_checks_enabled"]
+
+BACKENDS = ("auto", "native", "triton", "reference", "jit", "compile")
+REDUCTIONS = ("none", "mean", "sum")
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SEG_TARGETS = _FLOATS + (torch.bool, torch.uint8)
+
+# backend="auto": the fastest backends for each device type, fastest first, as the benchmark
+# results (benchmarks/results/) show them. The first available one is used; anything else
+# falls back to "reference" with a one-time warning.
+FASTEST = {
+    "cpu": ("native",),
+    "cuda": ("native",),
+}
+
+_input_checks = False
+_warned = set()
+
+
+def set_input_checks(enabled: bool) -> None:
+    """Turn on (or off) the checking mode for CUDA tensors: probabilities outside [0, 1] raise
+    instead of giving NaN (it costs a host sync). On the CPU they always raise."""
+    global _input_checks
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__} {enabled!r}")
+    _input_checks = enabled
+
+
+def input_checks_enabled() -> bool:
+    return _input_checks
+
+
+def _native_reason(device: torch.device) -> str:
+    """Why the native backend can't run on `device`, or "" when it can."""
+    if _ops.EXTENSION_ERROR is not None:
+        return f"the compiled extension pylosses._C could not be loaded ({_ops.EXTENSION_ERROR})"
+    if device.type == "cpu":
+        return ""
+    key = {"cuda": "CUDA"}.get(device.type)
+    if key and torch._C._dispatch_has_kernel_for_dispatch_key("pylosses::seg_loss_fwd", key):
+        return ""
+    return f"pylosses._C was built without kernels for {device.type} tensors"
+
+
+def _unavailable_reason(backend: str, device: torch.device) -> str:
+    if backend == "native":
+        return _native_reason(device)
+    if backend == "triton":
+        return "the Triton kernels have not landed yet"
+    return ""  # reference, jit and compile run wherever torch does
+
+
+def available_backends(device: Union[str, torch.device] = "cpu") -> List[str]:
+    """The backends that can run on `device`, fastest first, e.g. ["native", "compile", "jit", "reference"]."""
+    device = torch.device(device)
+    order = ("native", "triton", "compile", "jit", "reference")
+    return [b for b in order if not _unavailable_reason(b, device)]
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    if backend != "auto":
+        reason = _unavailable_reason(backend, device)
+        if reason:
+            raise RuntimeError(f"backend={backend!r} is not available for {device.type} tensors: {reason}")
+        return backend
+    preferred = FASTEST.get(device.type, ())
+    for candidate in preferred:
+        if not _unavailable_reason(candidate, device):
+            return candidate
+    if device.type not in _warned:
+        _warned.add(device.type)
+        why = "; ".join(f"{b}: {_unavailable_reason(b, device)}" for b in preferred) or "no kernels for this device"
+        warnings.warn(f"pylosses: backend='auto' uses 'reference' for {device.type} tensors ({why})", stacklevel=3)
+    return "reference"
+
+
+# checks -----------------------------------------------------------------------------------
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_weight(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+
+
+def _check_options(reduction, backend) -> None:
+    _check_choice("reduction", reduction, REDUCTIONS)
+    _check_choice("backend", backend, BACKENDS)
+
+
+def _check_seg_options(alpha, beta, from_logits, spatial_dims) -> None:
+    _check_weight("alpha", alpha)
+    _check_weight("beta", beta)
+    if not isinstance(from_logits, bool):
+        raise TypeError(f"from_logits must be a bool, got {type(from_logits).__name__} {from_logits!r}")
+    if isinstance(spatial_dims, bool) or not isinstance(spatial_dims, int):
+        raise TypeError(f"spatial_dims must be an int, got {type(spatial_dims).__name__} {spatial_dims!r}")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+
+
+def _check_tensors(input, target, target_dtypes) -> None:
+    for name, tensor, dtypes in (("input", input, _FLOATS), ("target", target, target_dtypes)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+            raise TypeError(f"{name} must have dtype {names}; got {tensor.dtype}")
+        if tensor.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {tensor.layout}")
+    if input.shape != target.shape:
+        raise ValueError(
+            f"input and target must have the same shape, got input {tuple(input.shape)} and target {tuple(target.shape)}"
+        )
+    if input.device != target.device:
+        raise ValueError(f"input and target must be on the same device, got input on {input.device} and target on {target.device}")
+
+
+def _run(device: torch.device, fn: Callable, *args) -> Tensor:
+    if not torch.is_autocast_enabled(device.type):
+        return fn(*args)
+    with torch.autocast(device.type, enabled=False):
+        loss = fn(*args)
+    return loss if loss.dtype == torch.float64 else loss.float()
+
+
+# losses -----------------------------------------------------------------------------------
+
+
+def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean", backend: str = "auto") -> Tensor:
+    """Mean squared error, as torch.nn.functional.mse_loss but with equal shapes required.
+
+    reduction: "none" | "mean" | "sum"; backend: "auto" | "native" | "triton" | "reference" | "jit" | "compile".
+    """
+    _check_options(reduction, backend)
+    _check_tensors(input, target, _FLOATS)
+    chosen = _pick_backend(backend, input.device)
+    if chosen == "native":
+        return _run(input.device, _ops.mse_loss, input, target, reduction)
+    return _run(input.device, _reference_variant("mse_loss", chosen), input, target, reduction)
+
+
+def segmentation_loss(
+    input: Tensor,
+    target: Tensor,
+    alpha: float = 0.7,
+    beta: float = 0.3,
+    from_logits: bool = False,
+    spatial_dims: int = 2,
+    reduction: str = "mean",
+    backend: str = "auto",
+) -> Tensor:
+    """alpha * BCE + beta * total variation over the last `spatial_dims` axes (README, "Semantics").
+
+    input: probabilities, or logits with from_logits=True, shaped (N, ..., H, W) or (N, ..., D, H, W);
+    target: the same shape, floating point in [0, 1], bool or uint8.
+    reduction "none" gives one value per sample (dim 0).
+    """
+    _check_options(reduction, backend)
+    _check_seg_options(alpha, beta, from_logits, spatial_dims)
+    _check_tensors(input, target, _SEG_TARGETS)
+    if input.dim() <= spatial_dims:
+        raise ValueError(
+            f"input must have a batch axis and spatial_dims={spatial_dims} spatial axes, "
+            f"i.e. at least {spatial_dims + 1} dimensions, got shape {tuple(input.shape)}"
+        )
+    chosen = _pick_backend(backend, input.device)
+    if chosen == "native":
+        fn = _ops.segmentation_loss
+    else:
+        fn = _reference_variant("segmentation_loss", chosen)
+    return _run(input.device, fn, input, target, float(alpha), float(beta), from_logits, spatial_dims, reduction)
+
+
+def _reference_variant(name: str, backend: str) -> Callable:
+    if backend == "jit":
+        return reference.scripted(name)
+    if backend == "compile":
+        return reference.compiled(name)
+    return getattr(reference, name)

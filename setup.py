@@ -1,0 +1,84 @@
+"""Builds pylosses and its compiled extension pylosses._C.
+
+The C++ (CPU) sources are always built. The CUDA sources (csrc/cuda/*.cu) are built when
+FORCE_CUDA=1, or when a GPU and CUDA_HOME are found; never when USE_CUDA=0.
+
+The CPU kernels are compiled for the vector instruction set that torch reports for the build
+machine (torch.backends.cpu.get_cpu_capability(): AVX512, AVX2 or DEFAULT), as a source build
+is; PYLOSSES_CPU_ISA=AVX512|AVX2|DEFAULT overrides it (use DEFAULT to build for another machine).
+
+PYLOSSES_NO_EXTENSION=1 installs the Python package alone: the Makefile uses it for the editable
+install and then builds the extension in place (python setup.py build_ext --inplace), which
+ninja redoes incrementally.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma", "-mf16c"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "DEFAULT": [],
+}
+
+
+def cpu_isa():
+    isa = os.environ.get("PYLOSSES_CPU_ISA") or torch.backends.cpu.get_cpu_capability()
+    isa = isa.upper()
+    if isa not in ISA_FLAGS:  # e.g. ZVECTOR, VSX: the portable build
+        isa = "DEFAULT"
+    return isa
+
+
+def want_cuda():
+    if os.environ.get("USE_CUDA") == "0":
+        return False, "USE_CUDA=0"
+    if os.environ.get("FORCE_CUDA") == "1":
+        return True, "FORCE_CUDA=1"
+    if torch.cuda.is_available() and CUDA_HOME is not None:
+        return True, f"a GPU and CUDA_HOME={CUDA_HOME} were found"
+    return False, "no GPU or no CUDA_HOME (set FORCE_CUDA=1 to build the CUDA sources anyway)"
+
+
+def extensions():
+    if os.environ.get("PYLOSSES_NO_EXTENSION") == "1":
+        return []
+    isa = cpu_isa()
+    with_cuda, why = want_cuda()
+    cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cu = sorted(glob.glob("csrc/cuda/*.cu")) if with_cuda else []
+    cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas", *ISA_FLAGS[isa]]
+    macros = [("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)]
+    print(f"pylosses: building pylosses._C: C++ for CPU ({len(cpp)} files, {isa} vectors)"
+          + (f", CUDA ({len(cu)} files: {why})" if with_cuda else f"; no CUDA ({why})"))
+    kwargs = dict(
+        name="pylosses._C",
+        sources=cpp + cu,
+        define_macros=macros,
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
+        extra_link_args=["-fopenmp"],
+    )
+    if with_cuda:
+        return [CUDAExtension(**kwargs)]
+    kwargs["extra_compile_args"] = cxx
+    return [CppExtension(**kwargs)]
+
+
+setup(
+    name="pylosses",
+    version="0.1.0",
+    description="Fused, hand-written loss kernels for PyTorch: MSE and BCE + total-variation segmentation loss",
+    packages=["pylosses", "pylosses.triton_kernels"],
+    package_dir={"pylosses": "pylosses", "pylosses.triton_kernels": "triton_kernels"},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.6"],
+)

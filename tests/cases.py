@@ -1,0 +1,160 @@
+"""The tables of cases that the tests run over: one place to add a shape, a dtype or a loss."""
+
+import dataclasses
+from typing import Callable, Tuple
+
+import torch
+
+import pylosses
+from pylosses import reference
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+REDUCTIONS = ("mean", "sum", "none")
+EPS = {dtype: torch.finfo(dtype).eps for dtype in FLOAT_DTYPES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How the input and target are laid out in memory: the values are the same."""
+
+    name: str
+    apply: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
+    # the same values, every other element of a tensor twice as wide
+    if t.dim() == 0:
+        return t
+    wide = torch.zeros(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype)
+    wide[..., ::2] = t
+    return wide[..., ::2]
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+CONTIGUOUS = Layout("contiguous", lambda t: t)
+NON_CONTIGUOUS = Layout("strided", _non_contiguous)
+CHANNELS_LAST = Layout("channels_last", _channels_last)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossCase:
+    """One loss configuration: how to call it on a backend and on the reference."""
+
+    name: str
+    spatial_dims: int = 0  # 0: MSE
+    from_logits: bool = False
+    alpha: float = 0.7
+    beta: float = 0.3
+
+    @property
+    def is_seg(self) -> bool:
+        return self.spatial_dims > 0
+
+    def call(self, input, target, reduction, backend):
+        if not self.is_seg:
+            return pylosses.mse_loss(input, target, reduction=reduction, backend=backend)
+        return pylosses.segmentation_loss(
+            input, target, alpha=self.alpha, beta=self.beta, from_logits=self.from_logits,
+            spatial_dims=self.spatial_dims, reduction=reduction, backend=backend,
+        )
+
+    def reference(self, input, target, reduction):
+        if not self.is_seg:
+            return reference.mse_loss(input, target, reduction)
+        return reference.segmentation_loss(
+            input, target, self.alpha, self.beta, self.from_logits, self.spatial_dims, reduction
+        )
+
+    def make_input(self, shape, dtype, generator) -> torch.Tensor:
+        if not self.is_seg:
+            return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+        if self.from_logits:
+            return (3 * torch.randn(shape, generator=generator, dtype=torch.float64)).to(dtype)
+        # probabilities away from 0 and 1, where BCE's gradient is moderate and every term of the
+        # gradient (the TV's included) is visible at the tolerance
+        return (0.02 + 0.96 * torch.rand(shape, generator=generator, dtype=torch.float64)).to(dtype)
+
+    def make_target(self, shape, dtype, generator) -> torch.Tensor:
+        if not self.is_seg:
+            return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
+        soft = torch.rand(shape, generator=generator, dtype=torch.float64)
+        if dtype == torch.bool:
+            return soft > 0.5
+        if dtype == torch.uint8:
+            return (soft > 0.5).to(torch.uint8)
+        return soft.to(dtype)
+
+
+MSE = LossCase("mse")
+SEG = LossCase("seg2d", spatial_dims=2)
+SEG_LOGITS = LossCase("seg2d_logits", spatial_dims=2, from_logits=True)
+SEG3D = LossCase("seg3d", spatial_dims=3)
+SEG3D_LOGITS = LossCase("seg3d_logits", spatial_dims=3, from_logits=True)
+SEG_TV_ONLY = LossCase("seg2d_tv_only", spatial_dims=2, alpha=0.0, beta=1.0)
+SEG_BCE_ONLY = LossCase("seg2d_bce_only", spatial_dims=2, alpha=1.0, beta=0.0)
+SEG3D_TV_ONLY = LossCase("seg3d_tv_only", spatial_dims=3, from_logits=True, alpha=0.0, beta=1.0)
+
+# shapes by loss kind: odd sizes, size-1 axes, empty tensors
+MSE_SHAPES = [(), (7,), (3, 5, 7), (2, 1, 33, 17), (0, 3), (1000,)]
+SEG2D_SHAPES = [(2, 1, 5, 7), (4, 1, 17, 33), (2, 3, 6, 5), (3, 2, 1, 9), (2, 3, 8, 1), (1, 1, 1, 1), (5, 9, 11),
+                (1, 2, 3, 40, 70), (0, 1, 4, 4), (2, 1, 0, 5)]
+SEG3D_SHAPES = [(2, 1, 3, 5, 7), (1, 2, 4, 9, 6), (1, 2, 1, 4, 4), (2, 1, 4, 1, 6), (2, 3, 5, 4, 1), (1, 1, 0, 2, 2),
+                (1, 1, 9, 20, 24)]
+
+
+def shapes_for(loss: LossCase):
+    if not loss.is_seg:
+        return MSE_SHAPES
+    return SEG3D_SHAPES if loss.spatial_dims == 3 else SEG2D_SHAPES
+
+
+def target_dtype_for(loss: LossCase, input_dtype, kind: str):
+    """kind: "same" (the input's dtype), "float32", or "label" (bool for a seg loss)."""
+    if kind == "same":
+        return input_dtype
+    if kind == "float32":
+        return torch.float32
+    return torch.bool if loss.is_seg else input_dtype
+
+
+def make_pair(loss: LossCase, shape, dtype, target_dtype, layout: Layout = CONTIGUOUS, seed: int = 0,
+              grad: Tuple[bool, bool] = (True, False)):
+    g = torch.Generator().manual_seed(seed)
+    x = layout.apply(loss.make_input(shape, dtype, g)).requires_grad_(grad[0])
+    t = layout.apply(loss.make_target(shape, target_dtype, g))
+    if grad[1] and t.is_floating_point():
+        t.requires_grad_(True)
+    return x, t
+
+
+def as_float64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float64).requires_grad_(t.requires_grad)
+
+
+def error_vs(value: torch.Tensor, exact: torch.Tensor) -> float:
+    """max |value - exact| relative to max |exact| (NaN and inf must sit where exact has them)."""
+    value = value.detach().to(torch.float64)
+    exact = exact.detach()
+    if value.shape != exact.shape:
+        raise AssertionError(f"shape {tuple(value.shape)} != {tuple(exact.shape)}")
+    if value.numel() == 0:
+        return 0.0
+    special = ~torch.isfinite(exact)
+    if not torch.equal(special, ~torch.isfinite(value)) or not torch.equal(value[special].nan_to_num(),
+                                                                          exact[special].nan_to_num()):
+        return float("inf")
+    finite = ~special
+    if not finite.any():
+        return 0.0
+    scale = exact[finite].abs().max().clamp_min(1e-30)
+    return float((value[finite] - exact[finite]).abs().max() / scale)
+
+
+def tolerance(dtype, torch_error: float) -> float:
+    """What a backend may be off by: a small multiple of the error of torch's own computation in
+    the same dtype (the reference), and never less than a few units of rounding of that dtype."""
+    return 4 * max(torch_error, 4 * EPS[dtype])
+
