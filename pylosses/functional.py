@@ -75,7 +75,9 @@ def available_backends(device: Union[str, torch.device] = "cpu") -> List[str]:
     return [b for b in order if not _unavailable_reason(b, device)]
 
 
-def _pick_backend(backend: str, device: torch.device) -> str:
+def _pick_backend(backend: str, device: torch.device, numel: int = 1) -> str:
+    if backend == "compile" and numel == 0:
+        return "reference"  # inductor fails on empty tensors (a division by zero in mean)
     if backend != "auto":
         reason = _unavailable_reason(backend, device)
         if reason:
@@ -158,7 +160,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean", backend: st
     """
     _check_options(reduction, backend)
     _check_tensors(input, target, _FLOATS)
-    chosen = _pick_backend(backend, input.device)
+    chosen = _pick_backend(backend, input.device, input.numel())
     if chosen == "native":
         return _run(input.device, _ops.mse_loss, input, target, reduction)
     return _run(input.device, _reference_variant("mse_loss", chosen), input, target, reduction)
@@ -188,7 +190,7 @@ def segmentation_loss(
             f"input must have a batch axis and spatial_dims={spatial_dims} spatial axes, "
             f"i.e. at least {spatial_dims + 1} dimensions, got shape {tuple(input.shape)}"
         )
-    chosen = _pick_backend(backend, input.device)
+    chosen = _pick_backend(backend, input.device, input.numel())
     if chosen == "native":
         fn = _ops.segmentation_loss
     else:

@@ -1,0 +1,167 @@
+"""The public API: argument checks, modules, backend selection, autocast, edge values."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pylosses
+from pylosses import functional
+from cases import MSE, SEG, SEG_LOGITS, make_pair
+
+HAS_NATIVE = "native" in pylosses.available_backends("cpu")
+needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="pylosses._C is not built")
+
+X = torch.rand(2, 1, 4, 5)
+T = torch.rand(2, 1, 4, 5)
+
+# (function, kwargs, exception, words the message must contain)
+BAD_CALLS = [
+    (pylosses.mse_loss, dict(input=[1.0], target=T), TypeError, ["input", "Tensor"]),
+    (pylosses.mse_loss, dict(input=X, target=1.0), TypeError, ["target", "Tensor"]),
+    (pylosses.mse_loss, dict(input=X.long(), target=T), TypeError, ["input", "int64"]),
+    (pylosses.mse_loss, dict(input=X, target=T.bool()), TypeError, ["target", "bool"]),
+    (pylosses.mse_loss, dict(input=X, target=T[:1]), ValueError, ["(2, 1, 4, 5)", "(1, 1, 4, 5)"]),
+    (pylosses.mse_loss, dict(input=X, target=T, reduction="avg"), ValueError, ["reduction", "'avg'"]),
+    (pylosses.mse_loss, dict(input=X, target=T, backend="cuDNN"), ValueError, ["backend", "'cuDNN'"]),
+    (pylosses.mse_loss, dict(input=X, target=T.to("meta")), ValueError, ["device", "meta"]),
+    (pylosses.mse_loss, dict(input=X.to_sparse(), target=T.to_sparse()), TypeError, ["input", "layout"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T.long()), TypeError, ["target", "int64"]),
+    (pylosses.segmentation_loss, dict(input=X.to(torch.complex64), target=T), TypeError, ["input", "complex64"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T.transpose(2, 3)), ValueError, ["(2, 1, 4, 5)", "(2, 1, 5, 4)"]),
+    (pylosses.segmentation_loss, dict(input=X[0, 0], target=T[0, 0]), ValueError, ["input", "(4, 5)", "3"]),
+    (pylosses.segmentation_loss, dict(input=X[0], target=T[0], spatial_dims=3), ValueError, ["input", "(1, 4, 5)", "4"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, spatial_dims=1), ValueError, ["spatial_dims", "1"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, spatial_dims=2.0), TypeError, ["spatial_dims", "2.0"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, alpha="0.7"), TypeError, ["alpha", "'0.7'"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, beta=float("nan")), ValueError, ["beta", "nan"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, alpha=True), TypeError, ["alpha", "True"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, from_logits=1), TypeError, ["from_logits", "1"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, reduction=None), ValueError, ["reduction", "None"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, backend="triton"), RuntimeError, ["triton"]),
+    (pylosses.SegmentationLoss, dict(reduction="elementwise_mean"), ValueError, ["reduction", "elementwise_mean"]),
+    (pylosses.SegmentationLoss, dict(spatial_dims=4), ValueError, ["spatial_dims", "4"]),
+    (pylosses.MSELoss, dict(backend="fast"), ValueError, ["backend", "'fast'"]),
+    (pylosses.set_input_checks, dict(enabled="yes"), TypeError, ["enabled", "'yes'"]),
+]
+
+
+@pytest.mark.parametrize("fn,kwargs,error,words", BAD_CALLS)
+def test_bad_input_is_a_clear_error(fn, kwargs, error, words):
+    with pytest.raises(error) as info:
+        fn(**kwargs)
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {str(info.value)!r}"
+
+
+@pytest.mark.parametrize("backend", pylosses.available_backends("cpu"))
+def test_probabilities_outside_0_1_raise_torchs_error(backend):
+    x = torch.rand(1, 1, 4, 4)
+    for bad in (1.5, -0.25, float("nan")):
+        y = x.clone()
+        y[0, 0, 2, 1] = bad
+        if backend == "compile":  # inductor drops BCELoss's check: the loss is NaN (README)
+            assert torch.isnan(pylosses.segmentation_loss(y, x, backend=backend))
+            continue
+        with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
+            pylosses.segmentation_loss(y, x, backend=backend)
+    # logits may be anything
+    assert torch.isfinite(pylosses.segmentation_loss(x * 50 - 25, x, from_logits=True, backend=backend))
+
+
+@needs_native
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_extreme_values_match_nn(from_logits):
+    # p exactly 0 and 1 (BCE's clamps at -100, its gradient's 1e-12 floor, infinite target grads)
+    values = [0.0, 1.0, 0.0, 1.0, 0.5, 1e-30] if not from_logits else [-200.0, 200.0, 80.0, -80.0, 0.0, 30.0]
+    x = torch.tensor(values).reshape(1, 1, 2, 3).requires_grad_()
+    t = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 1.0]).reshape(1, 1, 2, 3).requires_grad_()
+    ours = pylosses.segmentation_loss(x, t, alpha=1.0, beta=0.0, from_logits=from_logits, reduction="sum",
+                                      backend="native")
+    bce = nn.BCEWithLogitsLoss(reduction="sum") if from_logits else nn.BCELoss(reduction="sum")
+    theirs = bce(x, t)
+    torch.testing.assert_close(ours, theirs)
+    for a, b in zip(torch.autograd.grad(ours, (x, t)), torch.autograd.grad(theirs, (x, t))):
+        torch.testing.assert_close(a, b, equal_nan=True)
+
+
+def test_modules_are_losses_and_carry_configuration():
+    seg = pylosses.SegmentationLoss(alpha=0.5, beta=0.5, from_logits=True, reduction="sum", backend="reference")
+    assert isinstance(seg, nn.modules.loss._Loss) and isinstance(pylosses.MSELoss(), nn.modules.loss._Loss)
+    assert "alpha=0.5" in repr(seg) and "reduction='sum'" in repr(seg)
+    x, t = make_pair(SEG_LOGITS, (2, 1, 5, 6), torch.float64, torch.float64)
+    want = pylosses.reference.segmentation_loss(x, t, 0.5, 0.5, True, 2, "sum")
+    torch.testing.assert_close(seg(x, t), want)
+    torch.testing.assert_close(pylosses.MSELoss(reduction="none")(x, t), nn.MSELoss(reduction="none")(x, t))
+
+
+def test_available_backends_and_auto():
+    backends = pylosses.available_backends("cpu")
+    assert backends[-3:] == ["compile", "jit", "reference"] and "triton" not in backends
+    assert pylosses.available_backends(torch.device("cpu")) == backends
+    if HAS_NATIVE:
+        assert backends[0] == "native"
+        assert functional._pick_backend("auto", torch.device("cpu")) == "native"
+
+
+def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):
+    monkeypatch.setattr(functional._ops, "EXTENSION_ERROR", ImportError("not built"))
+    monkeypatch.setattr(functional, "_warned", set())
+    x, t = make_pair(SEG, (1, 1, 4, 4), torch.float32, torch.float32)
+    with pytest.warns(UserWarning, match="reference.*not built"):
+        a = pylosses.segmentation_loss(x, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        b = pylosses.segmentation_loss(x, t)  # once only
+    torch.testing.assert_close(a, b)
+    with pytest.raises(RuntimeError, match="native.*not built"):
+        pylosses.segmentation_loss(x, t, backend="native")
+
+
+@pytest.mark.parametrize("backend", pylosses.available_backends("cpu"))
+@pytest.mark.parametrize("loss", [MSE, SEG, SEG_LOGITS], ids=lambda c: c.name)
+def test_cpu_autocast_bfloat16(loss, backend):
+    net = nn.Linear(6, 6)
+    x = torch.rand(2, 1, 5, 6)
+    t = torch.rand(2, 1, 5, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+        if loss.is_seg and not loss.from_logits:
+            out = torch.sigmoid(out)
+        assert out.dtype == torch.bfloat16
+        value = loss.call(out, t, "mean", backend)
+    assert value.dtype == torch.float32  # as torch's losses under autocast
+    want = loss.reference(out.detach().double(), t.double(), "mean")
+    assert abs(value.item() - want.item()) <= 1e-5 * max(1.0, abs(want.item()))
+    value.backward()
+    assert net.weight.grad is not None and torch.isfinite(net.weight.grad).all()
+
+
+@pytest.mark.parametrize("backend", pylosses.available_backends("cpu"))
+@pytest.mark.parametrize("loss", [MSE, SEG], ids=lambda c: c.name)
+def test_empty_inputs(loss, backend):
+    x, t = make_pair(loss, (0, 1, 4, 4), torch.float32, torch.float32)
+    assert torch.isnan(loss.call(x, t, "mean", backend))
+    assert loss.call(x, t, "sum", backend).item() == 0
+    none = loss.call(x, t, "none", backend)
+    assert none.numel() == 0
+    none.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("backend", pylosses.available_backends("cpu"))
+def test_seed_example_gives_a_finite_loss(backend):
+    pred = torch.rand(1, 1, 28, 28)
+    target = torch.randint(0, 2, (1, 1, 28, 28)).float()
+    loss = pylosses.SegmentationLoss(alpha=0.7, beta=0.3, backend=backend)(pred, target)
+    assert loss.shape == () and torch.isfinite(loss)
+
+
+def test_input_checks_flag():
+    assert pylosses.input_checks_enabled() is False
+    pylosses.set_input_checks(True)
+    try:
+        assert pylosses.input_checks_enabled() is True
+    finally:
+        pylosses.set_input_checks(False)

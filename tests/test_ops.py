@@ -1,0 +1,118 @@
+"""The ops themselves: opcheck, gradcheck, torch.compile(fullgraph=True), determinism."""
+
+import pytest
+import torch
+
+import pylosses
+from cases import MSE, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, make_pair
+
+pytestmark = pytest.mark.skipif("native" not in pylosses.available_backends("cpu"),
+                                reason="pylosses._C is not built")
+ops = torch.ops.pylosses
+
+
+def _seg_args(x, t, reduction=1, spatial_dims=2, logits=False, gi=True, gt=False):
+    return (x, t, 0.7, 0.3, spatial_dims, logits, reduction, gi, gt)
+
+
+def _opcheck_samples():
+    x, t = torch.rand(2, 3, 5, 7, requires_grad=True), torch.rand(2, 3, 5, 7, requires_grad=True)
+    x3 = torch.rand(2, 1, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    t3 = torch.rand(2, 1, 3, 4, 5, dtype=torch.float64)
+    labels = torch.rand(2, 3, 5, 7) > 0.5
+    for reduction in (0, 1, 2):
+        yield ops.mse_loss_fwd, (x, t, reduction, True)
+        yield ops.seg_loss_fwd, _seg_args(x, t, reduction, gt=True)
+    yield ops.mse_loss_fwd, (x.detach(), t.detach(), 1, False)
+    yield ops.seg_loss_fwd, _seg_args(x3, t3, 0, spatial_dims=3, logits=True)
+    yield ops.seg_loss_fwd, _seg_args(x.detach().half(), labels, 1, gi=False)
+    saved = torch.randn(2, 3, 5, 7)
+    yield ops.loss_backward, (torch.tensor(2.0), saved, 0.5, torch.float32)
+    yield ops.loss_backward, (torch.rand(2), saved, 1.0, torch.bfloat16)
+    yield ops.loss_backward, (torch.rand(2, 3, 5, 7), saved, -1.0, torch.float64)
+
+
+@pytest.mark.parametrize("op,args", list(_opcheck_samples()))
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+GRADCHECK = [
+    (MSE, (3, 4, 5)), (SEG, (2, 2, 4, 5)), (SEG_LOGITS, (2, 1, 5, 4)), (SEG3D, (2, 1, 3, 4, 3)),
+    (SEG3D_LOGITS, (1, 2, 3, 3, 4)),
+]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("loss,shape", GRADCHECK, ids=lambda v: getattr(v, "name", ""))
+def test_gradcheck(loss, shape, reduction):
+    # probabilities whose neighbours differ (|x| has a kink at 0 that finite differences straddle)
+    x, t = make_pair(loss, shape, torch.float64, torch.float64, grad=(True, True), seed=3)
+    torch.autograd.gradcheck(lambda a, b: loss.call(a, b, reduction, "native"), (x, t))
+
+
+def test_fullgraph_compile_of_a_training_step():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
+    criterion = pylosses.SegmentationLoss(from_logits=True, backend="native")
+    mse = pylosses.MSELoss(backend="native")
+
+    def forward(image, mask):
+        logits = model(image)
+        return criterion(logits, mask) + 0.1 * mse(logits, mask.float())
+
+    image, mask = torch.rand(2, 1, 12, 10), torch.rand(2, 1, 12, 10) > 0.5
+    eager_loss = forward(image, mask)
+    eager_loss.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    # fullgraph raises on any graph break; AOTAutograd traces the backward with the forward
+    compiled_loss = torch.compile(forward, fullgraph=True)(image, mask)
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+def _run_once(loss, x, t, reduction):
+    x = x.detach().requires_grad_(True)
+    t = t.detach().requires_grad_(t.is_floating_point())
+    value = loss.call(x, t, reduction, "native")
+    wrt = [x, t] if t.requires_grad else [x]
+    grads = torch.autograd.grad(value, wrt, torch.ones_like(value))
+    return [value.detach(), *grads]
+
+
+@pytest.mark.parametrize("loss", [MSE, SEG, SEG_LOGITS, SEG3D], ids=lambda c: c.name)
+def test_bitwise_deterministic_for_any_thread_count(loss):
+    shape = (300, 1000) if not loss.is_seg else ((3, 2, 150, 170) if loss.spatial_dims == 2 else (2, 1, 20, 60, 50))
+    x, t = make_pair(loss, shape, torch.float32, torch.float32, seed=5)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3, 1):
+            torch.set_num_threads(n)
+            results.append(_run_once(loss, x, t, "mean") + _run_once(loss, x, t, "none"))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("loss", [MSE, SEG, SEG3D_LOGITS], ids=lambda c: c.name)
+def test_forward_does_not_touch_its_inputs(loss):
+    x, t = make_pair(loss, (2, 1, 4, 6, 5) if loss.spatial_dims == 3 else (2, 1, 6, 5), torch.float32,
+                     torch.float32, grad=(True, True))
+    x0, t0 = x.detach().clone(), t.detach().clone()
+    value = loss.call(x, t, "mean", "native")
+    value.backward()
+    assert torch.equal(x, x0) and torch.equal(t, t0)
+    assert x.requires_grad and t.requires_grad and x.grad is not None
+
+
+def test_no_gradient_is_computed_without_requires_grad():
+    x, t = torch.rand(2, 1, 6, 5), torch.rand(2, 1, 6, 5)
+    _, grad_input, grad_target = ops.seg_loss_fwd(*_seg_args(x, t, gi=False))
+    assert grad_input.numel() == 0 and grad_target.numel() == 0
+    with torch.no_grad():  # the functional API asks for none under no_grad
+        assert not pylosses.segmentation_loss(x.requires_grad_(), t, backend="native").requires_grad
