@@ -11,8 +11,7 @@ C10_HOST_DEVICE inline T mse_loss(T x, T t) {
   return d * d;
 }
 
-// d loss / d x before the reduction's 1/N and grad_output are applied (backward applies them);
-// d loss / d t is its negation.
+// d (x - t)^2 / d x; d / d t is its negation.
 template <typename T>
 C10_HOST_DEVICE inline T mse_grad(T x, T t) { return T(2) * (x - t); }
 

@@ -1,8 +1,8 @@
 // The op schemas of pylosses, one place for all backends, and the stub module init that lets
 // `import pylosses._C` load this library (which registers the ops as it loads).
 //
-// Every loss has a forward op that returns the loss and, when asked, the gradients before the
-// reduction's scale and grad_output are applied; the backward of every loss is loss_backward.
+// Every loss has a forward op that returns the loss and, when asked, its gradients for
+// grad_output = 1; the backward of every loss is loss_backward, which applies grad_output.
 // reduction follows at::Reduction: 0 none, 1 mean, 2 sum.
 #include <Python.h>
 #include <torch/library.h>

@@ -1,8 +1,8 @@
 """The ops of pylosses._C: fake kernels (for torch.compile and opcheck) and autograd.
 
-Each loss's forward op returns the loss and, when asked, its gradients before the reduction's
-scale and grad_output are applied (DESIGN §3: the forward pass writes the gradient); the
-backward of every loss is the op loss_backward, which applies grad_output and the scale.
+Each loss's forward op returns the loss and, when asked, its gradients for grad_output = 1
+(DESIGN §3: the forward pass writes the gradient); the backward of every loss applies
+grad_output with the op loss_backward (on the CPU, a grad_output of exactly 1 needs no pass).
 """
 
 import torch
@@ -20,7 +20,7 @@ _NONE, _MEAN, _SUM = 0, 1, 2
 
 
 def saved_grad_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16 cannot hold an unscaled gradient (BCE's grows as 1/p): it is saved in float32."""
+    """float16's range cannot hold the gradient (BCE's grows as 1/p): it is saved in float32."""
     return torch.float32 if dtype == torch.float16 else dtype
 
 
@@ -29,17 +29,23 @@ def _grad_like(tensor: Tensor, wanted: bool, dtype: torch.dtype) -> Tensor:
     return tensor.new_empty(shape, dtype=saved_grad_dtype(dtype))
 
 
-def _scale(reduction: int, elements) -> float:
-    """The reduction's factor on the saved gradient: 1 for sum, else 1 / elements (the elements
-    that one loss value averages: all of them, a sample's, or one for MSE's "none")."""
-    if reduction == _SUM:
-        return 1.0
-    return 1.0 / max(elements, 1)
+def _eager(*tensors: Tensor) -> bool:
+    """Whether these are plain tensors, not the subclasses (fake, functional) with which
+    torch.compile and opcheck trace the backward."""
+    return all(type(t) is torch.Tensor for t in tensors)
 
 
-def _apply(grad_output: Tensor, saved: Tensor, scale: float, dtype: torch.dtype, shape) -> Tensor:
+def _gradient(grad_output: Tensor, saved: Tensor, scale: float, dtype: torch.dtype, shape) -> Tensor:
+    """saved * grad_output * scale as a `dtype` tensor."""
     if saved.numel() == 0 and torch.Size(shape).numel() != 0:
         raise RuntimeError("pylosses: backward needs the gradient that the forward op was asked not to compute")
+    if (scale == 1.0 and saved.dtype == dtype and grad_output.numel() == 1 and saved.device.type == "cpu"
+            and _eager(grad_output, saved) and grad_output.item() == 1.0):
+        # loss.backward() of a mean or sum: the saved gradient is the gradient. Returned as it is
+        # (never written to, so a second backward sees it intact); autograd takes it over as
+        # .grad when nothing else holds it. Reading grad_output is free on the CPU; on a GPU it
+        # would be a host sync, so there loss_backward always runs.
+        return saved
     return torch.ops.pylosses.loss_backward(grad_output, saved, scale, dtype)
 
 
@@ -79,39 +85,44 @@ if EXTENSION_ERROR is None:
     def _loss_backward_fake(grad_output, saved_grad, scale, dtype):
         return saved_grad.new_empty(saved_grad.shape, dtype=dtype)
 
+
     def _mse_setup_context(ctx, inputs, output):
-        input, target, reduction, _ = inputs
+        input, target = inputs[:2]
         ctx.save_for_backward(output[1])
         ctx.mark_non_differentiable(output[1])
-        ctx.scale = _scale(reduction, 1 if reduction == _NONE else input.numel())
+        ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for the saved one
         ctx.dtypes = (input.dtype, target.dtype)
         ctx.shape = input.shape
 
     def _mse_backward(ctx, grad_loss, _unused):
         (saved,) = ctx.saved_tensors
         grad_input = grad_target = None
-        if ctx.needs_input_grad[0]:
-            grad_input = _apply(grad_loss, saved, ctx.scale, ctx.dtypes[0], ctx.shape)
-        if ctx.needs_input_grad[1]:  # d/dt (x - t)^2 = -d/dx
-            grad_target = _apply(grad_loss, saved, -ctx.scale, ctx.dtypes[1], ctx.shape)
+        if grad_loss is None:  # the loss itself was not used: zero gradients, which None stands for
+            return None, None, None, None
+        want_input, want_target = ctx.needs_input_grad[:2]
+        if want_target:  # d/dt (x - t)^2 = -d/dx
+            grad_target = _gradient(grad_loss, saved, -1.0, ctx.dtypes[1], ctx.shape)
+        if want_input:
+            grad_input = _gradient(grad_loss, saved, 1.0, ctx.dtypes[0], ctx.shape)
         return grad_input, grad_target, None, None
 
     def _seg_setup_context(ctx, inputs, output):
-        input, target, _, _, _, _, reduction, _, _ = inputs
+        input, target = inputs[:2]
         ctx.save_for_backward(output[1], output[2])
         ctx.mark_non_differentiable(output[1], output[2])
-        per_sample = reduction == _NONE and input.shape[0] > 0
-        ctx.scale = _scale(reduction, input.numel() // input.shape[0] if per_sample else input.numel())
+        ctx.set_materialize_grads(False)  # else autograd fills zero gradients for the saved ones
         ctx.dtypes = (input.dtype, target.dtype)
         ctx.shape = input.shape
 
     def _seg_backward(ctx, grad_loss, _unused_input, _unused_target):
         saved_input, saved_target = ctx.saved_tensors
         grad_input = grad_target = None
+        if grad_loss is None:  # the loss itself was not used: zero gradients, which None stands for
+            return (None,) * 9
         if ctx.needs_input_grad[0]:
-            grad_input = _apply(grad_loss, saved_input, ctx.scale, ctx.dtypes[0], ctx.shape)
+            grad_input = _gradient(grad_loss, saved_input, 1.0, ctx.dtypes[0], ctx.shape)
         if ctx.needs_input_grad[1]:
-            grad_target = _apply(grad_loss, saved_target, ctx.scale, ctx.dtypes[1], ctx.shape)
+            grad_target = _gradient(grad_loss, saved_target, 1.0, ctx.dtypes[1], ctx.shape)
         return (grad_input, grad_target) + (None,) * 7
 
     torch.library.register_autograd("pylosses::mse_loss_fwd", _mse_backward, setup_context=_mse_setup_context)

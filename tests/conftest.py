@@ -3,8 +3,13 @@ import sys
 
 import pytest
 import torch
+import torch._inductor.config
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/cases.py
+
+# torch.compile's on-disk caches key a graph by its forward: a cached backward of an earlier
+# pylosses (whose Python autograd they cannot see) would be reused. Tests compile afresh.
+torch._inductor.config.force_disable_caches = True
 
 
 def pytest_configure(config):

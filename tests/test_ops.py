@@ -116,3 +116,14 @@ def test_no_gradient_is_computed_without_requires_grad():
     assert grad_input.numel() == 0 and grad_target.numel() == 0
     with torch.no_grad():  # the functional API asks for none under no_grad
         assert not pylosses.segmentation_loss(x.requires_grad_(), t, backend="native").requires_grad
+
+
+@pytest.mark.parametrize("loss", [MSE, SEG_LOGITS], ids=lambda c: c.name)
+@pytest.mark.parametrize("grad_output", [1.0, 0.25])
+def test_backward_twice_with_retain_graph(loss, grad_output):
+    x, t = make_pair(loss, (2, 1, 7, 6), torch.float32, torch.float32, grad=(True, True))
+    value = loss.call(x, t, "mean", "native") * grad_output
+    first = torch.autograd.grad(value, (x, t), retain_graph=True)
+    second = torch.autograd.grad(value, (x, t))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)

@@ -63,7 +63,8 @@ template <typename A, typename B>
 using promote_t = std::conditional_t<std::is_same_v<A, B>, A, std::conditional_t<std::is_same_v<A, double> || std::is_same_v<B, double>, double, float>>;
 
 // The type in which a gradient is kept between forward and backward: float16's range cannot
-// hold an unscaled gradient (the BCE gradient grows as 1 / p), so it is kept in float32.
+// hold it (the BCE gradient grows as 1 / p, and 1 / N can be below float16's normal numbers),
+// so it is kept in float32.
 template <typename T>
 using saved_grad_t = std::conditional_t<std::is_same_v<T, c10::Half>, float, T>;
 

@@ -1,8 +1,8 @@
 // The backward of every loss: grad = saved_grad * grad_output * scale, where the forward saved
-// the gradient before the reduction, grad_output has one value per group of
+// the gradient for grad_output = 1, grad_output has one value per group of
 // saved_grad.numel() / grad_output.numel() consecutive elements (one group for mean and sum,
-// a sample for the segmentation loss's "none", an element for MSE's "none") and scale is the
-// reduction's 1 / N (or its negation, for MSE's target).
+// a sample for the segmentation loss's "none", an element for MSE's "none") and scale is 1, or
+// -1 for MSE's target.
 #include <torch/library.h>
 
 #include "cpu_common.h"
@@ -46,28 +46,38 @@ void loss_backward_kernel(const saved_t* saved, const go_t* grad_output, int64_t
   });
 }
 
-at::Tensor loss_backward_cpu(const at::Tensor& grad_output_, const at::Tensor& saved_, double scale,
-                             at::ScalarType dtype) {
-  const int64_t n = saved_.numel(), k = grad_output_.numel();
+void check_shapes(const at::Tensor& grad_output, const at::Tensor& saved) {
+  const int64_t n = saved.numel(), k = grad_output.numel();
   TORCH_CHECK_VALUE((k == 0 && n == 0) || (k > 0 && n % k == 0), "loss_backward: saved_grad has ", n,
                     " elements, not a multiple of grad_output's ", k);
-  TORCH_CHECK_TYPE(at::isFloatingType(dtype) && at::isFloatingType(saved_.scalar_type()) &&
-                       at::isFloatingType(grad_output_.scalar_type()),
-                   "loss_backward: expected floating dtypes");
-  const at::Tensor saved = saved_.contiguous();
-  const at::Tensor grad_output = grad_output_.contiguous();
-  at::Tensor out = at::empty(saved.sizes(), saved.options().dtype(dtype));
+  TORCH_CHECK_TYPE(at::isFloatingType(saved.scalar_type()) && at::isFloatingType(grad_output.scalar_type()),
+                   "loss_backward: expected floating dtypes, got ", saved.scalar_type(), " and ",
+                   grad_output.scalar_type());
+}
+
+// out = saved * grad_output * scale
+void apply_grad_output(const at::Tensor& saved, const at::Tensor& grad_output_, double scale, at::Tensor& out) {
+  const int64_t n = saved.numel();
   if (n == 0) {
-    return out;
+    return;
   }
+  const at::Tensor grad_output = grad_output_.contiguous();
   dispatch_float(saved.scalar_type(), [&](auto saved_tag) {
     dispatch_float(grad_output.scalar_type(), [&](auto go_tag) {
-      dispatch_float(dtype, [&](auto out_tag) {
+      dispatch_float(out.scalar_type(), [&](auto out_tag) {
         loss_backward_kernel(saved.const_data_ptr<decltype(saved_tag)>(), grad_output.const_data_ptr<decltype(go_tag)>(),
-                             n, n / k, scale, out.mutable_data_ptr<decltype(out_tag)>());
+                             n, n / grad_output.numel(), scale, out.mutable_data_ptr<decltype(out_tag)>());
       });
     });
   });
+}
+
+at::Tensor loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor& saved, double scale,
+                             at::ScalarType dtype) {
+  check_shapes(grad_output, saved);
+  TORCH_CHECK_TYPE(at::isFloatingType(dtype), "loss_backward: dtype must be floating point, got ", dtype);
+  at::Tensor out = at::empty(saved.sizes(), saved.options().dtype(dtype));
+  apply_grad_output(saved.contiguous(), grad_output, scale, out);
   return out;
 }
 

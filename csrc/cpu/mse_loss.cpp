@@ -19,7 +19,8 @@ struct MseScratch {
 
 template <typename input_t, typename target_t, typename out_t, typename grad_t>
 void mse_kernel(const input_t* x_data, const target_t* t_data, int64_t n, out_t* loss_data,
-                grad_t* grad_data, std::vector<acc_type_t<input_t, target_t>>& partials) {
+                grad_t* grad_data, acc_type_t<input_t, target_t> grad_scale,
+                std::vector<acc_type_t<input_t, target_t>>& partials) {
   using acc_t = acc_type_t<input_t, target_t>;
   using V = Vec<acc_t>;
   const int64_t n_chunks = at::divup(n, kChunk);
@@ -46,7 +47,7 @@ void mse_kernel(const input_t* x_data, const target_t* t_data, int64_t n, out_t*
           accumulate<kTail>(acc, l, lanes);
         }
         if (grad) {
-          store<kTail>(math::mse_grad(xv, tv), grad + i, lanes);
+          store<kTail>(V(grad_scale) * math::mse_grad(xv, tv), grad + i, lanes);
         }
       });
       if (loss) {
@@ -62,8 +63,8 @@ void mse_kernel(const input_t* x_data, const target_t* t_data, int64_t n, out_t*
   });
 }
 
-// Returns (loss, grad): grad is 2 (input - target), before the reduction's 1/N and grad_output
-// are applied by loss_backward, or an empty tensor when compute_grad is false.
+// Returns (loss, grad): grad is d loss / d input for grad_output = 1 (d loss / d target is its
+// negation), or an empty tensor when compute_grad is false.
 std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cpu(const at::Tensor& input_, const at::Tensor& target_,
                                                     int64_t reduction, bool compute_grad) {
   TORCH_CHECK_VALUE(input_.sizes() == target_.sizes(), "mse_loss_fwd: input and target must have the same shape, got ",
@@ -97,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cpu(const at::Tensor& input_, co
       out_t* loss_data = loss.defined() ? loss.mutable_data_ptr<out_t>() : nullptr;
       using grad_t = saved_grad_t<promote_t<input_t, target_t>>;
       grad_t* grad_data = compute_grad ? grad.mutable_data_ptr<grad_t>() : nullptr;
-      mse_kernel(x, t, n, loss_data, grad_data, partials);
+      const acc_t grad_scale = reduction == at::Reduction::Mean ? acc_t(1.0 / static_cast<double>(n)) : acc_t(1);
+      mse_kernel(x, t, n, loss_data, grad_data, grad_scale, partials);
     });
     for (const acc_t p : partials) {  // fixed order
       total += static_cast<double>(p);

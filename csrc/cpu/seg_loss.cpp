@@ -60,8 +60,8 @@ struct SegScratch {
 
 template <typename acc_t>
 struct SegParams {
-  acc_t alpha;
-  acc_t w_w, w_h, w_d;  // beta times each axis's share of the gradient (0 for an axis of length 1)
+  acc_t alpha;          // alpha / N: the gradient's factor on d BCE / d x
+  acc_t w_w, w_h, w_d;  // the gradient's factor on each axis's TV term (0 for an axis of length 1)
 };
 
 // Pointers to the probabilities of a row and of its neighbours on the H and D axes (the row
@@ -223,8 +223,8 @@ double seg_reduce(const SegSums<double>& s, double n, const double extent[3], do
 }
 
 // Returns (loss, grad_input, grad_target). The gradients are d loss / d input and d loss /
-// d target before the reduction's 1 / N (N: elements in all, or in a sample for "none") and
-// grad_output are applied by loss_backward; an empty tensor where not asked for.
+// d target for grad_output = 1 (for "none": a 1 for every sample); an empty tensor where not
+// asked for.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor& input_, const at::Tensor& target_,
                                                                 double alpha, double beta, int64_t spatial_dims,
                                                                 bool from_logits, int64_t reduction,
@@ -249,7 +249,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
   const SegGeometry geo(input, spatial_dims);
   const bool mean_like = reduction != at::Reduction::Sum;
   const double extent[3] = {double(geo.W), double(geo.H), double(geo.D)};
-  const auto axis_weight = [&](double len) { return len > 1 ? beta * (mean_like ? len / (len - 1) : 1.0) : 0.0; };
+  // the gradient's factors: BCE's alpha / N, and beta / N_a for each axis a, whose N_a = N (L_a - 1) / L_a
+  // differences make its mean (N: elements in all, or in a sample for "none"); 1 for "sum"
+  const double n_mean = reduction == at::Reduction::Mean ? double(input.numel()) : double(geo.per_sample);
+  const double inv_n = mean_like ? 1.0 / std::max(n_mean, 1.0) : 1.0;
+  const auto axis_weight = [&](double len) {
+    return len > 1 ? beta * inv_n * (mean_like ? len / (len - 1) : 1.0) : 0.0;
+  };
 
   const auto saved_options = [](const at::Tensor& t) { return t.options().dtype(saved_grad_dtype(t.scalar_type())); };
   at::Tensor grad_in = at::empty(compute_grad_input ? input.sizes() : at::IntArrayRef{0}, saved_options(input));
@@ -261,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
     using input_t = decltype(in_tag);
     using target_t = decltype(t_tag);
     using acc_t = acc_type_t<input_t, target_t>;
-    const SegParams<acc_t> prm{acc_t(alpha), acc_t(axis_weight(extent[0])), acc_t(axis_weight(extent[1])),
+    const SegParams<acc_t> prm{acc_t(alpha * inv_n), acc_t(axis_weight(extent[0])), acc_t(axis_weight(extent[1])),
                                acc_t(axis_weight(extent[2]))};
     std::vector<SegSums<acc_t>> partials(geo.n_chunks());
     std::vector<char> bad(geo.n_chunks(), 0);
