@@ -14,11 +14,31 @@ ninja redoes incrementally.
 
 import glob
 import os
+import shutil
 
 from setuptools import setup
 
-import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+def _cuda_home_hint():
+    """torch guesses CUDA_HOME as the folder above the nvcc on PATH; where that nvcc is a wrapper
+    script (as some images install it), the guess has no CUDA in it: take the conventional
+    /usr/local/cuda then. CUDA_HOME or CUDA_PATH, when set, win."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if not nvcc:
+        return
+    guess = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    standard = "/usr/local/cuda"
+    header = os.path.join("include", "cuda_runtime.h")
+    if not os.path.exists(os.path.join(guess, header)) and os.path.exists(os.path.join(standard, header)):
+        os.environ["CUDA_HOME"] = standard
+
+
+_cuda_home_hint()  # before torch.utils.cpp_extension reads it
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

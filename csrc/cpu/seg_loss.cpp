@@ -82,6 +82,9 @@ template <typename acc_t, bool kLogits, bool k3D, bool kGrad>
 void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int64_t W,
              const SegParams<acc_t>& prm, SegVecSums<acc_t>& sums, acc_t* grad) {
   using V = Vec<acc_t>;
+  // local accumulators: through the reference they would live in memory, since any float store
+  // may alias a vector
+  V bce = sums.bce, tv_w = sums.tv_w, tv_h = sums.tv_h, tv_d = sums.tv_d;
   for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
     const V p = load<kTail>(nb.p + i, lanes);
@@ -89,13 +92,13 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
     const V up = load<kTail>(nb.up + i, lanes);
     const V tv = load<kTail>(t + i, lanes);
     const V xv = kLogits ? load<kTail>(x + i, lanes) : p;
-    accumulate<kTail>(sums.bce, math::bce_loss<V, kLogits>(xv, p, tv), lanes);
-    accumulate<kTail>(sums.tv_w, math::tv_loss(left, p), lanes);
-    accumulate<kTail>(sums.tv_h, math::tv_loss(up, p), lanes);
+    accumulate<kTail>(bce, math::bce_loss<V, kLogits>(xv, p, tv), lanes);
+    accumulate<kTail>(tv_w, math::tv_loss(left, p), lanes);
+    accumulate<kTail>(tv_h, math::tv_loss(up, p), lanes);
     V front;
     if constexpr (k3D) {
       front = load<kTail>(nb.front + i, lanes);
-      accumulate<kTail>(sums.tv_d, math::tv_loss(front, p), lanes);
+      accumulate<kTail>(tv_d, math::tv_loss(front, p), lanes);
     }
     if constexpr (kGrad) {
       const V right = load<kTail>(nb.p + i + 1, lanes);
@@ -108,6 +111,10 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
       store<kTail>(g, grad + i, lanes);
     }
   });
+  sums.bce = bce;
+  sums.tv_w = tv_w;
+  sums.tv_h = tv_h;
+  sums.tv_d = tv_d;
 }
 
 // alpha * d BCE / d target of one row.
@@ -127,17 +134,23 @@ template <typename acc_t, bool kLogits, typename input_t>
 void fill_prob_row(const input_t* src, acc_t* row, int64_t W, SegVecSums<acc_t>& sums) {
   using V = Vec<acc_t>;
   acc_t* p = row + 1;
-  at::vec::convert(src, p, W);
+  const acc_t* x = load_row(src, p, W);  // converted in place, or read straight from the input
+  V lo = sums.p_min, hi = sums.p_max;     // in registers (see seg_row)
   for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
-    const V v = load<kTail>(p + i, lanes);  // lanes past the row are 0: inside [0, 1]
+    const V v = load<kTail>(x + i, lanes);  // lanes past the row are 0: inside [0, 1]
     if constexpr (kLogits) {
       store<kTail>(math::sigmoid(v), p + i, lanes);
     } else {
-      sums.p_min = at::vec::minimum(sums.p_min, v);  // NaN propagates, and fails the check
-      sums.p_max = at::vec::maximum(sums.p_max, v);
+      lo = at::vec::minimum(lo, v);  // NaN propagates, and fails the check
+      hi = at::vec::maximum(hi, v);
+      if (x != p) {
+        store<kTail>(v, p + i, lanes);
+      }
     }
   });
+  sums.p_min = lo;
+  sums.p_max = hi;
   row[0] = p[0];
   row[W + 1] = p[W - 1];
 }
