@@ -1,7 +1,7 @@
-"""The benchmark CLI: python -m benchmarks [--shape 16,1,512,512] [--repeats 15] [--out DIR].
+"""The benchmark CLI: python -m benchmarks [--shape 16,1,512,512] [--repeats 15] [--back-to-back] [--out DIR].
 
-Times forward and forward+backward of every loss for every CPU provider, in one run, and
-prints (and writes as JSON and Markdown) the medians, the speed-ups over eager and over
+Times forward and forward+backward of every loss for every CPU provider, in one run (the
+providers take turns, round by round), and prints (and writes as JSON and Markdown) the medians, the speed-ups over eager and over
 torch.compile, and the fraction of the machine's bandwidth reached on the compulsory bytes
 (a copy of the same number of bytes, timed in the same run).
 """
@@ -18,15 +18,17 @@ from benchmarks.common import (LOSSES, MODES, PROVIDERS, compulsory_bytes, copy_
                                median_seconds, workload)
 
 
-def measure(shape, repeats):
+def measure(shape, repeats, back_to_back=False):
     providers = [p for p in PROVIDERS if p in pylosses.available_backends("cpu")]
     rows = []
     for loss in LOSSES:
         x, t = make_inputs(loss, shape)
         for mode in MODES:
             nbytes = compulsory_bytes(mode, x, t)
-            copy_s = median_seconds(copy_workload(nbytes), repeats)
-            times = {p: median_seconds(workload(loss, p, mode, x, t), repeats) for p in providers}
+            steps = {p: workload(loss, p, mode, x, t) for p in providers}
+            steps["copy"] = copy_workload(nbytes)
+            times = median_seconds(steps, repeats, back_to_back=back_to_back)
+            copy_s = times.pop("copy")
             for p, seconds in times.items():
                 rows.append({
                     "loss": loss, "mode": mode, "provider": p, "shape": list(shape), "dtype": "float32",
@@ -59,16 +61,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="16,1,512,512", help="input shape (default 16,1,512,512)")
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats; the median is reported")
+    parser.add_argument("--back-to-back", action="store_true",
+                        help="run each provider's repeats in a row (warm cache) instead of taking turns")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                         help="folder for the JSON and Markdown results")
     args = parser.parse_args(argv)
     shape = tuple(int(s) for s in args.shape.split(","))
     info = machine()
-    rows = measure(shape, args.repeats)
+    rows = measure(shape, args.repeats, args.back_to_back)
+    info["timing"] = "back to back" if args.back_to_back else "providers take turns"
     table = markdown(rows, info)
     print(table)
     os.makedirs(args.out, exist_ok=True)
     name = "cpu-" + re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-") + f"-{info['cpu_count']}c"
+    if args.back_to_back:
+        name += "-back-to-back"
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump({"machine": info, "results": rows}, f, indent=1)
     with open(os.path.join(args.out, name + ".md"), "w") as f:

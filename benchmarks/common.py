@@ -11,7 +11,7 @@ import torch
 import pylosses
 
 LOSSES = ("segmentation_loss", "mse_loss")
-PROVIDERS = ("reference", "compile", "native")  # eager reference first: the baseline
+PROVIDERS = ("reference", "jit", "compile", "native")  # eager reference first: the baseline
 MODES = ("forward", "forward+backward")
 
 
@@ -65,18 +65,23 @@ def copy_workload(nbytes: int, device="cpu") -> Callable[[], None]:
     return lambda: dst.copy_(src)
 
 
-def median_seconds(step: Callable[[], None], repeats: int, warmup: int = 3, sync=lambda: None) -> float:
-    for _ in range(warmup):
-        step()
+def median_seconds(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int = 3, sync=lambda: None,
+                   back_to_back: bool = False) -> Dict[str, float]:
+    """The median time of each step. By default the steps take turns, one timed call each a
+    round, so that a machine whose speed drifts (a shared one) slows them all alike and their
+    ratios hold; back_to_back runs each step's repeats in a row instead (its data stays in cache)."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
     sync()
-    times = []
-    for _ in range(repeats):
+    times = {name: [] for name in steps}
+    order = [name for name in steps for _ in range(repeats)] if back_to_back else list(steps) * repeats
+    for name in order:
         start = time.perf_counter()
-        step()
+        steps[name]()
         sync()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+        times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def machine() -> Dict[str, object]:
