@@ -1,14 +1,15 @@
 // Segmentation loss alpha * BCE + beta * TV on the CPU, in one pass over memory.
 //
-// The contiguous input is a sequence of rows of length W. A spatial block ("plane": H rows in
-// 2-D, D * H rows in 3-D) is the unit in which the TV stencil looks for neighbours; a sample
-// is one or more planes (its channels). Chunks are row ranges inside one sample, fixed by the
-// shape, and each chunk writes its own partial sums, so the loss has the same bits for any
-// thread count (cpu_common.h).
+// The contiguous input is a sequence of volumes of D x H rows of length W (D = 1 in 2-D), one
+// for each sample and channel; the TV stencil looks for neighbours inside a volume. A chunk is
+// a band of rows [h0, h1) of one volume, through all its depth d; chunks are fixed by the shape,
+// and each writes its own partial sums, so the loss has the same bits for any thread count
+// (cpu_common.h).
 //
-// The probabilities of the rows around the current one are kept in a ring of padded rows
-// (radius 1 row in 2-D, H rows in 3-D), so every element is read from memory and turned into a
-// probability once per chunk, and its H and D neighbours come from cache.
+// A chunk walks its band depth by depth. The probabilities of the band at d - 1, d and d + 1,
+// with one row of halo above and below, are kept in a ring of three slabs of padded rows, so
+// every element is read from memory and turned into a probability once (its halo rows twice),
+// and its H and D neighbours come from cache.
 #include <torch/library.h>
 
 #include "cpu_common.h"
@@ -19,13 +20,13 @@ namespace pylosses::cpu {
 namespace {
 
 constexpr int64_t kChunkElements = 1 << 16;  // about this many elements a chunk
+constexpr int64_t kSlabElements = 1 << 12;   // at least this many contiguous elements a depth step
 
 struct SegGeometry {
   int64_t batch = 0, per_sample = 0;  // samples and elements in each
   int64_t W = 1, H = 1, D = 1;        // spatial extents, D = 1 in 2-D
-  int64_t rows_per_plane = 1, rows_per_sample = 0;
-  int64_t radius = 1;  // rows from a row to its farthest neighbour
-  int64_t rows_per_chunk = 1, chunks_per_sample = 0;
+  int64_t volumes_per_sample = 0;     // channels
+  int64_t rows_per_chunk = 1, chunks_per_volume = 0;
 
   SegGeometry(const at::Tensor& input, int64_t spatial_dims) {
     const int64_t nd = input.dim();
@@ -37,14 +38,14 @@ struct SegGeometry {
     if (input.numel() == 0) {
       return;
     }
-    rows_per_plane = D * H;
-    rows_per_sample = per_sample / W;
-    radius = spatial_dims == 3 ? H : 1;
-    // enough rows that the ring's halo stays a small part of the work
-    rows_per_chunk = std::max(at::divup(kChunkElements, W), 4 * radius);
-    chunks_per_sample = at::divup(rows_per_sample, rows_per_chunk);
+    volumes_per_sample = per_sample / (D * H * W);
+    // at least 8 rows, so that the two halo rows stay a small part of the work, and enough that
+    // each depth step reads a long contiguous run (the prefetcher's and the TLB's sake)
+    rows_per_chunk = std::min(H, std::max({int64_t(8), at::divup(kSlabElements, W), at::divup(kChunkElements, D * W)}));
+    chunks_per_volume = at::divup(H, rows_per_chunk);
   }
-  int64_t n_chunks() const { return batch * chunks_per_sample; }
+  int64_t n_chunks() const { return batch * volumes_per_sample * chunks_per_volume; }
+  int64_t sample_of(int64_t chunk) const { return chunk / chunks_per_volume / volumes_per_sample; }
 };
 
 // Sums of one chunk, or of a sample, or of everything.
@@ -161,50 +162,56 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
                 saved_grad_t<target_t>* grad_t, std::vector<SegSums<acc_type_t<input_t, target_t>>>& partials,
                 std::vector<char>& out_of_range) {
   using acc_t = acc_type_t<input_t, target_t>;
-  const int64_t W = geo.W, H = geo.H, R = geo.radius;
-  const int64_t ring_rows = 2 * R + 1;
-  const int64_t padded = W + 2;
+  const int64_t W = geo.W, H = geo.H, D = geo.D;
+  const int64_t padded = W + 2, slab_rows = geo.rows_per_chunk + 2;
   for_each_chunk<SegScratch<acc_t>>(geo.n_chunks(), [&](int64_t chunk, SegScratch<acc_t>& s) {
     if (s.ring.empty()) {
-      s.ring.resize(ring_rows * padded);
+      s.ring.resize(3 * slab_rows * padded);
       s.x.resize(W);
       s.t.resize(W);
       s.grad.resize(W);
       s.grad_t.resize(grad_t ? W : 0);
     }
-    const auto ring_row = [&](int64_t row) { return s.ring.data() + (row % ring_rows) * padded; };
     SegVecSums<acc_t> sums;
-    const int64_t sample = chunk / geo.chunks_per_sample;
-    const int64_t sample_end = (sample + 1) * geo.rows_per_sample;
-    const int64_t first = sample * geo.rows_per_sample + (chunk % geo.chunks_per_sample) * geo.rows_per_chunk;
-    const int64_t last = std::min(first + geo.rows_per_chunk, sample_end);
-    int64_t next_fill = std::max(first - R, first - first % geo.rows_per_plane);
-    for (int64_t row = first; row < last; ++row) {
-      const int64_t q = row % geo.rows_per_plane;  // row inside its plane
-      const int64_t h = q % H, d = q / H;
-      const int64_t plane_end = row - q + geo.rows_per_plane;
-      for (; next_fill <= std::min(row + R, plane_end - 1); ++next_fill) {
-        fill_prob_row<acc_t, kLogits>(input + next_fill * W, ring_row(next_fill), W, sums);
+    const int64_t volume = chunk / geo.chunks_per_volume;
+    const int64_t h0 = (chunk % geo.chunks_per_volume) * geo.rows_per_chunk;
+    const int64_t h1 = std::min(h0 + geo.rows_per_chunk, H);
+    const int64_t lo = std::max<int64_t>(h0 - 1, 0), hi = std::min(h1 + 1, H);  // rows held, with halo
+    const auto row_offset = [&](int64_t d, int64_t h) { return ((volume * D + d) * H + h) * W; };
+    const auto ring_row = [&](int64_t d, int64_t h) {
+      return s.ring.data() + ((d % 3) * slab_rows + (h - lo)) * padded;
+    };
+    const auto fill_slab = [&](int64_t d) {
+      for (int64_t h = lo; h < hi; ++h) {
+        fill_prob_row<acc_t, kLogits>(input + row_offset(d, h), ring_row(d, h), W, sums);
       }
-      const acc_t* p = ring_row(row) + 1;
-      Neighbourhood<acc_t> nb{p, p, p, p, p};
-      if (h > 0) nb.up = ring_row(row - 1) + 1;
-      if (h < H - 1) nb.down = ring_row(row + 1) + 1;
-      if (k3D && d > 0) nb.front = ring_row(row - H) + 1;
-      if (k3D && d < geo.D - 1) nb.back = ring_row(row + H) + 1;
+    };
+    fill_slab(0);
+    for (int64_t d = 0; d < D; ++d) {
+      if (d + 1 < D) {
+        fill_slab(d + 1);
+      }
+      for (int64_t h = h0; h < h1; ++h) {
+        const acc_t* p = ring_row(d, h) + 1;
+        Neighbourhood<acc_t> nb{p, p, p, p, p};
+        if (h > 0) nb.up = ring_row(d, h - 1) + 1;
+        if (h < H - 1) nb.down = ring_row(d, h + 1) + 1;
+        if (d > 0) nb.front = ring_row(d - 1, h) + 1;
+        if (d < D - 1) nb.back = ring_row(d + 1, h) + 1;
 
-      const int64_t offset = row * W;
-      const acc_t* x = kLogits ? load_row(input + offset, s.x.data(), W) : p;
-      const acc_t* t = load_row(target + offset, s.t.data(), W);
-      acc_t* g = kGrad ? out_row(grad_in + offset, s.grad.data()) : nullptr;
-      seg_row<acc_t, kLogits, k3D, kGrad>(x, nb, t, W, prm, sums, g);
-      if (kGrad) {
-        store_row(g, grad_in + offset, W);
-      }
-      if (grad_t) {
-        acc_t* gt = out_row(grad_t + offset, s.grad_t.data());
-        seg_row_grad_target<acc_t, kLogits>(x, p, W, prm.alpha, gt);
-        store_row(gt, grad_t + offset, W);
+        const int64_t offset = row_offset(d, h);
+        const acc_t* x = kLogits ? load_row(input + offset, s.x.data(), W) : p;
+        const acc_t* t = load_row(target + offset, s.t.data(), W);
+        acc_t* g = kGrad ? out_row(grad_in + offset, s.grad.data()) : nullptr;
+        seg_row<acc_t, kLogits, k3D, kGrad>(x, nb, t, W, prm, sums, g);
+        if (kGrad) {
+          store_row(g, grad_in + offset, W);
+        }
+        if (grad_t) {
+          acc_t* gt = out_row(grad_t + offset, s.grad_t.data());
+          seg_row_grad_target<acc_t, kLogits>(x, p, W, prm.alpha, gt);
+          store_row(gt, grad_t + offset, W);
+        }
       }
     }
     partials[chunk] = {lane_sum(sums.bce), lane_sum(sums.tv_w), lane_sum(sums.tv_h), lane_sum(sums.tv_d)};
@@ -303,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
     from_logits ? with_dims(std::true_type{}) : with_dims(std::false_type{});
 
     for (int64_t c = 0; c < geo.n_chunks(); ++c) {  // fixed order
-      SegSums<double>& sum = per_sample[c / geo.chunks_per_sample];
+      SegSums<double>& sum = per_sample[geo.sample_of(c)];
       sum.bce += partials[c].bce;
       sum.tv_w += partials[c].tv_w;
       sum.tv_h += partials[c].tv_h;
