@@ -97,12 +97,13 @@ SEG_TV_ONLY = LossCase("seg2d_tv_only", spatial_dims=2, alpha=0.0, beta=1.0)
 SEG_BCE_ONLY = LossCase("seg2d_bce_only", spatial_dims=2, alpha=1.0, beta=0.0)
 SEG3D_TV_ONLY = LossCase("seg3d_tv_only", spatial_dims=3, from_logits=True, alpha=0.0, beta=1.0)
 
-# shapes by loss kind: odd sizes, size-1 axes, empty tensors
-MSE_SHAPES = [(), (7,), (3, 5, 7), (2, 1, 33, 17), (0, 3), (1000,)]
+# shapes by loss kind: odd sizes, size-1 axes, empty tensors, and the last ones large enough
+# that the CPU kernels split them into several chunks (a sample's rows into several bands)
+MSE_SHAPES = [(), (7,), (3, 5, 7), (2, 1, 33, 17), (0, 3), (1000,), (70001,)]
 SEG2D_SHAPES = [(2, 1, 5, 7), (4, 1, 17, 33), (2, 3, 6, 5), (3, 2, 1, 9), (2, 3, 8, 1), (1, 1, 1, 1), (5, 9, 11),
-                (1, 2, 3, 40, 70), (0, 1, 4, 4), (2, 1, 0, 5)]
+                (1, 2, 3, 40, 70), (0, 1, 4, 4), (2, 1, 0, 5), (2, 1, 1100, 61)]
 SEG3D_SHAPES = [(2, 1, 3, 5, 7), (1, 2, 4, 9, 6), (1, 2, 1, 4, 4), (2, 1, 4, 1, 6), (2, 3, 5, 4, 1), (1, 1, 0, 2, 2),
-                (1, 1, 9, 20, 24)]
+                (1, 1, 9, 20, 24), (2, 1, 16, 21, 509)]
 
 
 def shapes_for(loss: LossCase):
