@@ -16,7 +16,7 @@ except ImportError as error:  # not built: the native backend is unavailable
     EXTENSION_ERROR = error
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
-_NONE, _MEAN, _SUM = 0, 1, 2
+_NONE = REDUCTIONS["none"]
 
 
 def saved_grad_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -85,45 +85,28 @@ if EXTENSION_ERROR is None:
     def _loss_backward_fake(grad_output, saved_grad, scale, dtype):
         return saved_grad.new_empty(saved_grad.shape, dtype=dtype)
 
-
-    def _mse_setup_context(ctx, inputs, output):
+    def _setup_context(ctx, inputs, output):
+        """Of every forward op: inputs start with (input, target); output is (loss, *saved gradients)."""
         input, target = inputs[:2]
-        ctx.save_for_backward(output[1])
-        ctx.mark_non_differentiable(output[1])
-        ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for the saved one
-        ctx.dtypes = (input.dtype, target.dtype)
-        ctx.shape = input.shape
-
-    def _mse_backward(ctx, grad_loss, _unused):
-        (saved,) = ctx.saved_tensors
-        grad_input = grad_target = None
-        if grad_loss is None:  # the loss itself was not used: zero gradients, which None stands for
-            return None, None, None, None
-        want_input, want_target = ctx.needs_input_grad[:2]
-        if want_target:  # d/dt (x - t)^2 = -d/dx
-            grad_target = _gradient(grad_loss, saved, -1.0, ctx.dtypes[1], ctx.shape)
-        if want_input:
-            grad_input = _gradient(grad_loss, saved, 1.0, ctx.dtypes[0], ctx.shape)
-        return grad_input, grad_target, None, None
-
-    def _seg_setup_context(ctx, inputs, output):
-        input, target = inputs[:2]
-        ctx.save_for_backward(output[1], output[2])
-        ctx.mark_non_differentiable(output[1], output[2])
+        ctx.save_for_backward(*output[1:])
+        ctx.mark_non_differentiable(*output[1:])
         ctx.set_materialize_grads(False)  # else autograd fills zero gradients for the saved ones
         ctx.dtypes = (input.dtype, target.dtype)
         ctx.shape = input.shape
+        ctx.n_inputs = len(inputs)
 
-    def _seg_backward(ctx, grad_loss, _unused_input, _unused_target):
-        saved_input, saved_target = ctx.saved_tensors
-        grad_input = grad_target = None
+    def _backward(ctx, grad_loss, *_unused):
+        saved = ctx.saved_tensors
+        grads = [None] * ctx.n_inputs
         if grad_loss is None:  # the loss itself was not used: zero gradients, which None stands for
-            return (None,) * 9
-        if ctx.needs_input_grad[0]:
-            grad_input = _gradient(grad_loss, saved_input, 1.0, ctx.dtypes[0], ctx.shape)
+            return tuple(grads)
+        # MSE saves one gradient, d/dt (x - t)^2 = -d/dx; the segmentation loss one for each
+        saved_target, target_sign = (saved[0], -1.0) if len(saved) == 1 else (saved[1], 1.0)
         if ctx.needs_input_grad[1]:
-            grad_target = _gradient(grad_loss, saved_target, 1.0, ctx.dtypes[1], ctx.shape)
-        return (grad_input, grad_target) + (None,) * 7
+            grads[1] = _gradient(grad_loss, saved_target, target_sign, ctx.dtypes[1], ctx.shape)
+        if ctx.needs_input_grad[0]:
+            grads[0] = _gradient(grad_loss, saved[0], 1.0, ctx.dtypes[0], ctx.shape)
+        return tuple(grads)
 
-    torch.library.register_autograd("pylosses::mse_loss_fwd", _mse_backward, setup_context=_mse_setup_context)
-    torch.library.register_autograd("pylosses::seg_loss_fwd", _seg_backward, setup_context=_seg_setup_context)
+    for _name in ("mse_loss_fwd", "seg_loss_fwd"):
+        torch.library.register_autograd(f"pylosses::{_name}", _backward, setup_context=_setup_context)

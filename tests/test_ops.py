@@ -127,3 +127,16 @@ def test_backward_twice_with_retain_graph(loss, grad_output):
     second = torch.autograd.grad(value, (x, t))
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("loss", [MSE, SEG], ids=lambda c: c.name)
+def test_grad_handed_to_autograd_stays_ours_to_keep(loss):
+    # backward may hand the saved gradient itself to autograd as .grad; changing .grad in place
+    # (zero_(), clipping) must not change what a retained graph's second backward gives
+    x, t = make_pair(loss, (2, 1, 8, 9), torch.float32, torch.float32)
+    value = loss.call(x, t, "mean", "native")
+    value.backward(retain_graph=True)
+    first = x.grad.clone()
+    x.grad.zero_()
+    value.backward()
+    assert torch.equal(x.grad, first)
