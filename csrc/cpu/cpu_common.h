@@ -156,6 +156,31 @@ inline void store(const Vec<acc_t>& v, acc_t* p, int64_t lanes) {
   }
 }
 
+// A full vector to memory that nothing reads soon (a gradient, for the optimizer): past the
+// caches when the address allows, which spares reading the line before writing it. Call
+// stream_fence() after the last one.
+template <typename acc_t>
+inline void store_stream(const Vec<acc_t>& v, acc_t* p) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(Vec<acc_t>) == 0) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<acc_t, float>) return _mm512_stream_ps(p, v);
+    if constexpr (std::is_same_v<acc_t, double>) return _mm512_stream_pd(p, v);
+#else
+    if constexpr (std::is_same_v<acc_t, float>) return _mm256_stream_ps(p, v);
+    if constexpr (std::is_same_v<acc_t, double>) return _mm256_stream_pd(p, v);
+#endif
+  }
+#endif
+  v.store(p);
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
 // acc += v on the first `lanes` lanes only.
 template <bool kTail, typename acc_t>
 inline void accumulate(Vec<acc_t>& acc, const Vec<acc_t>& v, int64_t lanes) {

@@ -47,7 +47,12 @@ void mse_kernel(const input_t* x_data, const target_t* t_data, int64_t n, out_t*
           accumulate<kTail>(acc, l, lanes);
         }
         if (grad) {
-          store<kTail>(V(grad_scale) * math::mse_grad(xv, tv), grad + i, lanes);
+          const V g = V(grad_scale) * math::mse_grad(xv, tv);
+          if (kTail || grad != static_cast<void*>(grad_data + b)) {
+            store<kTail>(g, grad + i, lanes);
+          } else {  // straight into the output
+            store_stream(g, grad + i);
+          }
         }
       });
       if (loss) {
@@ -57,6 +62,7 @@ void mse_kernel(const input_t* x_data, const target_t* t_data, int64_t n, out_t*
         store_row(grad, grad_data + b, len);
       }
     }
+    stream_fence();
     if (!loss_data) {
       partials[chunk] = lane_sum(acc);
     }
