@@ -1,4 +1,4 @@
-"""The benchmark CLI: python -m benchmarks [--shape 16,1,512,512] [--repeats 15] [--back-to-back] [--out DIR].
+"""The benchmark CLI: python -m benchmarks [--shape 16,1,512,512] [--repeats 25] [--back-to-back] [--out DIR].
 
 Times forward and forward+backward of every loss for every CPU provider, in one run (the
 providers take turns, round by round), and prints (and writes as JSON and Markdown) the medians, the speed-ups over eager and over
@@ -60,7 +60,7 @@ def markdown(rows, info):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="16,1,512,512", help="input shape (default 16,1,512,512)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed repeats; the median is reported")
+    parser.add_argument("--repeats", type=int, default=25, help="timed repeats; the median is reported")
     parser.add_argument("--back-to-back", action="store_true",
                         help="run each provider's repeats in a row (warm cache) instead of taking turns")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
