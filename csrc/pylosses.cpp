@@ -14,10 +14,16 @@ PyObject* PyInit__C(void) {
 }
 }
 
+// Each schema serves two ops: NAME, implemented by this extension (csrc/cpu, csrc/cuda), and
+// triton_NAME, implemented by the Triton kernels (triton_kernels/, registered in pylosses/_ops.py).
+#define PYLOSSES_DEF(m, name, signature) \
+  m.def(name signature);                 \
+  m.def("triton_" name signature)
+
 TORCH_LIBRARY(pylosses, m) {
-  m.def("mse_loss_fwd(Tensor input, Tensor target, int reduction, bool compute_grad) -> (Tensor, Tensor)");
-  m.def(
-      "seg_loss_fwd(Tensor input, Tensor target, float alpha, float beta, int spatial_dims, bool from_logits, "
-      "int reduction, bool compute_grad_input, bool compute_grad_target) -> (Tensor, Tensor, Tensor)");
-  m.def("loss_backward(Tensor grad_output, Tensor saved_grad, float scale, ScalarType dtype) -> Tensor");
+  PYLOSSES_DEF(m, "mse_loss_fwd", "(Tensor input, Tensor target, int reduction, bool compute_grad) -> (Tensor, Tensor)");
+  PYLOSSES_DEF(m, "seg_loss_fwd",
+               "(Tensor input, Tensor target, float alpha, float beta, int spatial_dims, bool from_logits, "
+               "int reduction, bool compute_grad_input, bool compute_grad_target) -> (Tensor, Tensor, Tensor)");
+  PYLOSSES_DEF(m, "loss_backward", "(Tensor grad_output, Tensor saved_grad, float scale, ScalarType dtype) -> Tensor");
 }

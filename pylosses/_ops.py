@@ -1,6 +1,8 @@
-"""The ops of pylosses._C: fake kernels (for torch.compile and opcheck) and autograd.
+"""The ops of pylosses: fake kernels (for torch.compile and opcheck) and autograd.
 
-Each loss's forward op returns the loss and, when asked, its gradients for grad_output = 1
+Every op comes twice, with one schema (csrc/pylosses.cpp): NAME, implemented by pylosses._C,
+and triton_NAME, implemented here by the Triton kernels of pylosses.triton_kernels. Each loss's
+forward op returns the loss and, when asked, its gradients for grad_output = 1
 (DESIGN §3: the forward pass writes the gradient); the backward of every loss applies
 grad_output with the op loss_backward (on the CPU, a grad_output of exactly 1 needs no pass).
 """
@@ -14,6 +16,8 @@ try:
     EXTENSION_ERROR = None
 except ImportError as error:  # not built: the native backend is unavailable
     EXTENSION_ERROR = error
+
+PREFIX = {"native": "", "triton": "triton_"}  # a backend's ops: torch.ops.pylosses.<prefix><name>
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _NONE = REDUCTIONS["none"]
@@ -35,7 +39,7 @@ def _eager(*tensors: Tensor) -> bool:
     return all(type(t) is torch.Tensor for t in tensors)
 
 
-def _gradient(grad_output: Tensor, saved: Tensor, scale: float, dtype: torch.dtype, shape) -> Tensor:
+def _gradient(backward_op, grad_output: Tensor, saved: Tensor, scale: float, dtype: torch.dtype, shape) -> Tensor:
     """saved * grad_output * scale as a `dtype` tensor."""
     if saved.numel() == 0 and torch.Size(shape).numel() != 0:
         raise RuntimeError("pylosses: backward needs the gradient that the forward op was asked not to compute")
@@ -46,56 +50,61 @@ def _gradient(grad_output: Tensor, saved: Tensor, scale: float, dtype: torch.dty
         # .grad when nothing else holds it. Reading grad_output is free on the CPU; on a GPU it
         # would be a host sync, so there loss_backward always runs.
         return saved
-    return torch.ops.pylosses.loss_backward(grad_output, saved, scale, dtype)
+    return backward_op(grad_output, saved, scale, dtype)
 
 
-def mse_loss(input: Tensor, target: Tensor, reduction: str) -> Tensor:
+def _op(backend: str, name: str):
+    return getattr(torch.ops.pylosses, PREFIX[backend] + name)
+
+
+def mse_loss(backend: str, input: Tensor, target: Tensor, reduction: str) -> Tensor:
     compute_grad = torch.is_grad_enabled() and (input.requires_grad or target.requires_grad)
-    loss, _ = torch.ops.pylosses.mse_loss_fwd(input, target, REDUCTIONS[reduction], compute_grad)
+    loss, _ = _op(backend, "mse_loss_fwd")(input, target, REDUCTIONS[reduction], compute_grad)
     return loss
 
 
 def segmentation_loss(
-    input: Tensor, target: Tensor, alpha: float, beta: float, from_logits: bool, spatial_dims: int, reduction: str
+    backend: str, input: Tensor, target: Tensor, alpha: float, beta: float, from_logits: bool, spatial_dims: int,
+    reduction: str,
 ) -> Tensor:
     grad_enabled = torch.is_grad_enabled()
-    loss, _, _ = torch.ops.pylosses.seg_loss_fwd(
+    loss, _, _ = _op(backend, "seg_loss_fwd")(
         input, target, float(alpha), float(beta), spatial_dims, from_logits, REDUCTIONS[reduction],
         grad_enabled and input.requires_grad, grad_enabled and target.requires_grad,
     )
     return loss
 
 
-if EXTENSION_ERROR is None:
+def _mse_loss_fwd_fake(input, target, reduction, compute_grad):
+    loss_shape = input.shape if reduction == _NONE else ()
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    # one saved gradient serves input and target, in their common dtype
+    return input.new_empty(loss_shape, dtype=dtype), _grad_like(input, compute_grad, dtype)
 
-    @torch.library.register_fake("pylosses::mse_loss_fwd")
-    def _mse_loss_fwd_fake(input, target, reduction, compute_grad):
-        loss_shape = input.shape if reduction == _NONE else ()
-        dtype = torch.promote_types(input.dtype, target.dtype)
-        # one saved gradient serves input and target, in their common dtype
-        return input.new_empty(loss_shape, dtype=dtype), _grad_like(input, compute_grad, dtype)
 
-    @torch.library.register_fake("pylosses::seg_loss_fwd")
-    def _seg_loss_fwd_fake(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target):
-        loss_shape = input.shape[:1] if reduction == _NONE else ()
-        loss = input.new_empty(loss_shape, dtype=torch.promote_types(input.dtype, target.dtype))
-        return loss, _grad_like(input, grad_input, input.dtype), _grad_like(target, grad_target, target.dtype)
+def _seg_loss_fwd_fake(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target):
+    loss_shape = input.shape[:1] if reduction == _NONE else ()
+    loss = input.new_empty(loss_shape, dtype=torch.promote_types(input.dtype, target.dtype))
+    return loss, _grad_like(input, grad_input, input.dtype), _grad_like(target, grad_target, target.dtype)
 
-    @torch.library.register_fake("pylosses::loss_backward")
-    def _loss_backward_fake(grad_output, saved_grad, scale, dtype):
-        return saved_grad.new_empty(saved_grad.shape, dtype=dtype)
 
-    def _setup_context(ctx, inputs, output):
-        """Of every forward op: inputs start with (input, target); output is (loss, *saved gradients)."""
-        input, target = inputs[:2]
-        ctx.save_for_backward(*output[1:])
-        ctx.mark_non_differentiable(*output[1:])
-        ctx.set_materialize_grads(False)  # else autograd fills zero gradients for the saved ones
-        ctx.dtypes = (input.dtype, target.dtype)
-        ctx.shape = input.shape
-        ctx.n_inputs = len(inputs)
+def _loss_backward_fake(grad_output, saved_grad, scale, dtype):
+    return saved_grad.new_empty(saved_grad.shape, dtype=dtype)
 
-    def _backward(ctx, grad_loss, *_unused):
+
+def _setup_context(ctx, inputs, output):
+    """Of every forward op: inputs start with (input, target); output is (loss, *saved gradients)."""
+    input, target = inputs[:2]
+    ctx.save_for_backward(*output[1:])
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # else autograd fills zero gradients for the saved ones
+    ctx.dtypes = (input.dtype, target.dtype)
+    ctx.shape = input.shape
+    ctx.n_inputs = len(inputs)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_loss, *_unused):
         saved = ctx.saved_tensors
         grads = [None] * ctx.n_inputs
         if grad_loss is None:  # the loss itself was not used: zero gradients, which None stands for
@@ -103,10 +112,44 @@ if EXTENSION_ERROR is None:
         # MSE saves one gradient, d/dt (x - t)^2 = -d/dx; the segmentation loss one for each
         saved_target, target_sign = (saved[0], -1.0) if len(saved) == 1 else (saved[1], 1.0)
         if ctx.needs_input_grad[1]:
-            grads[1] = _gradient(grad_loss, saved_target, target_sign, ctx.dtypes[1], ctx.shape)
+            grads[1] = _gradient(backward_op, grad_loss, saved_target, target_sign, ctx.dtypes[1], ctx.shape)
         if ctx.needs_input_grad[0]:
-            grads[0] = _gradient(grad_loss, saved[0], 1.0, ctx.dtypes[0], ctx.shape)
+            grads[0] = _gradient(backward_op, grad_loss, saved[0], 1.0, ctx.dtypes[0], ctx.shape)
         return tuple(grads)
 
-    for _name in ("mse_loss_fwd", "seg_loss_fwd"):
-        torch.library.register_autograd(f"pylosses::{_name}", _backward, setup_context=_setup_context)
+    return backward
+
+
+def _register(backend: str) -> None:
+    prefix = PREFIX[backend]
+    torch.library.register_fake(f"pylosses::{prefix}mse_loss_fwd", _mse_loss_fwd_fake)
+    torch.library.register_fake(f"pylosses::{prefix}seg_loss_fwd", _seg_loss_fwd_fake)
+    torch.library.register_fake(f"pylosses::{prefix}loss_backward", _loss_backward_fake)
+    backward = _make_backward(_op(backend, "loss_backward"))
+    for name in ("mse_loss_fwd", "seg_loss_fwd"):
+        torch.library.register_autograd(f"pylosses::{prefix}{name}", backward, setup_context=_setup_context)
+
+
+def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target):
+    from .functional import input_checks_enabled  # (functional imports this module)
+
+    check = input.device.type == "cpu" or input_checks_enabled()  # on the CPU the check costs no sync
+    return triton_segmentation.seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction,
+                                            grad_input, grad_target, check)
+
+
+TRITON_ERROR = EXTENSION_ERROR  # why the triton backend is unavailable (its schemas come with _C)
+if EXTENSION_ERROR is None:
+    _register("native")
+    try:
+        from .triton_kernels import common as triton_common
+        from .triton_kernels import mse as triton_mse
+        from .triton_kernels import segmentation as triton_segmentation
+    except ImportError as error:  # no Triton
+        TRITON_ERROR = error
+    else:
+        _triton_library = torch.library.Library("pylosses", "IMPL")
+        for _name, _impl in (("mse_loss_fwd", triton_mse.mse_loss_fwd), ("seg_loss_fwd", _triton_seg_loss_fwd),
+                             ("loss_backward", triton_common.loss_backward)):
+            _triton_library.impl("triton_" + _name, _impl, "CompositeExplicitAutograd")
+        _register("triton")

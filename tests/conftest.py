@@ -1,9 +1,15 @@
+import glob
 import os
 import sys
 
-import pytest
-import torch
-import torch._inductor.config
+# Without a GPU the Triton kernels run in Triton's interpreter, on CPU tensors; it must be
+# chosen before Triton is imported. (A GPU is looked for without importing torch.)
+if not glob.glob("/dev/nvidia[0-9]*"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch._inductor.config  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/cases.py
 

@@ -9,7 +9,8 @@ from cases import (CHANNELS_LAST, CONTIGUOUS, FLOAT_DTYPES, MSE, NON_CONTIGUOUS,
                    make_pair, shapes_for, target_dtype_for, tolerance)
 
 LOSSES = [MSE, SEG, SEG_LOGITS, SEG3D, SEG3D_LOGITS, SEG_TV_ONLY, SEG_BCE_ONLY, SEG3D_TV_ONLY]
-CPU_BACKENDS = [b for b in ("native", "jit") if b in pylosses.available_backends("cpu")]
+# triton runs here under TRITON_INTERPRET=1 (tests/conftest.py)
+CPU_BACKENDS = [b for b in ("native", "triton", "jit") if b in pylosses.available_backends("cpu")]
 
 
 def check_against_reference(loss, backend, shape, dtype, target_dtype, reduction, layout=CONTIGUOUS, seed=0):

@@ -1,0 +1,51 @@
+"""MSE loss in Triton: one pass that reads input and target and writes the loss (per element for
+reduction="none", else one partial sum a program) and, when asked, the gradient."""
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import acc_dtype, acc_torch_dtype, sum_groups
+
+BLOCK = 4096  # elements a program (a documented choice; Hopper tuning is issue 3's GPU part)
+
+
+@triton.jit
+def mse_fwd_kernel(x_ptr, t_ptr, loss_ptr, grad_ptr, partial_ptr, n, grad_scale,
+                   WRITE_LOSS: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ACC)
+    d = x - t
+    if WRITE_LOSS:
+        tl.store(loss_ptr + offs, (d * d).to(loss_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(partial_ptr + pid, tl.sum(d * d, axis=0))
+    if WRITE_GRAD:
+        tl.store(grad_ptr + offs, (2.0 * d * grad_scale).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+def mse_loss_fwd(input: torch.Tensor, target: torch.Tensor, reduction: int, compute_grad: bool):
+    """(loss, grad) as the op pylosses::mse_loss_fwd: grad is d loss / d input for grad_output = 1."""
+    x, t = input.contiguous(), target.contiguous()
+    n = x.numel()
+    result = torch.promote_types(x.dtype, t.dtype)
+    saved = torch.float32 if result == torch.float16 else result
+    grad = torch.empty(x.shape if compute_grad else (0,), dtype=saved, device=x.device)
+    acc = acc_torch_dtype(x.dtype, t.dtype)
+    programs = triton.cdiv(n, BLOCK)
+    loss = torch.empty(x.shape, dtype=result, device=x.device) if reduction == 0 else None
+    partials = torch.empty((programs, 1), dtype=acc, device=x.device)
+    grad_scale = 1.0 / n if reduction == 1 and n else 1.0
+    if n:
+        mse_fwd_kernel[(programs,)](x, t, loss if loss is not None else partials, grad if compute_grad else partials,
+                                    partials, n, grad_scale, WRITE_LOSS=reduction == 0, WRITE_GRAD=compute_grad,
+                                    ACC=acc_dtype(x.dtype, t.dtype), BLOCK=BLOCK)
+    if loss is not None:
+        return loss, grad
+    total = sum_groups(partials, 1)[0, 0]
+    if reduction == 1:
+        total = total / n if n else torch.full((), float("nan"), dtype=acc, device=x.device)
+    return total.to(result), grad
