@@ -1,5 +1,6 @@
 """The public API: argument checks, modules, backend selection, autocast, edge values."""
 
+import os
 import warnings
 
 import pytest
@@ -39,7 +40,6 @@ BAD_CALLS = [
     (pylosses.segmentation_loss, dict(input=X, target=T, alpha=True), TypeError, ["alpha", "True"]),
     (pylosses.segmentation_loss, dict(input=X, target=T, from_logits=1), TypeError, ["from_logits", "1"]),
     (pylosses.segmentation_loss, dict(input=X, target=T, reduction=None), ValueError, ["reduction", "None"]),
-    (pylosses.segmentation_loss, dict(input=X, target=T, backend="triton"), RuntimeError, ["triton"]),
     (pylosses.SegmentationLoss, dict(reduction="elementwise_mean"), ValueError, ["reduction", "elementwise_mean"]),
     (pylosses.SegmentationLoss, dict(spatial_dims=4), ValueError, ["spatial_dims", "4"]),
     (pylosses.MSELoss, dict(backend="fast"), ValueError, ["backend", "'fast'"]),
@@ -98,11 +98,20 @@ def test_modules_are_losses_and_carry_configuration():
 
 def test_available_backends_and_auto():
     backends = pylosses.available_backends("cpu")
-    assert backends[-3:] == ["compile", "jit", "reference"] and "triton" not in backends
+    assert backends[-3:] == ["compile", "jit", "reference"]
+    assert ("triton" in backends) == (HAS_NATIVE and os.environ.get("TRITON_INTERPRET") == "1")
     assert pylosses.available_backends(torch.device("cpu")) == backends
     if HAS_NATIVE:
         assert backends[0] == "native"
         assert functional._pick_backend("auto", torch.device("cpu")) == "native"
+
+
+@needs_native
+def test_triton_on_cpu_tensors_only_in_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "triton" not in pylosses.available_backends("cpu")
+    with pytest.raises(RuntimeError, match="backend='triton'.*TRITON_INTERPRET"):
+        pylosses.segmentation_loss(X, T, backend="triton")
 
 
 def test_auto_falls_back_to_reference_with_one_warning(monkeypatch):

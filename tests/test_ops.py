@@ -15,7 +15,7 @@ def _seg_args(x, t, reduction=1, spatial_dims=2, logits=False, gi=True, gt=False
     return (x, t, 0.7, 0.3, spatial_dims, logits, reduction, gi, gt)
 
 
-def _opcheck_samples():
+def _opcheck_samples(ops):
     x, t = torch.rand(2, 3, 5, 7, requires_grad=True), torch.rand(2, 3, 5, 7, requires_grad=True)
     x3 = torch.rand(2, 1, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     t3 = torch.rand(2, 1, 3, 4, 5, dtype=torch.float64)
@@ -32,8 +32,24 @@ def _opcheck_samples():
     yield ops.loss_backward, (torch.rand(2, 3, 5, 7), saved, -1.0, torch.float64)
 
 
-@pytest.mark.parametrize("op,args", list(_opcheck_samples()))
-def test_opcheck(op, args):
+BACKENDS = [b for b in ("native", "triton") if b in pylosses.available_backends("cpu")]
+
+
+class _Ops:
+    """torch.ops.pylosses for one backend: its ops by their native names."""
+
+    def __init__(self, backend):
+        self.prefix = {"native": "", "triton": "triton_"}[backend]
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.pylosses, self.prefix + name)
+
+
+OPCHECK = [(b, op, args) for b in BACKENDS for op, args in _opcheck_samples(_Ops(b))]
+
+
+@pytest.mark.parametrize("backend,op,args", OPCHECK, ids=[f"{b}-{op.__name__}-{i}" for i, (b, op, _) in enumerate(OPCHECK)])
+def test_opcheck(backend, op, args):
     torch.library.opcheck(op, args)
 
 
@@ -43,18 +59,21 @@ GRADCHECK = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("loss,shape", GRADCHECK, ids=lambda v: getattr(v, "name", ""))
-def test_gradcheck(loss, shape, reduction):
+def test_gradcheck(loss, shape, reduction, backend):
     # probabilities whose neighbours differ (|x| has a kink at 0 that finite differences straddle)
     x, t = make_pair(loss, shape, torch.float64, torch.float64, grad=(True, True), seed=3)
-    torch.autograd.gradcheck(lambda a, b: loss.call(a, b, reduction, "native"), (x, t))
+    # fast mode (a random projection) for Triton: its interpreter makes every evaluation slow
+    torch.autograd.gradcheck(lambda a, b: loss.call(a, b, reduction, backend), (x, t), fast_mode=backend == "triton")
 
 
-def test_fullgraph_compile_of_a_training_step():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fullgraph_compile_of_a_training_step(backend):
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
-    criterion = pylosses.SegmentationLoss(from_logits=True, backend="native")
-    mse = pylosses.MSELoss(backend="native")
+    criterion = pylosses.SegmentationLoss(from_logits=True, backend=backend)
+    mse = pylosses.MSELoss(backend=backend)
 
     def forward(image, mask):
         logits = model(image)
