@@ -25,7 +25,7 @@ def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
     # the same values, every other element of a tensor twice as wide
     if t.dim() == 0:
         return t
-    wide = torch.zeros(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype)
+    wide = torch.zeros(t.shape[:-1] + (2 * t.shape[-1],), dtype=t.dtype, device=t.device)
     wide[..., ::2] = t
     return wide[..., ::2]
 
@@ -123,10 +123,10 @@ def target_dtype_for(loss: LossCase, input_dtype, kind: str):
 
 
 def make_pair(loss: LossCase, shape, dtype, target_dtype, layout: Layout = CONTIGUOUS, seed: int = 0,
-              grad: Tuple[bool, bool] = (True, False)):
+              grad: Tuple[bool, bool] = (True, False), device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    x = layout.apply(loss.make_input(shape, dtype, g)).requires_grad_(grad[0])
-    t = layout.apply(loss.make_target(shape, target_dtype, g))
+    x = layout.apply(loss.make_input(shape, dtype, g).to(device)).requires_grad_(grad[0])
+    t = layout.apply(loss.make_target(shape, target_dtype, g).to(device))
     if grad[1] and t.is_floating_point():
         t.requires_grad_(True)
     return x, t
@@ -160,3 +160,32 @@ def tolerance(dtype, torch_error: float) -> float:
     the same dtype (the reference), and never less than a few units of rounding of that dtype."""
     return 4 * max(torch_error, 4 * EPS[dtype])
 
+
+def check_against_reference(loss, backend, shape, dtype, target_dtype, reduction, layout=CONTIGUOUS, seed=0,
+                            device="cpu"):
+    """backend's loss and both gradients (under a random grad_output) against the reference in
+    float64, within tolerance() of the error of the reference in the same dtypes."""
+    want_target_grad = target_dtype.is_floating_point
+    x, t = make_pair(loss, shape, dtype, target_dtype, layout, seed, grad=(True, want_target_grad), device=device)
+    x64, t64 = as_float64(x), (as_float64(t) if t.is_floating_point() else t)
+
+    exact = loss.reference(x64, t64, reduction)
+    torch_own = loss.reference(x, t, reduction)  # torch in the same dtypes: its own error
+    ours = loss.call(x, t, reduction, backend)
+
+    assert ours.dtype == torch_own.dtype, (ours.dtype, torch_own.dtype)
+    assert ours.shape == exact.shape
+    err, own = error_vs(ours, exact), error_vs(torch_own, exact)
+    assert err <= tolerance(ours.dtype, own), f"loss off by {err:.3g} (torch: {own:.3g})"
+
+    wrt = [x, t] if want_target_grad else [x]
+    wrt64 = [x64, t64] if want_target_grad else [x64]
+    g = torch.Generator().manual_seed(seed + 1)
+    grad_out = (torch.rand(exact.shape, generator=g, dtype=torch.float64) + 0.5).to(device)  # not all ones
+    ours_grads = torch.autograd.grad(ours, wrt, grad_out.to(ours.dtype))
+    own_grads = torch.autograd.grad(torch_own, wrt, grad_out.to(torch_own.dtype))
+    exact_grads = torch.autograd.grad(exact, wrt64, grad_out)
+    for name, mine, theirs, truth, leaf in zip(("input", "target"), ours_grads, own_grads, exact_grads, wrt):
+        assert mine.dtype == leaf.dtype and mine.shape == leaf.shape
+        err, own = error_vs(mine, truth), error_vs(theirs, truth)
+        assert err <= tolerance(leaf.dtype, own), f"grad of {name} off by {err:.3g} (torch: {own:.3g})"

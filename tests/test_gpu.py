@@ -1,0 +1,120 @@
+"""On a GPU (tests marked gpu; `make device-check` runs them): the CUDA backends at large
+shapes against the float64 reference, no host syncs, CUDA-graph capture and replay, bitwise
+determinism, torch.compile(fullgraph=True), and more than 2**31 elements."""
+
+import pytest
+import torch
+
+import pylosses
+from cases import FLOAT_DTYPES, MSE, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, check_against_reference, make_pair
+
+pytestmark = pytest.mark.gpu
+HAS_CUDA = torch.cuda.is_available()
+GPU_BACKENDS = [b for b in ("native", "triton") if HAS_CUDA and b in pylosses.available_backends("cuda")]
+LARGE = {MSE: (1 << 22) + 3, SEG: (4, 1, 513, 511), SEG_LOGITS: (3, 2, 257, 1001), SEG3D: (2, 1, 33, 65, 127),
+         SEG3D_LOGITS: (1, 3, 17, 129, 65)}
+LOSSES = list(LARGE)
+
+
+def _shape(loss):
+    return (LARGE[loss],) if isinstance(LARGE[loss], int) else LARGE[loss]
+
+
+def _step(loss, backend, x, t, grad_output):
+    value = loss.call(x, t, "mean", backend)
+    return value, torch.autograd.grad(value, x, grad_output)[0]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda c: c.name)
+def test_large_shapes_against_float64(loss, dtype, reduction, backend):
+    target_dtype = torch.bool if loss.is_seg and dtype == torch.bfloat16 else dtype
+    check_against_reference(loss, backend, _shape(loss), dtype, target_dtype, reduction, device="cuda")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda c: c.name)
+def test_no_host_sync(loss, backend):
+    x, t = make_pair(loss, _shape(loss), torch.float32, torch.float32, device="cuda")
+    for grad_output in (torch.tensor(1.0, device="cuda"), torch.tensor(0.5, device="cuda")):
+        _step(loss, backend, x, t, grad_output)  # compile and cache first
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            _step(loss, backend, x, t, grad_output)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda c: c.name)
+def test_cuda_graph_capture_and_replay(loss, backend):
+    x, t = make_pair(loss, _shape(loss), torch.float32, torch.float32, device="cuda")
+    grad_output = torch.tensor(1.0, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            _step(loss, backend, x, t, grad_output)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        value, grad = _step(loss, backend, x, t, grad_output)
+    fresh, _ = make_pair(loss, _shape(loss), torch.float32, torch.float32, seed=7, device="cuda")
+    with torch.no_grad():
+        x.copy_(fresh)
+    graph.replay()
+    want_value, want_grad = _step(loss, "reference", x, t, grad_output)
+    torch.testing.assert_close(value, want_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda c: c.name)
+def test_bitwise_deterministic(loss, backend):
+    x, t = make_pair(loss, _shape(loss), torch.float32, torch.float32, device="cuda")
+    grad_output = torch.tensor(0.75, device="cuda")
+    first = _step(loss, backend, x, t, grad_output)
+    for _ in range(3):
+        again = _step(loss, backend, x, t, grad_output)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_fullgraph_compile_on_cuda(backend):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 1)).cuda()
+    criterion = pylosses.SegmentationLoss(from_logits=True, backend=backend)
+
+    def forward(image, mask):
+        return criterion(model(image), mask)
+
+    image, mask = torch.rand(4, 1, 64, 64, device="cuda"), torch.rand(4, 1, 64, 64, device="cuda") > 0.5
+    eager = forward(image, mask)
+    eager.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(forward, fullgraph=True)(image, mask)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_more_than_2_31_elements(backend):
+    n = (1 << 31) + 4099
+    if torch.cuda.get_device_properties(0).total_memory < 24 * n:
+        pytest.skip("not enough GPU memory")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.rand(n, device="cuda", generator=g, dtype=torch.bfloat16).requires_grad_()
+    t = torch.rand(n, device="cuda", generator=g, dtype=torch.bfloat16)
+    value = pylosses.mse_loss(x, t, backend=backend)
+    (grad,) = torch.autograd.grad(value, x)
+    exact = sum(((x[i:i + (1 << 28)].double() - t[i:i + (1 << 28)].double()) ** 2).sum()
+                for i in range(0, n, 1 << 28)) / n
+    torch.testing.assert_close(value.double(), exact, rtol=1e-5, atol=0)
+    tail = slice(n - 4099, n)  # elements past 2**31
+    want = (2 * (x[tail].double() - t[tail].double()) / n).to(torch.bfloat16)
+    torch.testing.assert_close(grad[tail], want, rtol=1e-2, atol=0)
