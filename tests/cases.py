@@ -189,3 +189,27 @@ def check_against_reference(loss, backend, shape, dtype, target_dtype, reduction
         assert mine.dtype == leaf.dtype and mine.shape == leaf.shape
         err, own = error_vs(mine, truth), error_vs(theirs, truth)
         assert err <= tolerance(leaf.dtype, own), f"grad of {name} off by {err:.3g} (torch: {own:.3g})"
+
+
+def check_fullgraph_training_step(backend, device, shape):
+    """A small conv model plus both losses: torch.compile(fullgraph=True) (which raises on any
+    graph break; AOTAutograd traces the backward with the forward) gives eager's loss and grads."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 1, 1)).to(device)
+    criterion = pylosses.SegmentationLoss(from_logits=True, backend=backend)
+    mse = pylosses.MSELoss(backend=backend)
+
+    def forward(image, mask):
+        logits = model(image)
+        return criterion(logits, mask) + 0.1 * mse(logits, mask.float())
+
+    image, mask = torch.rand(shape, device=device), torch.rand(shape, device=device) > 0.5
+    eager_loss = forward(image, mask)
+    eager_loss.backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    compiled_loss = torch.compile(forward, fullgraph=True)(image, mask)
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for p, g in zip(model.parameters(), eager_grads):
+        torch.testing.assert_close(p.grad, g)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import pylosses
-from cases import FLOAT_DTYPES, MSE, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, check_against_reference, make_pair
+from cases import (FLOAT_DTYPES, MSE, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, check_against_reference,
+                   check_fullgraph_training_step, make_pair)
 
 pytestmark = pytest.mark.gpu
 HAS_CUDA = torch.cuda.is_available()
@@ -84,22 +85,7 @@ def test_bitwise_deterministic(loss, backend):
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_fullgraph_compile_on_cuda(backend):
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 1)).cuda()
-    criterion = pylosses.SegmentationLoss(from_logits=True, backend=backend)
-
-    def forward(image, mask):
-        return criterion(model(image), mask)
-
-    image, mask = torch.rand(4, 1, 64, 64, device="cuda"), torch.rand(4, 1, 64, 64, device="cuda") > 0.5
-    eager = forward(image, mask)
-    eager.backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    compiled = torch.compile(forward, fullgraph=True)(image, mask)
-    compiled.backward()
-    torch.testing.assert_close(compiled, eager)
-    for p, g in zip(model.parameters(), grads):
-        torch.testing.assert_close(p.grad, g)
+    check_fullgraph_training_step(backend, "cuda", (4, 1, 64, 64))
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pylosses
-from cases import MSE, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, make_pair
+from cases import MSE, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, check_fullgraph_training_step, make_pair
 
 pytestmark = pytest.mark.skipif("native" not in pylosses.available_backends("cpu"),
                                 reason="pylosses._C is not built")
@@ -71,25 +71,7 @@ def test_gradcheck(loss, shape, reduction, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fullgraph_compile_of_a_training_step(backend):
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
-    criterion = pylosses.SegmentationLoss(from_logits=True, backend=backend)
-    mse = pylosses.MSELoss(backend=backend)
-
-    def forward(image, mask):
-        logits = model(image)
-        return criterion(logits, mask) + 0.1 * mse(logits, mask.float())
-
-    image, mask = torch.rand(2, 1, 12, 10), torch.rand(2, 1, 12, 10) > 0.5
-    eager_loss = forward(image, mask)
-    eager_loss.backward()
-    eager_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    # fullgraph raises on any graph break; AOTAutograd traces the backward with the forward
-    compiled_loss = torch.compile(forward, fullgraph=True)(image, mask)
-    compiled_loss.backward()
-    torch.testing.assert_close(compiled_loss, eager_loss)
-    for p, g in zip(model.parameters(), eager_grads):
-        torch.testing.assert_close(p.grad, g)
+    check_fullgraph_training_step(backend, "cpu", (2, 1, 12, 10))
 
 
 def _run_once(loss, x, t, reduction):
