@@ -10,6 +10,8 @@ grad_output with the op loss_backward (on the CPU, a grad_output of exactly 1 ne
 import torch
 from torch import Tensor
 
+from ._dtypes import saved_grad_dtype
+
 try:
     from . import _C  # noqa: F401  (loading it registers torch.ops.pylosses.*)
 
@@ -21,11 +23,6 @@ PREFIX = {"native": "", "triton": "triton_"}  # a backend's ops: torch.ops.pylos
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _NONE = REDUCTIONS["none"]
-
-
-def saved_grad_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16's range cannot hold the gradient (BCE's grows as 1/p): it is saved in float32."""
-    return torch.float32 if dtype == torch.float16 else dtype
 
 
 def _grad_like(tensor: Tensor, wanted: bool, dtype: torch.dtype) -> Tensor:

@@ -5,6 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pylosses._dtypes import saved_grad_dtype
+
 from .common import acc_dtype, acc_torch_dtype, sum_groups
 
 BLOCK = 4096  # elements a program (a documented choice; Hopper tuning is issue 3's GPU part)
@@ -32,8 +34,8 @@ def mse_loss_fwd(input: torch.Tensor, target: torch.Tensor, reduction: int, comp
     x, t = input.contiguous(), target.contiguous()
     n = x.numel()
     result = torch.promote_types(x.dtype, t.dtype)
-    saved = torch.float32 if result == torch.float16 else result
-    grad = torch.empty(x.shape if compute_grad else (0,), dtype=saved, device=x.device)
+    # one saved gradient serves input and target, in their common dtype
+    grad = torch.empty(x.shape if compute_grad else (0,), dtype=saved_grad_dtype(result), device=x.device)
     acc = acc_torch_dtype(x.dtype, t.dtype)
     programs = triton.cdiv(n, BLOCK)
     loss = torch.empty(x.shape, dtype=result, device=x.device) if reduction == 0 else None

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pylosses._dtypes import saved_grad_dtype
+
 from .common import acc_dtype, acc_torch_dtype, sum_groups
 
 N_PARTIALS = 5  # bce, tv_w, tv_h, tv_d, out-of-range count
@@ -162,11 +164,8 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
     def axis_weight(length):
         return beta * inv_n * (length / (length - 1) if mean_like else 1.0) if length > 1 else 0.0
 
-    def saved(dtype):
-        return torch.float32 if dtype == torch.float16 else dtype
-
-    gi = torch.empty(x.shape if grad_input else (0,), dtype=saved(input.dtype), device=x.device)
-    gt = torch.empty(x.shape if grad_target else (0,), dtype=saved(target.dtype), device=x.device)
+    gi = torch.empty(x.shape if grad_input else (0,), dtype=saved_grad_dtype(input.dtype), device=x.device)
+    gt = torch.empty(x.shape if grad_target else (0,), dtype=saved_grad_dtype(target.dtype), device=x.device)
     acc = acc_torch_dtype(input.dtype, target.dtype)
     groups = batch if reduction == 0 else 1
     if n:
