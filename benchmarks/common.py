@@ -1,6 +1,7 @@
 """What the benchmark CLI and the pytest-benchmark suites share: the providers, the losses,
 the workloads (forward, forward+backward) and the machine's description."""
 
+import datetime
 import os
 import platform
 import time
@@ -102,6 +103,7 @@ def machine() -> Dict[str, object]:
         "torch": torch.__version__,
         "pylosses": pylosses.__version__,
         "device": "cpu",
+        "date": datetime.date.today().isoformat(),
     }
     try:
         import triton
