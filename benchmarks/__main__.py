@@ -11,8 +11,6 @@ import json
 import os
 import re
 
-import torch
-
 import pylosses
 from benchmarks.common import (LOSSES, MODES, PROVIDERS, compulsory_bytes, copy_workload, machine, make_inputs,
                                median_seconds, workload)

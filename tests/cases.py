@@ -213,3 +213,20 @@ def check_fullgraph_training_step(backend, device, shape):
     torch.testing.assert_close(compiled_loss, eager_loss)
     for p, g in zip(model.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g)
+
+
+def chunked_seg_reference(x: torch.Tensor, t: torch.Tensor, alpha: float, beta: float, rows: int = 4096):
+    """The "mean" segmentation loss of one (1, 1, H, W) probability map in float64, a band of
+    rows at a time: for inputs too large for the reference's float64 temporaries."""
+    import torch.nn.functional as F
+
+    H, W = x.shape[-2:]
+    bce = tv_w = tv_h = 0.0
+    for r0 in range(0, H, rows):
+        r1 = min(H, r0 + rows)
+        band = x[0, 0, r0:min(H, r1 + 1)].double()  # one row more: the vertical pairs across the cut
+        bce += F.binary_cross_entropy(band[:r1 - r0], t[0, 0, r0:r1].double(), reduction="sum")
+        tv_w += (band[:r1 - r0, 1:] - band[:r1 - r0, :-1]).abs().sum()
+        tv_h += (band[1:] - band[:-1]).abs().sum()
+    n = H * W
+    return alpha * bce / n + beta * (tv_w / (H * (W - 1)) + tv_h / ((H - 1) * W))

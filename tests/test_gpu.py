@@ -7,7 +7,7 @@ import torch
 
 import pylosses
 from cases import (FLOAT_DTYPES, MSE, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, check_against_reference,
-                   check_fullgraph_training_step, make_pair)
+                   check_fullgraph_training_step, chunked_seg_reference, make_pair)
 
 pytestmark = pytest.mark.gpu
 HAS_CUDA = torch.cuda.is_available()
@@ -89,7 +89,7 @@ def test_fullgraph_compile_on_cuda(backend):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_more_than_2_31_elements(backend):
+def test_mse_more_than_2_31_elements(backend):
     n = (1 << 31) + 4099
     if torch.cuda.get_device_properties(0).total_memory < 24 * n:
         pytest.skip("not enough GPU memory")
@@ -104,3 +104,26 @@ def test_more_than_2_31_elements(backend):
     tail = slice(n - 4099, n)  # elements past 2**31
     want = (2 * (x[tail].double() - t[tail].double()) / n).to(torch.bfloat16)
     torch.testing.assert_close(grad[tail], want, rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_segmentation_more_than_2_31_elements(backend):
+    H, W = (1 << 15) + 3, 1 << 16
+    n = H * W
+    if torch.cuda.get_device_properties(0).total_memory < (40 << 30):
+        pytest.skip("not enough GPU memory")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (0.02 + 0.96 * torch.rand((1, 1, H, W), device="cuda", generator=g)).to(torch.bfloat16).requires_grad_()
+    t = torch.rand((1, 1, H, W), device="cuda", generator=g) > 0.5
+    value = pylosses.segmentation_loss(x, t, alpha=0.7, beta=0.3, backend=backend)
+    (grad,) = torch.autograd.grad(value, x)
+    torch.testing.assert_close(value.double(), chunked_seg_reference(x.detach(), t, 0.7, 0.3), rtol=1e-4, atol=0)
+    # the last two rows lie past 2**31: their gradient, from a window of three rows with the
+    # global counts, holds every term that reaches them
+    window = x.detach()[0, 0, -3:].double().requires_grad_()
+    labels = t[0, 0, -3:].double()
+    part = (0.7 * torch.nn.functional.binary_cross_entropy(window[1:], labels[1:], reduction="sum") / n
+            + 0.3 * ((window[1:, 1:] - window[1:, :-1]).abs().sum() / (H * (W - 1))
+                     + (window[1:] - window[:-1]).abs().sum() / ((H - 1) * W)))
+    (want,) = torch.autograd.grad(part, window)
+    torch.testing.assert_close(grad[0, 0, -2:].double(), want[1:], rtol=2e-2, atol=1e-12)

@@ -98,3 +98,12 @@ def test_empty_inputs_follow_torch():
     assert reference.segmentation_loss(x, x, 0.7, 0.3, False, 2, "sum") == 0
     assert reference.segmentation_loss(x, x, 0.7, 0.3, False, 2, "none").shape == (0,)
     assert torch.isnan(reference.mse_loss(x, x, "mean"))
+
+
+def test_chunked_reference_of_the_gpu_tests():
+    # tests/test_gpu.py checks inputs of more than 2**31 elements against this band-by-band sum
+    from cases import chunked_seg_reference
+
+    x, t = torch.rand(1, 1, 37, 23, dtype=torch.float64), torch.rand(1, 1, 37, 23) > 0.5
+    want = reference.segmentation_loss(x, t, 0.7, 0.3, False, 2, "mean")
+    torch.testing.assert_close(chunked_seg_reference(x, t, 0.7, 0.3, rows=5), want)
