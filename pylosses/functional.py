@@ -21,7 +21,7 @@ from . import _ops, reference
 __all__ = ["mse_loss", "segmentation_loss", "available_backends", "set_input_checks", "input_checks_enabled"]
 
 BACKENDS = ("auto", "native", "triton", "reference", "jit", "compile")
-REDUCTIONS = ("none", "mean", "sum")
+REDUCTIONS = tuple(_ops.REDUCTIONS)  # "none", "mean", "sum"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEG_TARGETS = _FLOATS + (torch.bool, torch.uint8)
 

@@ -12,13 +12,14 @@ import triton.language as tl
 REDUCE_BLOCK = 1024
 
 
-def acc_dtype(*dtypes: torch.dtype):
-    """Triton's accumulation type for these operand dtypes."""
-    return tl.float64 if torch.float64 in dtypes else tl.float32
-
-
 def acc_torch_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The accumulation dtype for these operand dtypes: float64 if one is, else float32."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def acc_dtype(*dtypes: torch.dtype):
+    """The same as Triton's type."""
+    return tl.float64 if acc_torch_dtype(*dtypes) == torch.float64 else tl.float32
 
 
 @triton.jit
