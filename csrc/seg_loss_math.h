@@ -75,4 +75,39 @@ C10_HOST_DEVICE inline T tv_grad(T prev, T p, T next) {
   return psign(p - prev) - psign(next - p);
 }
 
+// The loss from its sums: bce, and tv[a] the sum of |differences| along axis a (W, H, D), over
+// n elements whose extents are extent[a] (1 for a missing axis):
+// alpha * mean(BCE) + beta * sum over axes of mean |difference|, or the same with sums.
+// An axis of length 1 has no differences and contributes 0. n = 0 gives NaN for the mean.
+template <typename T>
+C10_HOST_DEVICE inline T seg_reduce(T bce, const T tv[3], T n, const T extent[3], T alpha, T beta, bool mean) {
+  if (!mean) {
+    return alpha * bce + beta * (tv[0] + tv[1] + tv[2]);
+  }
+  T value = alpha * bce / n;
+  for (int a = 0; a < 3; ++a) {
+    if (extent[a] > 1) {  // the mean over its N (L - 1) / L differences
+      value += beta * tv[a] / (n * (extent[a] - 1) / extent[a]);
+    }
+  }
+  return value;
+}
+
+// The factors of the input gradient for grad_output = 1: `bce` on d BCE / d p, and axis[a] on
+// each axis's TV term: beta / (number of differences along a) for a mean, beta for a sum.
+// n_mean: the elements a mean is over (all, or a sample's for reduction "none").
+struct SegGradWeights {
+  double bce = 0;
+  double axis[3] = {0, 0, 0};
+
+  C10_HOST_DEVICE SegGradWeights(double alpha, double beta, bool mean, double n_mean, const double extent[3]) {
+    const double inv_n = mean ? 1.0 / (n_mean > 1 ? n_mean : 1.0) : 1.0;
+    bce = alpha * inv_n;
+    for (int a = 0; a < 3; ++a) {
+      const double len = extent[a];
+      axis[a] = len > 1 ? beta * inv_n * (mean ? len / (len - 1) : 1.0) : 0.0;
+    }
+  }
+};
+
 }  // namespace pylosses::math

@@ -1,11 +1,10 @@
 #pragma once
 // What the CPU kernels share: Vectorized overloads of the math primitives, row conversion,
-// fixed-order chunked reduction and dtype dispatch.
+// fixed-order chunked reduction (the dtype rules and dispatch are ../kernel_common.h's).
 //
 // Include this before any csrc/<loss>_math.h: the math templates find these overloads by
 // ordinary lookup, which only sees what was declared before the template.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch_v2.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -13,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../kernel_common.h"
 #include "../math_common.h"
 
 namespace pylosses::math {
@@ -53,24 +53,6 @@ inline Vec<T> pselect_ge0(const Vec<T>& x, const Vec<T>& a, const Vec<T>& b) {
 namespace pylosses::cpu {
 
 using math::Vec;
-
-// Arithmetic and accumulation type: double for double data, float for everything else.
-template <typename... Ts>
-using acc_type_t = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;
-
-// torch.promote_types of two floating types.
-template <typename A, typename B>
-using promote_t = std::conditional_t<std::is_same_v<A, B>, A, std::conditional_t<std::is_same_v<A, double> || std::is_same_v<B, double>, double, float>>;
-
-// The type in which a gradient is kept between forward and backward: float16's range cannot
-// hold it (the BCE gradient grows as 1 / p, and 1 / N can be below float16's normal numbers),
-// so it is kept in float32.
-template <typename T>
-using saved_grad_t = std::conditional_t<std::is_same_v<T, c10::Half>, float, T>;
-
-inline at::ScalarType saved_grad_dtype(at::ScalarType dtype) {
-  return dtype == at::kHalf ? at::kFloat : dtype;
-}
 
 // A row of n values as acc_t: the data itself when it already is acc_t, else converted into buf.
 template <typename acc_t, typename src_t>
@@ -189,26 +171,3 @@ inline void accumulate(Vec<acc_t>& acc, const Vec<acc_t>& v, int64_t lanes) {
 
 }  // namespace pylosses::cpu
 
-namespace pylosses::cpu {
-
-// Calls f(T{}) for the floating dtype T of `dtype` (float16, bfloat16, float32, float64).
-template <typename F>
-void dispatch_float(at::ScalarType dtype, const F& f) {
-  AT_DISPATCH_V2(dtype, "pylosses", AT_WRAP([&] { f(scalar_t{}); }), AT_EXPAND(AT_FLOATING_TYPES), at::kHalf, at::kBFloat16);
-}
-
-// Calls f(input_t{}, target_t{}) for a floating input dtype and a target dtype that is
-// floating, or also bool or uint8 when kLabelTargets.
-template <bool kLabelTargets, typename F>
-void dispatch_input_target(at::ScalarType input, at::ScalarType target, const F& f) {
-  dispatch_float(input, [&](auto input_tag) {
-    if constexpr (kLabelTargets) {
-      AT_DISPATCH_V2(target, "pylosses", AT_WRAP([&] { f(input_tag, scalar_t{}); }), AT_EXPAND(AT_FLOATING_TYPES),
-                     at::kHalf, at::kBFloat16, at::kBool, at::kByte);
-    } else {
-      dispatch_float(target, [&](auto target_tag) { f(input_tag, target_tag); });
-    }
-  });
-}
-
-}  // namespace pylosses::cpu

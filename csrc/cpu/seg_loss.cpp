@@ -226,20 +226,9 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
   });
 }
 
-// The reduction of per-sample sums over n elements with the spatial extents `extent`:
-// alpha * mean(BCE) + beta * sum over axes of mean |difference| (or the same with sums).
 double seg_reduce(const SegSums<double>& s, double n, const double extent[3], double alpha, double beta, bool mean) {
   const double tv[3] = {s.tv_w, s.tv_h, s.tv_d};
-  if (!mean) {
-    return alpha * s.bce + beta * (tv[0] + tv[1] + tv[2]);
-  }
-  double value = alpha * s.bce / n;
-  for (int a = 0; a < 3; ++a) {
-    if (extent[a] > 1) {  // an axis of length 1 has no differences and contributes 0
-      value += beta * tv[a] / (n * (extent[a] - 1) / extent[a]);
-    }
-  }
-  return value;
+  return math::seg_reduce(s.bce, tv, n, extent, alpha, beta, mean);
 }
 
 // Returns (loss, grad_input, grad_target). The gradients are d loss / d input and d loss /
@@ -269,13 +258,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
   const SegGeometry geo(input, spatial_dims);
   const bool mean_like = reduction != at::Reduction::Sum;
   const double extent[3] = {double(geo.W), double(geo.H), double(geo.D)};
-  // the gradient's factors: BCE's alpha / N, and beta / N_a for each axis a, whose N_a = N (L_a - 1) / L_a
-  // differences make its mean (N: elements in all, or in a sample for "none"); 1 for "sum"
   const double n_mean = reduction == at::Reduction::Mean ? double(input.numel()) : double(geo.per_sample);
-  const double inv_n = mean_like ? 1.0 / std::max(n_mean, 1.0) : 1.0;
-  const auto axis_weight = [&](double len) {
-    return len > 1 ? beta * inv_n * (mean_like ? len / (len - 1) : 1.0) : 0.0;
-  };
+  const math::SegGradWeights weights(alpha, beta, mean_like, n_mean, extent);
 
   const auto saved_options = [](const at::Tensor& t) { return t.options().dtype(saved_grad_dtype(t.scalar_type())); };
   at::Tensor grad_in = at::empty(compute_grad_input ? input.sizes() : at::IntArrayRef{0}, saved_options(input));
@@ -287,14 +271,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
     using input_t = decltype(in_tag);
     using target_t = decltype(t_tag);
     using acc_t = acc_type_t<input_t, target_t>;
-    const SegParams<acc_t> prm{acc_t(alpha * inv_n), acc_t(axis_weight(extent[0])), acc_t(axis_weight(extent[1])),
-                               acc_t(axis_weight(extent[2]))};
+    const SegParams<acc_t> prm{acc_t(weights.bce), acc_t(weights.axis[0]), acc_t(weights.axis[1]),
+                               acc_t(weights.axis[2])};
     std::vector<SegSums<acc_t>> partials(geo.n_chunks());
     std::vector<char> bad(geo.n_chunks(), 0);
     auto* gi = compute_grad_input ? grad_in.mutable_data_ptr<saved_grad_t<input_t>>() : nullptr;
     saved_grad_t<target_t>* gt = nullptr;
-    if constexpr (std::is_floating_point_v<target_t> || std::is_same_v<target_t, c10::Half> ||
-                  std::is_same_v<target_t, c10::BFloat16>) {
+    if constexpr (is_float_v<target_t>) {
       gt = compute_grad_target ? grad_t.mutable_data_ptr<saved_grad_t<target_t>>() : nullptr;
     }
     const auto run = [&](auto logits, auto three_d, auto with_grad) {
