@@ -1,6 +1,10 @@
 # make bench: the benchmark suite; make test: the tests. Both create or reuse .venv, install
-# what requirements.txt lists, and build the extension first.
+# what requirements.txt lists, and build the extension first: its CUDA kernels too when nvcc is
+# found and torch is a CUDA build (CUDA=1 insists, CUDA=0 skips them).
+# make device-check: on a GPU machine, build, run the GPU tests and a short benchmark
+# (tools/device_check.py; with no GPU it builds and says what it would run).
 PYTHON ?= python3
+CUDA ?= auto
 VENV := .venv
 PY := $(VENV)/bin/python
 REQS := $(VENV)/.requirements-installed
@@ -22,7 +26,14 @@ $(EDITABLE): $(REQS) setup.py pyproject.toml
 	touch $@
 
 build: $(EDITABLE)
-	$(PY) setup.py --quiet build_ext --inplace
+	@if [ "$(CUDA)" = 1 ] || { [ "$(CUDA)" = auto ] && command -v nvcc >/dev/null && \
+	     $(PY) -c "import sys, torch; sys.exit(torch.version.cuda is None)"; }; then \
+	  echo "FORCE_CUDA=1 $(PY) setup.py --quiet build_ext --inplace"; \
+	  FORCE_CUDA=1 $(PY) setup.py --quiet build_ext --inplace; \
+	else \
+	  echo "USE_CUDA=0 $(PY) setup.py --quiet build_ext --inplace"; \
+	  USE_CUDA=0 $(PY) setup.py --quiet build_ext --inplace; \
+	fi
 	$(PY) -c "import pylosses._C"
 
 test: build
@@ -30,6 +41,10 @@ test: build
 
 bench: build
 	$(PY) -m benchmarks
+
+# the GPU machine has torch, triton and pytest but no .venv and no network: its own python3
+device-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) tools/device_check.py
 
 clean:
 	rm -rf build *.egg-info pylosses/_C*.so

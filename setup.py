@@ -61,6 +61,9 @@ def want_cuda():
     if os.environ.get("USE_CUDA") == "0":
         return False, "USE_CUDA=0"
     if os.environ.get("FORCE_CUDA") == "1":
+        if torch.version.cuda is None or CUDA_HOME is None:
+            raise SystemExit("pylosses: FORCE_CUDA=1 needs a CUDA build of torch and the CUDA toolkit (CUDA_HOME); "
+                             f"torch {torch.__version__} has CUDA {torch.version.cuda}, CUDA_HOME is {CUDA_HOME}")
         return True, "FORCE_CUDA=1"
     if torch.cuda.is_available() and CUDA_HOME is not None:
         return True, f"a GPU and CUDA_HOME={CUDA_HOME} were found"
@@ -74,10 +77,15 @@ def extensions():
     with_cuda, why = want_cuda()
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cu = sorted(glob.glob("csrc/cuda/*.cu")) if with_cuda else []
-    cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas", *ISA_FLAGS[isa]]
+    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        # nothing to detect the architecture from: Hopper (H100, H200), the GPUs we tune for
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+    # (at::vec's conversions trip gcc's maybe-uninitialized in every file that uses them)
+    cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized", *ISA_FLAGS[isa]]
     macros = [("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)]
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "this machine's GPU")
     print(f"pylosses: building pylosses._C: C++ for CPU ({len(cpp)} files, {isa} vectors)"
-          + (f", CUDA ({len(cu)} files: {why})" if with_cuda else f"; no CUDA ({why})"))
+          + (f", CUDA ({len(cu)} files for {arch}: {why})" if with_cuda else f"; no CUDA ({why})"))
     kwargs = dict(
         name="pylosses._C",
         sources=cpp + cu,

@@ -1,85 +1,152 @@
-"""The benchmark CLI: python -m benchmarks [--shape 16,1,512,512] [--repeats 25] [--back-to-back] [--out DIR].
+"""The benchmark suite's CLI (what `make bench` runs):
 
-Times forward and forward+backward of every loss for every CPU provider, in one run (the
-providers take turns, round by round), and prints (and writes as JSON and Markdown) the medians, the speed-ups over eager and over
-torch.compile, and the fraction of the machine's bandwidth reached on the compulsory bytes
-(a copy of the same number of bytes, timed in the same run).
+    python -m benchmarks [--device cpu|cuda] [--quick] [--sizes 64K,1M,16M] [--providers native,compile]
+                         [--dtypes float32,bfloat16] [--losses mse_loss] [--modes forward] [--repeats N] [--out DIR]
+
+For every loss, mode (forward, forward+backward), dtype and size, it times every available
+provider (eager reference, torch.jit, torch.compile, native, triton) in one run, the providers
+taking turns round by round, and reports the median time, the speed-ups over eager and over
+torch.compile, the bandwidth reached on the compulsory bytes (read input and target, write the
+gradient) and its fraction of a copy of the same bytes timed in the same run, the peak extra
+memory (GPU), and apart from all that the first call's time (compilation). It prints a table and
+writes JSON, Markdown and PNG plots under benchmarks/results/<device>-<date>/.
 """
 
 import argparse
 import json
 import os
-import re
+import sys
 
-import pylosses
-from benchmarks.common import (LOSSES, MODES, PROVIDERS, compulsory_bytes, copy_workload, machine, make_inputs,
-                               median_seconds, workload)
+import torch
+
+from benchmarks import report
+from benchmarks.common import (DTYPES, LOSSES, MODES, PROVIDERS, available_providers, compulsory_bytes, copy_workload,
+                               device_name, first_call_seconds, format_size, machine, make_inputs, median_seconds,
+                               parse_size, peak_extra_bytes, shape_for, workload)
+
+# default sweeps, launch-bound to bandwidth-bound; --quick: a smoke run of a few cells
+SIZES = {"cpu": ["64K", "256K", "1M", "4M", "16M"], "cuda": ["64K", "1M", "4M", "16M", "64M", "256M"]}
+QUICK_SIZES = {"cpu": ["64K", "1M"], "cuda": ["1M", "16M"]}
+DEFAULT_DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16", "float16"]}
+REPEATS = {"cpu": 10, "cuda": 20}
 
 
-def measure(shape, repeats, back_to_back=False):
-    providers = [p for p in PROVIDERS if p in pylosses.available_backends("cpu")]
+def _list(text, choices, what):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if s not in choices]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(map(repr, bad)) or '(none given)'}; "
+                                         f"choose from {', '.join(choices)}")
+    return items
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="where to run (default: cuda when a GPU is present, else cpu)")
+    parser.add_argument("--quick", action="store_true", help="a small subset (float32, two sizes, fewer repeats)")
+    parser.add_argument("--sizes", type=lambda s: [format_size(parse_size(x)) for x in s.split(",")],
+                        help="elements per tensor, e.g. 64K,1M,16M")
+    parser.add_argument("--providers", type=lambda s: _list(s, PROVIDERS, "provider"),
+                        help=f"a subset of {','.join(PROVIDERS)} (reference is always timed: the baseline)")
+    parser.add_argument("--dtypes", type=lambda s: _list(s, list(DTYPES), "dtype"), help="float32,bfloat16,float16")
+    parser.add_argument("--losses", type=lambda s: _list(s, LOSSES, "loss"), help=",".join(LOSSES))
+    parser.add_argument("--modes", type=lambda s: _list(s, MODES, "mode"), help=",".join(MODES))
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls of each provider; the median is reported")
+    parser.add_argument("--back-to-back", action="store_true",
+                        help="each provider's repeats in a row (warm cache on the CPU) instead of taking turns")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                        help="parent folder of the results folder <device>-<date>")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU on this machine")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.sizes is not None and min(parse_size(s) for s in args.sizes) < 1:
+        parser.error("--sizes must be positive")
+    have = available_providers(args.device)
+    wanted = args.providers or list(PROVIDERS)
+    missing = [p for p in wanted if p not in have]
+    if args.providers and missing:
+        parser.error(f"--providers: {', '.join(missing)} not available on {args.device} (available: {', '.join(have)})")
+    args.providers = ["reference"] + [p for p in wanted if p in have and p != "reference"]
+    args.sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)[args.device]
+    args.dtypes = args.dtypes or (["float32"] if args.quick else DEFAULT_DTYPES[args.device])
+    args.losses = args.losses or list(LOSSES)
+    args.modes = args.modes or list(MODES)
+    args.repeats = args.repeats or (5 if args.quick else REPEATS[args.device])
+    return args
+
+
+def measure_cell(loss, mode, dtype, size, args):
+    """Every provider on one (loss, mode, dtype, size), timed in one run with the copy."""
+    device = args.device
+    shape = shape_for(parse_size(size))
+    x, t = make_inputs(loss, shape, DTYPES[dtype], device)
+    nbytes = compulsory_bytes(mode, x, t)
+    steps = {p: workload(loss, p, mode, x, t) for p in args.providers}
+    first = {p: first_call_seconds(step, device) for p, step in steps.items()}  # compiles
+    peaks = {p: peak_extra_bytes(step, device) for p, step in steps.items()}
+    steps["copy"] = copy_workload(nbytes, device)
+    times = median_seconds(steps, args.repeats, device, back_to_back=args.back_to_back)
+    copy_s = times.pop("copy")
     rows = []
-    for loss in LOSSES:
-        x, t = make_inputs(loss, shape)
-        for mode in MODES:
-            nbytes = compulsory_bytes(mode, x, t)
-            steps = {p: workload(loss, p, mode, x, t) for p in providers}
-            steps["copy"] = copy_workload(nbytes)
-            times = median_seconds(steps, repeats, back_to_back=back_to_back)
-            copy_s = times.pop("copy")
-            for p, seconds in times.items():
-                rows.append({
-                    "loss": loss, "mode": mode, "provider": p, "shape": list(shape), "dtype": "float32",
-                    "median_ms": seconds * 1e3,
-                    "speedup_vs_eager": times["reference"] / seconds,
-                    "speedup_vs_compile": times["compile"] / seconds if "compile" in times else None,
-                    "compulsory_bytes": nbytes,
-                    "copy_ms": copy_s * 1e3,
-                    "bandwidth_fraction": copy_s / seconds,
-                })
+    for p, seconds in times.items():
+        rows.append({
+            "loss": loss, "mode": mode, "dtype": dtype, "size": size, "numel": x.numel(), "shape": list(shape),
+            "provider": p, "median_ms": seconds * 1e3,
+            "speedup_vs_eager": times["reference"] / seconds,
+            "speedup_vs_compile": times["compile"] / seconds if "compile" in times else None,
+            "compulsory_bytes": nbytes,
+            "bandwidth_gbs": nbytes / seconds / 1e9,
+            "copy_ms": copy_s * 1e3,
+            "bandwidth_fraction": copy_s / seconds,
+            "peak_extra_mb": None if peaks[p] is None else peaks[p] / 2**20,
+            "first_call_s": first[p],
+        })
+    del x, t, steps
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return rows
 
 
-def markdown(rows, info):
-    lines = [
-        f"Machine: {info['cpu']}, {info['cpu_count']} cores ({info['torch_threads']} torch threads, "
-        f"{info['cpu_capability']}); torch {info['torch']}, Python {info['python']}.",
-        "",
-        "| loss | mode | provider | median ms | vs eager | vs compile | of copy bandwidth |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        vs_compile = f"{r['speedup_vs_compile']:.2f}x" if r["speedup_vs_compile"] else "-"
-        lines.append(f"| {r['loss']} | {r['mode']} | {r['provider']} | {r['median_ms']:.2f} | "
-                     f"{r['speedup_vs_eager']:.2f}x | {vs_compile} | {100 * r['bandwidth_fraction']:.0f}% |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="16,1,512,512", help="input shape (default 16,1,512,512)")
-    parser.add_argument("--repeats", type=int, default=25, help="timed repeats; the median is reported")
-    parser.add_argument("--back-to-back", action="store_true",
-                        help="run each provider's repeats in a row (warm cache) instead of taking turns")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
-                        help="folder for the JSON and Markdown results")
-    args = parser.parse_args(argv)
-    shape = tuple(int(s) for s in args.shape.split(","))
-    info = machine()
-    rows = measure(shape, args.repeats, args.back_to_back)
-    info["timing"] = "back to back" if args.back_to_back else "providers take turns"
-    table = markdown(rows, info)
+    try:
+        args = parse_args(argv)
+    except argparse.ArgumentTypeError as error:
+        print(f"python -m benchmarks: error: {error}", file=sys.stderr)
+        return 2
+    info = machine(args.device)
+    info.update(repeats=args.repeats, timing="back to back" if args.back_to_back else "providers take turns",
+                timer="CUDA events, L2 flushed before each call" if args.device == "cuda" else "wall clock",
+                command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv))
+    cells = [(loss, mode, dtype, size) for loss in args.losses for mode in args.modes for dtype in args.dtypes
+             for size in args.sizes]
+    rows = []
+    progress = report.Progress(len(cells))
+    for loss, mode, dtype, size in cells:
+        progress.show(f"{loss} {mode} {dtype} {size}")
+        rows.extend(measure_cell(loss, mode, dtype, size, args))
+    progress.done()
+
+    table = report.markdown(rows, info)
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    name = "cpu-" + re.sub(r"[^a-z0-9]+", "-", info["cpu"].lower()).strip("-") + f"-{info['cpu_count']}c"
-    if args.back_to_back:
-        name += "-back-to-back"
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
+    folder = os.path.join(args.out, f"{device_name(info)}-{info['date']}" + ("-quick" if args.quick else ""))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.json"), "w") as f:
         json.dump({"machine": info, "results": rows}, f, indent=1)
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
+    with open(os.path.join(folder, "results.md"), "w") as f:
         f.write(table)
-    print(f"written: {os.path.join(args.out, name)}.json and .md")
+    written = ["results.json", "results.md"]
+    if not args.no_plots:
+        written += report.plots(rows, info, folder)
+    print(f"written under {folder}: {', '.join(written)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,19 +1,50 @@
-"""What the benchmark CLI and the pytest-benchmark suites share: the providers, the losses,
-the workloads (forward, forward+backward) and the machine's description."""
+"""What the benchmark CLI and the pytest-benchmark suites share: the providers, the losses, the
+workloads (forward, forward+backward), the sizes, the timers and the machine's description."""
 
 import datetime
 import os
 import platform
+import re
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 import pylosses
 
 LOSSES = ("segmentation_loss", "mse_loss")
-PROVIDERS = ("reference", "jit", "compile", "native")  # eager reference first: the baseline
+PROVIDERS = ("reference", "jit", "compile", "native", "triton")  # eager reference first: the baseline
 MODES = ("forward", "forward+backward")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_size(text: str) -> int:
+    """"64K", "16M", "1G" or a plain number of elements -> int."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]?)\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"a size is a number of elements such as 65536, 64K, 16M or 1G; got {text!r}")
+    return int(match.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[match.group(2).upper()]
+
+
+def format_size(n: int) -> str:
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def shape_for(numel: int):
+    """A batch of square single-channel images with numel elements in all: (B, 1, S, S), S a
+    power of two up to 1024 (the shape of a segmentation model's output). MSE uses it too."""
+    side = 1
+    while side < 1024 and (2 * side) ** 2 <= numel:
+        side *= 2
+    return (max(numel // (side * side), 1), 1, side, side)
+
+
+def available_providers(device: str) -> List[str]:
+    have = pylosses.available_backends(device)
+    return [p for p in PROVIDERS if p in have]
 
 
 def loss_fn(loss: str, provider: str) -> Callable:
@@ -29,7 +60,7 @@ def make_inputs(loss: str, shape, dtype=torch.float32, device="cpu", seed=0):
         x = torch.randn(shape, generator=g, device=device, dtype=dtype)
         t = torch.randn(shape, generator=g, device=device, dtype=dtype)
     else:  # probabilities and a 0/1 mask, as a segmentation model and its labels give them
-        x = torch.rand(shape, generator=g, device=device, dtype=dtype).clamp_(1e-4, 1 - 1e-4)
+        x = torch.rand(shape, generator=g, device=device, dtype=dtype).clamp_(1e-3, 1 - 1e-3)
         t = (torch.rand(shape, generator=g, device=device) > 0.5).to(dtype)
     return x, t
 
@@ -66,26 +97,82 @@ def copy_workload(nbytes: int, device="cpu") -> Callable[[], None]:
     return lambda: dst.copy_(src)
 
 
-def median_seconds(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int = 3, sync=lambda: None,
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class _CudaTimer:
+    """GPU time of one call, between two CUDA events, with the L2 cache flushed before it (by
+    writing a buffer larger than any L2), so that no step finds its data cached by the last."""
+
+    def __init__(self):
+        self.flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        self.pending = []
+
+    def time(self, step):
+        self.flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        self.pending.append((start, end))
+        return len(self.pending) - 1
+
+    def seconds(self):
+        torch.cuda.synchronize()
+        return [s.elapsed_time(e) / 1e3 for s, e in self.pending]
+
+
+def median_seconds(steps: Dict[str, Callable[[], None]], repeats: int, device: str = "cpu", warmup: int = 3,
                    back_to_back: bool = False) -> Dict[str, float]:
     """The median time of each step. By default the steps take turns, one timed call each a
     round, so that a machine whose speed drifts (a shared one) slows them all alike and their
-    ratios hold; back_to_back runs each step's repeats in a row instead (its data stays in cache)."""
+    ratios hold; back_to_back runs each step's repeats in a row instead (on the CPU its data
+    then stays in cache). On a GPU each call is timed with CUDA events after an L2 flush."""
     for step in steps.values():
         for _ in range(warmup):
             step()
-    sync()
-    times = {name: [] for name in steps}
+    sync(device)
     order = [name for name in steps for _ in range(repeats)] if back_to_back else list(steps) * repeats
-    for name in order:
-        start = time.perf_counter()
-        steps[name]()
-        sync()
-        times[name].append(time.perf_counter() - start)
+    times = {name: [] for name in steps}
+    if device == "cuda":
+        timer = _CudaTimer()
+        slots = [(name, timer.time(steps[name])) for name in order]
+        seconds = timer.seconds()
+        for name, slot in slots:
+            times[name].append(seconds[slot])
+    else:
+        for name in order:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
     return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
-def machine() -> Dict[str, object]:
+def first_call_seconds(step: Callable[[], None], device: str) -> float:
+    """The time of a step's first call: torch.compile's (and Triton's) compilation is in it."""
+    sync(device)
+    start = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def peak_extra_bytes(step: Callable[[], None], device: str) -> Optional[int]:
+    """GPU memory a step allocates beyond what was allocated before it, at its peak (with the
+    gradient it writes); None on the CPU, where PyTorch does not count allocations."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def machine(device: str = "cpu") -> Dict[str, object]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -94,6 +181,7 @@ def machine() -> Dict[str, object]:
     except OSError:
         pass
     info = {
+        "device": device,
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -101,8 +189,8 @@ def machine() -> Dict[str, object]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "pylosses": pylosses.__version__,
-        "device": "cpu",
         "date": datetime.date.today().isoformat(),
     }
     try:
@@ -110,4 +198,48 @@ def machine() -> Dict[str, object]:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    sm_count=props.multi_processor_count, capability=f"{props.major}.{props.minor}")
     return info
+
+
+def device_name(info: Dict[str, object]) -> str:
+    """A file-name slug for the machine: the GPU, or the CPU and its core count."""
+    if info["device"] == "cuda":
+        name = str(info["gpu"])
+    else:
+        name = f"cpu {info['cpu']} {info['cpu_count']}c"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+# the pytest-benchmark suites (bench_*.py) ----------------------------------------------------
+
+BENCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BENCH_SIZES = {"cpu": ["64K", "1M", "4M"], "cuda": ["1M", "16M", "64M"]}[BENCH_DEVICE]
+BENCH_DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}[BENCH_DEVICE]
+
+
+def run_benchmark(benchmark, loss: str, provider: str, mode: str, size: str, dtype: str) -> None:
+    """Times provider's step with pytest-benchmark and records what was timed in extra_info.
+    A provider not available here is skipped, saying why."""
+    import pytest
+
+    if provider not in available_providers(BENCH_DEVICE):
+        pytest.skip(f"{provider} is not available on {BENCH_DEVICE}")
+    shape = shape_for(parse_size(size))
+    x, t = make_inputs(loss, shape, DTYPES[dtype], BENCH_DEVICE)
+    step = workload(loss, provider, mode, x, t)
+    first = first_call_seconds(step, BENCH_DEVICE)  # compiles; not in the timing
+    info = machine(BENCH_DEVICE)
+    benchmark.extra_info.update(
+        loss=loss, provider=provider, mode=mode, size=size, shape=list(shape), dtype=dtype,
+        device=info.get("gpu", info["cpu"]), torch=info["torch"], triton=info["triton"], cuda=info["cuda"],
+        compulsory_bytes=compulsory_bytes(mode, x, t), first_call_s=first)
+
+    def timed():
+        step()
+        sync(BENCH_DEVICE)  # a GPU step is timed to its end, not to its launch
+
+    benchmark.pedantic(timed, rounds=15, warmup_rounds=2)

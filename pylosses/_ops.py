@@ -22,6 +22,9 @@ except ImportError as error:  # not built: the native backend is unavailable
 PREFIX = {"native": "", "triton": "triton_"}  # a backend's ops: torch.ops.pylosses.<prefix><name>
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+# pylosses.set_input_checks: raise on probabilities outside [0, 1] on GPUs too (a host sync)
+input_checks = False
 _NONE = REDUCTIONS["none"]
 
 
@@ -60,10 +63,19 @@ def mse_loss(backend: str, input: Tensor, target: Tensor, reduction: str) -> Ten
     return loss
 
 
+def _check_probabilities(input: Tensor) -> None:
+    """The checking mode of set_input_checks(True) for the CUDA kernel, which (to need no host
+    sync) reports probabilities outside [0, 1] only as a NaN loss: a host sync, by request."""
+    if not bool(((input >= 0) & (input <= 1)).all()):  # NaN fails both
+        raise RuntimeError("all elements of input should be between 0 and 1")
+
+
 def segmentation_loss(
     backend: str, input: Tensor, target: Tensor, alpha: float, beta: float, from_logits: bool, spatial_dims: int,
     reduction: str,
 ) -> Tensor:
+    if input_checks and backend == "native" and input.device.type != "cpu" and not from_logits:
+        _check_probabilities(input)
     grad_enabled = torch.is_grad_enabled()
     loss, _, _ = _op(backend, "seg_loss_fwd")(
         input, target, float(alpha), float(beta), spatial_dims, from_logits, REDUCTIONS[reduction],
@@ -128,9 +140,7 @@ def _register(backend: str) -> None:
 
 
 def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target):
-    from .functional import input_checks_enabled  # (functional imports this module)
-
-    check = input.device.type == "cpu" or input_checks_enabled()  # on the CPU the check costs no sync
+    check = input.device.type == "cpu" or input_checks  # on the CPU the check costs no sync
     return triton_segmentation.seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction,
                                             grad_input, grad_target, check)
 

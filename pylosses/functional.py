@@ -30,25 +30,24 @@ _SEG_TARGETS = _FLOATS + (torch.bool, torch.uint8)
 # falls back to "reference" with a one-time warning.
 FASTEST = {
     "cpu": ("native",),
-    # triton joins once it has run and been measured on a GPU (issue 3); native needs issue 4
+    # the CUDA kernels; triton joins (in its place, if faster) once both have been measured
+    # on a GPU: until then neither has run on one (README, "Known issues")
     "cuda": ("native",),
 }
 
-_input_checks = False
 _warned = set()
 
 
 def set_input_checks(enabled: bool) -> None:
     """Turn on (or off) the checking mode for CUDA tensors: probabilities outside [0, 1] raise
     instead of giving NaN (it costs a host sync). On the CPU they always raise."""
-    global _input_checks
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__} {enabled!r}")
-    _input_checks = enabled
+    _ops.input_checks = enabled
 
 
 def input_checks_enabled() -> bool:
-    return _input_checks
+    return _ops.input_checks
 
 
 def _native_reason(device: torch.device) -> str:

@@ -34,9 +34,17 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
+def _misaligned(t: torch.Tensor) -> torch.Tensor:
+    # contiguous, but one element into its storage: no vector access lines up with it
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    flat[1:] = t.reshape(-1)
+    return flat[1:].view(t.shape)
+
+
 CONTIGUOUS = Layout("contiguous", lambda t: t)
 NON_CONTIGUOUS = Layout("strided", _non_contiguous)
 CHANNELS_LAST = Layout("channels_last", _channels_last)
+MISALIGNED = Layout("misaligned", _misaligned)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,29 +1,47 @@
-"""On a GPU (tests marked gpu; `make device-check` runs them): the CUDA backends at large
-shapes against the float64 reference, no host syncs, CUDA-graph capture and replay, bitwise
+"""On a GPU (tests marked gpu; `make device-check` runs them): the CUDA backends over the
+parity tables and at large shapes against the float64 reference, out-of-range probabilities, no host syncs, CUDA-graph capture and replay, bitwise
 determinism, torch.compile(fullgraph=True), and more than 2**31 elements."""
 
 import pytest
 import torch
 
 import pylosses
-from cases import (FLOAT_DTYPES, MSE, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, check_against_reference,
-                   check_fullgraph_training_step, chunked_seg_reference, make_pair)
+from cases import (CHANNELS_LAST, FLOAT_DTYPES, MISALIGNED, MSE, NON_CONTIGUOUS, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS,
+                   SEG3D_TV_ONLY, SEG_BCE_ONLY, SEG_LOGITS, SEG_TV_ONLY, check_against_reference,
+                   check_fullgraph_training_step, chunked_seg_reference, make_pair, shapes_for, target_dtype_for)
 
 pytestmark = pytest.mark.gpu
 HAS_CUDA = torch.cuda.is_available()
 GPU_BACKENDS = [b for b in ("native", "triton") if HAS_CUDA and b in pylosses.available_backends("cuda")]
-LARGE = {MSE: (1 << 22) + 3, SEG: (4, 1, 513, 511), SEG_LOGITS: (3, 2, 257, 1001), SEG3D: (2, 1, 33, 65, 127),
-         SEG3D_LOGITS: (1, 3, 17, 129, 65)}
+# odd sizes take the kernels' scalar paths; the aligned ones (W a multiple of 8) their vector paths
+LARGE = {MSE: [((1 << 22) + 3,), (1 << 22,)],
+         SEG: [(4, 1, 513, 511), (4, 1, 512, 512)],
+         SEG_LOGITS: [(3, 2, 257, 1001), (2, 3, 256, 1024)],
+         SEG3D: [(2, 1, 33, 65, 127), (2, 1, 32, 64, 128)],
+         SEG3D_LOGITS: [(1, 3, 17, 129, 65), (1, 2, 16, 128, 64)]}
 LOSSES = list(LARGE)
+TABLE_LOSSES = [MSE, SEG, SEG_LOGITS, SEG3D, SEG3D_LOGITS, SEG_TV_ONLY, SEG_BCE_ONLY, SEG3D_TV_ONLY]
 
 
 def _shape(loss):
-    return (LARGE[loss],) if isinstance(LARGE[loss], int) else LARGE[loss]
+    return LARGE[loss][-1]
 
 
-def _step(loss, backend, x, t, grad_output):
-    value = loss.call(x, t, "mean", backend)
-    return value, torch.autograd.grad(value, x, grad_output)[0]
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("loss", TABLE_LOSSES, ids=lambda c: c.name)
+def test_case_tables_on_cuda(loss, backend):
+    """The CPU parity tables (odd sizes, size-1 axes, empty, every dtype and layout) on the GPU."""
+    for dtype in FLOAT_DTYPES:
+        for reduction in REDUCTIONS:
+            for shape in shapes_for(loss):
+                check_against_reference(loss, backend, shape, dtype, dtype, reduction, device="cuda")
+        for kind in ("float32", "label"):
+            target_dtype = target_dtype_for(loss, dtype, kind)
+            check_against_reference(loss, backend, shapes_for(loss)[1], dtype, target_dtype, "mean", device="cuda")
+    for layout in (NON_CONTIGUOUS, CHANNELS_LAST, MISALIGNED):
+        for reduction in REDUCTIONS:
+            check_against_reference(loss, backend, shapes_for(loss)[2], torch.float32, torch.float32, reduction,
+                                    layout, device="cuda")
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
@@ -32,7 +50,36 @@ def _step(loss, backend, x, t, grad_output):
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda c: c.name)
 def test_large_shapes_against_float64(loss, dtype, reduction, backend):
     target_dtype = torch.bool if loss.is_seg and dtype == torch.bfloat16 else dtype
-    check_against_reference(loss, backend, _shape(loss), dtype, target_dtype, reduction, device="cuda")
+    for shape in LARGE[loss]:
+        check_against_reference(loss, backend, shape, dtype, target_dtype, reduction, device="cuda")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_out_of_range_probabilities(backend):
+    """A probability outside [0, 1] makes the loss NaN, with no device assert: the CUDA context
+    stays usable. set_input_checks(True) raises instead."""
+    x, t = make_pair(SEG, (2, 1, 64, 64), torch.float32, torch.float32, device="cuda")
+    bad = x.detach().clone()
+    bad[1, 0, 5, 7] = 1.5
+    for reduction in REDUCTIONS:
+        loss = pylosses.segmentation_loss(bad, t, reduction=reduction, backend=backend)
+        assert torch.isnan(loss).any(), reduction
+    assert torch.isnan(pylosses.segmentation_loss(bad, t, reduction="none", backend=backend))[1]
+    torch.cuda.synchronize()  # a device assert would surface here
+    assert float((torch.ones(3, device="cuda") * 2).sum()) == 6.0  # the context still works
+    pylosses.set_input_checks(True)
+    try:
+        with pytest.raises(RuntimeError, match="between 0 and 1"):
+            pylosses.segmentation_loss(bad, t, backend=backend)
+        pylosses.segmentation_loss(x, t, backend=backend)  # in range: fine
+    finally:
+        pylosses.set_input_checks(False)
+
+
+def _step(loss, backend, x, t, grad_output):
+    value = loss.call(x, t, "mean", backend)
+    return value, torch.autograd.grad(value, x, grad_output)[0]
+
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

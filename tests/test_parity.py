@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pylosses
-from cases import (CHANNELS_LAST, FLOAT_DTYPES, MSE, NON_CONTIGUOUS, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS,
+from cases import (CHANNELS_LAST, FLOAT_DTYPES, MISALIGNED, MSE, NON_CONTIGUOUS, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS,
                    SEG3D_TV_ONLY, SEG_BCE_ONLY, SEG_LOGITS, SEG_TV_ONLY, check_against_reference, make_pair,
                    shapes_for, target_dtype_for)
 
@@ -33,7 +33,7 @@ def test_target_dtypes(loss, dtype, target_kind, backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("layout", [NON_CONTIGUOUS, CHANNELS_LAST], ids=lambda l: l.name)
+@pytest.mark.parametrize("layout", [NON_CONTIGUOUS, CHANNELS_LAST, MISALIGNED], ids=lambda l: l.name)
 @pytest.mark.parametrize("loss", LOSSES, ids=lambda c: c.name)
 def test_layouts(loss, layout, backend):
     shape = (2, 3, 6, 5) if loss.is_seg and loss.spatial_dims == 2 else shapes_for(loss)[2]

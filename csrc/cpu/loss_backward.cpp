@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "cpu_common.h"
+#include "../op_checks.h"
 
 namespace pylosses::cpu {
 namespace {
@@ -46,15 +47,6 @@ void loss_backward_kernel(const saved_t* saved, const go_t* grad_output, int64_t
   });
 }
 
-void check_shapes(const at::Tensor& grad_output, const at::Tensor& saved) {
-  const int64_t n = saved.numel(), k = grad_output.numel();
-  TORCH_CHECK_VALUE((k == 0 && n == 0) || (k > 0 && n % k == 0), "loss_backward: saved_grad has ", n,
-                    " elements, not a multiple of grad_output's ", k);
-  TORCH_CHECK_TYPE(at::isFloatingType(saved.scalar_type()) && at::isFloatingType(grad_output.scalar_type()),
-                   "loss_backward: expected floating dtypes, got ", saved.scalar_type(), " and ",
-                   grad_output.scalar_type());
-}
-
 // out = saved * grad_output * scale
 void apply_grad_output(const at::Tensor& saved, const at::Tensor& grad_output_, double scale, at::Tensor& out) {
   const int64_t n = saved.numel();
@@ -74,8 +66,7 @@ void apply_grad_output(const at::Tensor& saved, const at::Tensor& grad_output_, 
 
 at::Tensor loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor& saved, double scale,
                              at::ScalarType dtype) {
-  check_shapes(grad_output, saved);
-  TORCH_CHECK_TYPE(at::isFloatingType(dtype), "loss_backward: dtype must be floating point, got ", dtype);
+  check_backward_args(grad_output, saved, dtype);
   at::Tensor out = at::empty(saved.sizes(), saved.options().dtype(dtype));
   apply_grad_output(saved.contiguous(), grad_output, scale, out);
   return out;

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "cpu_common.h"
+#include "../op_checks.h"
 // after cpu_common.h (see there)
 #include "../mse_loss_math.h"
 
@@ -73,13 +74,7 @@ void mse_kernel(const input_t* x_data, const target_t* t_data, int64_t n, out_t*
 // negation), or an empty tensor when compute_grad is false.
 std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cpu(const at::Tensor& input_, const at::Tensor& target_,
                                                     int64_t reduction, bool compute_grad) {
-  TORCH_CHECK_VALUE(input_.sizes() == target_.sizes(), "mse_loss_fwd: input and target must have the same shape, got ",
-                    input_.sizes(), " and ", target_.sizes());
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "mse_loss_fwd: reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
-                    reduction);
-  TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()) && at::isFloatingType(target_.scalar_type()),
-                   "mse_loss_fwd: input and target must be floating point, got ", input_.scalar_type(), " and ",
-                   target_.scalar_type());
+  check_mse_args(input_, target_, reduction);
   const at::Tensor input = input_.contiguous();
   const at::Tensor target = target_.contiguous();
   const auto result_dtype = at::promote_types(input.scalar_type(), target.scalar_type());

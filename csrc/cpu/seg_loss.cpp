@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "cpu_common.h"
+#include "../op_checks.h"
 // after cpu_common.h (see there)
 #include "../seg_loss_math.h"
 
@@ -238,21 +239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
                                                                 double alpha, double beta, int64_t spatial_dims,
                                                                 bool from_logits, int64_t reduction,
                                                                 bool compute_grad_input, bool compute_grad_target) {
-  TORCH_CHECK_VALUE(spatial_dims == 2 || spatial_dims == 3, "seg_loss_fwd: spatial_dims must be 2 or 3, got ",
-                    spatial_dims);
-  TORCH_CHECK_VALUE(input_.dim() > spatial_dims, "seg_loss_fwd: input must have a batch axis and ", spatial_dims,
-                    " spatial axes, got shape ", input_.sizes());
-  TORCH_CHECK_VALUE(input_.sizes() == target_.sizes(), "seg_loss_fwd: input and target must have the same shape, got ",
-                    input_.sizes(), " and ", target_.sizes());
-  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, "seg_loss_fwd: reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
-                    reduction);
-  TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()), "seg_loss_fwd: input must be floating point, got ",
-                   input_.scalar_type());
-  TORCH_CHECK_TYPE(at::isFloatingType(target_.scalar_type()) || target_.scalar_type() == at::kBool ||
-                       target_.scalar_type() == at::kByte,
-                   "seg_loss_fwd: target must be floating point, bool or uint8, got ", target_.scalar_type());
-  TORCH_CHECK_TYPE(!compute_grad_target || at::isFloatingType(target_.scalar_type()),
-                   "seg_loss_fwd: a gradient for a ", target_.scalar_type(), " target was asked for");
+  check_seg_args(input_, target_, spatial_dims, reduction, compute_grad_target);
   const at::Tensor input = input_.contiguous();
   const at::Tensor target = target_.contiguous();
   const SegGeometry geo(input, spatial_dims);

@@ -1,0 +1,127 @@
+#pragma once
+// What the CUDA kernels share: aligned vector access, the deterministic block sum, the grid
+// size, and the kernel that sums per-block partials in a fixed order and finishes the loss.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../kernel_common.h"
+#include "../math_common.h"
+
+namespace pylosses::cuda {
+
+constexpr int kThreads = 256;  // threads a block, in every kernel here
+constexpr int kWarp = 32;
+
+// kVec values of T, accessed with one aligned load or store (two where it spans 32 bytes).
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+
+// How many values of T one 128-bit access holds: the vector width of a kernel whose widest
+// stream is T.
+template <typename T>
+constexpr int kVec128 = static_cast<int>(16 / sizeof(T));
+
+template <int kVec, typename T>
+__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, kVec>*>(p);
+}
+
+template <int kVec, typename T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, kVec>& v) {
+  *reinterpret_cast<Pack<T, kVec>*>(p) = v;
+}
+
+// Whether every pointer is aligned for a Pack of kVec of its own type (a null pointer is).
+template <int kVec, typename... Ts>
+inline bool packs_aligned(const Ts*... ptrs) {
+  return ((reinterpret_cast<uintptr_t>(ptrs) % (sizeof(Ts) * kVec) == 0) && ...);
+}
+
+// The sum of v[c] over the block, for each of kN values, in a fixed order (a shuffle tree in
+// each warp, then the warps in order): the same bits run after run. The result is valid in
+// thread 0. Every thread of the block must call it; it may be called again at once.
+template <int kN, typename T>
+__device__ __forceinline__ void block_sum(T (&v)[kN]) {
+  __shared__ T warp_sums[kN][kThreads / kWarp];
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  const int lane = tid % kWarp, warp = tid / kWarp;
+  const int n_warps = (blockDim.x * blockDim.y + kWarp - 1) / kWarp;
+#pragma unroll
+  for (int c = 0; c < kN; ++c) {
+#pragma unroll
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      v[c] += __shfl_down_sync(0xffffffffu, v[c], offset);
+    }
+  }
+  __syncthreads();  // a previous call's readers are done with warp_sums
+  if (lane == 0) {
+#pragma unroll
+    for (int c = 0; c < kN; ++c) {
+      warp_sums[c][warp] = v[c];
+    }
+  }
+  __syncthreads();
+  if (tid == 0) {
+#pragma unroll
+    for (int c = 0; c < kN; ++c) {
+      T s = warp_sums[c][0];
+      for (int w = 1; w < n_warps; ++w) {
+        s += warp_sums[c][w];
+      }
+      v[c] = s;
+    }
+  }
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for `work` independent items of kThreads: no more than the device keeps resident at
+// once (the kernels loop over the rest), so per-block partials stay few.
+inline int64_t grid_size(int64_t work) {
+  int device = 0, sms = 0, threads_per_sm = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  const int64_t resident = int64_t(sms) * std::max(threads_per_sm / kThreads, 1);
+  return std::max<int64_t>(1, std::min(work, resident));
+}
+
+// partials holds groups x rows x kN values: for each group (a sample, or one group for the
+// whole tensor), the rows are the blocks of the forward kernel. One block a group sums its
+// rows in a fixed order, in double, and thread 0 hands the sums to finish(group, sums), which
+// writes the loss.
+template <int kN, typename acc_t, typename Finish>
+__global__ void __launch_bounds__(kThreads) sum_and_finish_kernel(const acc_t* partials, int64_t rows, Finish finish) {
+  const int64_t group = blockIdx.x;
+  double s[kN] = {};
+  const acc_t* mine = partials + group * rows * kN;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+#pragma unroll
+    for (int c = 0; c < kN; ++c) {
+      s[c] += static_cast<double>(mine[r * kN + c]);
+    }
+  }
+  block_sum(s);
+  if (threadIdx.x == 0) {
+    finish(group, s);
+  }
+}
+
+template <int kN, typename acc_t, typename Finish>
+void sum_and_finish(const at::Tensor& partials, int64_t groups, int64_t rows, const Finish& finish) {
+  if (groups == 0) {
+    return;
+  }
+  sum_and_finish_kernel<kN><<<groups, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      partials.const_data_ptr<acc_t>(), rows, finish);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace pylosses::cuda

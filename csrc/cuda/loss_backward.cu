@@ -1,0 +1,90 @@
+// The backward of every loss on CUDA: out = saved_grad * grad_output[i / group] * scale, with
+// grad_output read on the device (see csrc/cpu/loss_backward.cpp for what group and scale are).
+#include <torch/library.h>
+
+#include "cuda_common.cuh"
+#include "../op_checks.h"
+
+namespace pylosses::cuda {
+namespace {
+
+template <typename saved_t, typename out_t>
+struct BackwardArgs {
+  using acc_t = acc_type_t<saved_t, out_t>;
+  const saved_t* saved;
+  const acc_t* grad_output;  // one value a group, converted to acc_t
+  int64_t n, group;
+  acc_t scale;
+  out_t* out;
+};
+
+template <int kVec, typename A>
+__device__ __forceinline__ void backward_elements(const A& a, int64_t i) {
+  using acc_t = typename A::acc_t;
+  const auto s = load_pack<kVec>(a.saved + i);
+  Pack<std::remove_pointer_t<decltype(a.out)>, kVec> o;
+  // the group of the pack's first element, and where the next group starts
+  const int64_t g0 = i / a.group, next = (g0 + 1) * a.group;
+  const acc_t f0 = a.grad_output[g0] * a.scale;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const acc_t f = i + k < next ? f0 : a.grad_output[(i + k) / a.group] * a.scale;
+    o.v[k] = static_cast<acc_t>(s.v[k]) * f;
+  }
+  store_pack(a.out + i, o);
+}
+
+template <int kVec, typename A>
+__global__ void __launch_bounds__(kThreads) loss_backward_kernel(const A a) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t packed = a.n / kVec * kVec;
+  for (int64_t i = first * kVec; i < packed; i += stride * kVec) {
+    backward_elements<kVec>(a, i);
+  }
+  for (int64_t i = packed + first; i < a.n; i += stride) {
+    backward_elements<1>(a, i);
+  }
+}
+
+at::Tensor loss_backward_cuda(const at::Tensor& grad_output_, const at::Tensor& saved_, double scale,
+                              at::ScalarType dtype) {
+  check_backward_args(grad_output_, saved_, dtype);
+  const int64_t n = saved_.numel(), k = grad_output_.numel();
+  const c10::cuda::CUDAGuard guard(saved_.device());
+  at::Tensor out = at::empty(saved_.sizes(), saved_.options().dtype(dtype));
+  if (n == 0) {
+    return out;
+  }
+  const at::Tensor saved = saved_.contiguous();
+  dispatch_float(saved.scalar_type(), [&](auto saved_tag) {
+    dispatch_float(dtype, [&](auto out_tag) {
+      using saved_t = decltype(saved_tag);
+      using out_t = decltype(out_tag);
+      using Args = BackwardArgs<saved_t, out_t>;
+      using acc_t = typename Args::acc_t;
+      // grad_output in acc_t spares a kernel for every grad_output dtype; the conversion is a
+      // copy only when the dtypes differ, and a full-size one only for MSE's "none" in float16
+      // or bfloat16
+      const at::Tensor go = grad_output_.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      constexpr int kVec = kVec128<saved_t>;
+      const Args args{saved.const_data_ptr<saved_t>(), go.const_data_ptr<acc_t>(), n, n / k, acc_t(scale),
+                      out.mutable_data_ptr<out_t>()};
+      const int64_t blocks = grid_size(ceil_div(n, int64_t(kThreads) * kVec));
+      const auto stream = c10::cuda::getCurrentCUDAStream();
+      if (packs_aligned<kVec>(args.saved, args.out)) {
+        loss_backward_kernel<kVec><<<blocks, kThreads, 0, stream>>>(args);
+      } else {
+        loss_backward_kernel<1><<<blocks, kThreads, 0, stream>>>(args);
+      }
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pylosses, CUDA, m) { m.impl("loss_backward", &loss_backward_cuda); }
+
+}  // namespace pylosses::cuda

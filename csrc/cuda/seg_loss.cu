@@ -1,0 +1,299 @@
+// Segmentation loss alpha * BCE + beta * TV on CUDA, in one pass over memory.
+//
+// The contiguous input is a sequence of volumes of D x H rows of length W (D = 1 in 2-D), one
+// for each sample and channel. A block owns a tile of TY rows x TX * kVec columns of a volume
+// and walks it through the depth d; each thread owns kVec consecutive elements of a row. The
+// probabilities at d - 1, d and d + 1 stay in registers, so D neighbours come from registers;
+// each depth step the block shares its tile's probabilities through shared memory, so the H
+// and W neighbours inside the tile come from there, and only those across the tile's edge are
+// loaded again (from cache: the neighbouring tile reads them too). Every element is read from
+// DRAM once.
+//
+// Blocks loop over tiles (a grid the size of what the device keeps resident). A block adds up
+// its tiles' sums in registers and writes them, one row of partials a sample for "none" (else
+// one row), when the sample changes and at the end; sum_and_finish then adds the rows in a
+// fixed order. Probabilities outside [0, 1] are counted, and make the loss NaN: no device
+// assert, no host sync.
+#include <math_constants.h>
+#include <torch/library.h>
+
+#include "cuda_common.cuh"
+#include "../op_checks.h"
+#include "../seg_loss_math.h"
+
+namespace pylosses::cuda {
+namespace {
+
+constexpr int kSums = 5;  // bce, tv_w, tv_h, tv_d, out-of-range count
+
+template <typename input_t, typename target_t>
+struct SegArgs {
+  using acc_t = acc_type_t<input_t, target_t>;
+  const input_t* x;
+  const target_t* t;
+  saved_grad_t<input_t>* grad;    // or null
+  saved_grad_t<target_t>* grad_t; // or null (always for bool and uint8 targets)
+  acc_t* partials;                // groups x gridDim.x x kSums, zeroed
+  int64_t D, H, W;
+  int64_t tiles_w, tiles_per_volume, tiles_per_group, n_tiles;
+  acc_t w_bce, w_w, w_h, w_d;     // the gradient's factors (math::SegGradWeights)
+};
+
+template <bool kLogits, int kVec, typename input_t, typename acc_t>
+__device__ __forceinline__ void load_probs(const input_t* p, acc_t (&x)[kVec], acc_t (&prob)[kVec]) {
+  const auto v = load_pack<kVec>(p);
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    x[k] = static_cast<acc_t>(v.v[k]);
+    prob[k] = kLogits ? math::sigmoid(x[k]) : x[k];
+  }
+}
+
+template <bool kLogits, typename input_t, typename acc_t>
+__device__ __forceinline__ acc_t load_prob(const input_t* p) {
+  const acc_t x = static_cast<acc_t>(*p);
+  return kLogits ? math::sigmoid(x) : x;
+}
+
+template <bool kLogits, int kVec, typename input_t, typename target_t>
+__global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t, target_t> a) {
+  using acc_t = acc_type_t<input_t, target_t>;
+  using grad_t = saved_grad_t<input_t>;
+  using grad_target_t = saved_grad_t<target_t>;
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  acc_t* const smem = reinterpret_cast<acc_t*>(smem_bytes);  // two buffers of TY x row_len
+
+  const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
+  const int row_len = TX * kVec;  // columns a tile
+  const int64_t plane = a.H * a.W;
+  acc_t sums[kSums] = {};
+  int64_t group = -1;  // of the tiles summed so far
+  unsigned step = 0;   // depth steps taken, over all tiles: picks the shared-memory buffer
+
+  const auto flush = [&]() {  // block-uniform
+    block_sum(sums);
+    if (tx == 0 && ty == 0) {
+      acc_t* row = a.partials + (group * gridDim.x + blockIdx.x) * kSums;
+#pragma unroll
+      for (int c = 0; c < kSums; ++c) {
+        row[c] = sums[c];
+      }
+    }
+#pragma unroll
+    for (int c = 0; c < kSums; ++c) {
+      sums[c] = 0;
+    }
+  };
+
+  for (int64_t tile = blockIdx.x; tile < a.n_tiles; tile += gridDim.x) {
+    const int64_t tile_group = tile / a.tiles_per_group;
+    if (tile_group != group) {
+      if (group >= 0) {
+        flush();
+      }
+      group = tile_group;
+    }
+    const int64_t volume = tile / a.tiles_per_volume, in_volume = tile % a.tiles_per_volume;
+    const int64_t h = in_volume / a.tiles_w * TY + ty;
+    const int64_t w0 = in_volume % a.tiles_w * row_len + int64_t(tx) * kVec;
+    const bool inside = h < a.H && w0 < a.W;  // kVec divides W: a pack is all inside or all out
+    const int64_t base = volume * a.D * plane + h * a.W + w0;
+
+    acc_t x_cur[kVec], p_cur[kVec], x_next[kVec], p_next[kVec], p_prev[kVec];
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      x_cur[k] = p_cur[k] = acc_t(0);
+    }
+    if (inside) {
+      load_probs<kLogits, kVec>(a.x + base, x_cur, p_cur);
+    }
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      p_prev[k] = p_cur[k];  // d = 0 has no front neighbour
+    }
+
+    for (int64_t d = 0; d < a.D; ++d) {
+      const int64_t off = base + d * plane;
+      if (inside && d + 1 < a.D) {
+        load_probs<kLogits, kVec>(a.x + off + plane, x_next, p_next);
+      } else {  // no back neighbour
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) {
+          x_next[k] = x_cur[k];
+          p_next[k] = p_cur[k];
+        }
+      }
+      // double-buffered: the buffer written here was last read two steps ago (maybe in the
+      // previous tile), before the previous step's barrier
+      acc_t* const mine = smem + ((step++ & 1) * TY + ty) * row_len + tx * kVec;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        mine[k] = p_cur[k];
+      }
+      __syncthreads();
+      if (inside) {
+        // neighbours; a missing one (at the edge of the volume) is the element itself
+        const acc_t left_edge = w0 == 0 ? p_cur[0] : tx > 0 ? mine[-1] : load_prob<kLogits, input_t, acc_t>(a.x + off - 1);
+        const acc_t right_edge = w0 + kVec >= a.W ? p_cur[kVec - 1]
+                                 : tx + 1 < TX    ? mine[kVec]
+                                                  : load_prob<kLogits, input_t, acc_t>(a.x + off + kVec);
+        acc_t up[kVec], down[kVec], unused[kVec];
+        if (h == 0) {
+#pragma unroll
+          for (int k = 0; k < kVec; ++k) up[k] = p_cur[k];
+        } else if (ty > 0) {
+#pragma unroll
+          for (int k = 0; k < kVec; ++k) up[k] = mine[k - row_len];
+        } else {
+          load_probs<kLogits, kVec>(a.x + off - a.W, unused, up);
+        }
+        if (h == a.H - 1) {
+#pragma unroll
+          for (int k = 0; k < kVec; ++k) down[k] = p_cur[k];
+        } else if (ty + 1 < TY) {
+#pragma unroll
+          for (int k = 0; k < kVec; ++k) down[k] = mine[k + row_len];
+        } else {
+          load_probs<kLogits, kVec>(a.x + off + a.W, unused, down);
+        }
+        const auto targets = load_pack<kVec>(a.t + off);
+        Pack<grad_t, kVec> grads;
+        Pack<grad_target_t, kVec> grads_t;
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) {
+          const acc_t p = p_cur[k], t = static_cast<acc_t>(targets.v[k]);
+          const acc_t left = k > 0 ? p_cur[k - 1] : left_edge;
+          const acc_t right = k + 1 < kVec ? p_cur[k + 1] : right_edge;
+          sums[0] += math::bce_loss<acc_t, kLogits>(x_cur[k], p, t);
+          sums[1] += math::tv_loss(left, p);
+          sums[2] += math::tv_loss(up[k], p);
+          sums[3] += math::tv_loss(p_prev[k], p);
+          if (!kLogits) {
+            sums[4] += (p >= acc_t(0) && p <= acc_t(1)) ? acc_t(0) : acc_t(1);  // NaN counts
+          }
+          const acc_t tv = a.w_w * math::tv_grad(left, p, right) + a.w_h * math::tv_grad(up[k], p, down[k]) +
+                           a.w_d * math::tv_grad(p_prev[k], p, p_next[k]);
+          grads.v[k] = a.w_bce * math::bce_grad_input<acc_t, kLogits>(p, t) + math::prob_grad<acc_t, kLogits>(p) * tv;
+          grads_t.v[k] = a.w_bce * math::bce_grad_target<acc_t, kLogits>(x_cur[k], p);
+        }
+        if (a.grad) {
+          store_pack(a.grad + off, grads);
+        }
+        if constexpr (is_float_v<target_t>) {
+          if (a.grad_t) {
+            store_pack(a.grad_t + off, grads_t);
+          }
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        p_prev[k] = p_cur[k];
+        p_cur[k] = p_next[k];
+        x_cur[k] = x_next[k];
+      }
+    }
+  }
+  if (group >= 0) {
+    flush();
+  }
+}
+
+template <typename loss_t>
+struct SegFinish {
+  loss_t* out;
+  double n, extent[3], alpha, beta;
+  bool mean;
+  __device__ void operator()(int64_t group, const double (&s)[kSums]) const {
+    const double tv[3] = {s[1], s[2], s[3]};
+    const double value = math::seg_reduce(s[0], tv, n, extent, alpha, beta, mean);
+    out[group] = static_cast<loss_t>(s[4] > 0 ? CUDART_NAN : value);  // out of range: NaN
+  }
+};
+
+// A block of TY x TX threads, TX a power of two that spans a row's packs up to a warp.
+dim3 tile_threads(int64_t W, int kVec) {
+  int tx = 1;
+  while (tx < kWarp && int64_t(tx) * kVec < W) {
+    tx *= 2;
+  }
+  return dim3(tx, kThreads / tx);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tensor& input_, const at::Tensor& target_,
+                                                                 double alpha, double beta, int64_t spatial_dims,
+                                                                 bool from_logits, int64_t reduction,
+                                                                 bool compute_grad_input, bool compute_grad_target) {
+  check_seg_args(input_, target_, spatial_dims, reduction, compute_grad_target);
+  const c10::cuda::CUDAGuard guard(input_.device());
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor target = target_.contiguous();
+
+  const int64_t nd = input.dim(), n = input.numel(), batch = input.size(0);
+  const int64_t W = input.size(nd - 1), H = input.size(nd - 2), D = spatial_dims == 3 ? input.size(nd - 3) : 1;
+  const int64_t per_sample = batch ? n / batch : 0;
+  const bool none = reduction == at::Reduction::None, mean_like = reduction != at::Reduction::Sum;
+  const int64_t groups = none ? batch : 1;
+  const double extent[3] = {double(W), double(H), double(D)};
+  const double n_mean = reduction == at::Reduction::Mean ? double(n) : double(per_sample);
+  const math::SegGradWeights weights(alpha, beta, mean_like, n_mean, extent);
+
+  const auto saved_options = [](const at::Tensor& t) { return t.options().dtype(saved_grad_dtype(t.scalar_type())); };
+  at::Tensor grad_in = at::empty(compute_grad_input ? input.sizes() : at::IntArrayRef{0}, saved_options(input));
+  at::Tensor grad_t = at::empty(compute_grad_target ? target.sizes() : at::IntArrayRef{0}, saved_options(target));
+  const auto result_dtype = at::promote_types(input.scalar_type(), target.scalar_type());
+  at::Tensor loss = at::empty(none ? at::IntArrayRef{batch} : at::IntArrayRef{}, input.options().dtype(result_dtype));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+
+  dispatch_input_target<true>(input.scalar_type(), target.scalar_type(), [&](auto in_tag, auto t_tag) {
+    using input_t = decltype(in_tag);
+    using target_t = decltype(t_tag);
+    using acc_t = acc_type_t<input_t, target_t>;
+    using result_t = promote_t<input_t, std::conditional_t<is_float_v<target_t>, target_t, input_t>>;
+    constexpr int kVec = kVec128<input_t>;
+    SegArgs<input_t, target_t> args{};
+    args.x = input.const_data_ptr<input_t>();
+    args.t = target.const_data_ptr<target_t>();
+    args.grad = compute_grad_input ? grad_in.mutable_data_ptr<saved_grad_t<input_t>>() : nullptr;
+    if constexpr (is_float_v<target_t>) {
+      args.grad_t = compute_grad_target ? grad_t.mutable_data_ptr<saved_grad_t<target_t>>() : nullptr;
+    }
+    const bool vectorised = W % kVec == 0 && packs_aligned<kVec>(args.x, args.t, args.grad, args.grad_t);
+    const int vec = vectorised ? kVec : 1;
+    const dim3 threads = tile_threads(W, vec);
+    args.D = D;
+    args.H = H;
+    args.W = W;
+    args.tiles_w = ceil_div(W, int64_t(threads.x) * vec);
+    args.tiles_per_volume = args.tiles_w * ceil_div(H, int64_t(threads.y));
+    const int64_t volumes = n ? n / (D * H * W) : 0;
+    args.n_tiles = volumes * args.tiles_per_volume;
+    args.tiles_per_group = none ? std::max<int64_t>(args.n_tiles / std::max<int64_t>(batch, 1), 1) : std::max<int64_t>(args.n_tiles, 1);
+    args.w_bce = acc_t(weights.bce);
+    args.w_w = acc_t(weights.axis[0]);
+    args.w_h = acc_t(weights.axis[1]);
+    args.w_d = acc_t(weights.axis[2]);
+    const int64_t blocks = grid_size(args.n_tiles);
+    at::Tensor partials = at::zeros({groups * blocks * kSums}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    args.partials = partials.mutable_data_ptr<acc_t>();
+    if (args.n_tiles > 0) {
+      const size_t smem = 2 * size_t(threads.x) * threads.y * vec * sizeof(acc_t);
+      const auto launch = [&](auto logits, auto vec_tag) {
+        seg_fwd_kernel<decltype(logits)::value, decltype(vec_tag)::value><<<blocks, threads, smem, stream>>>(args);
+      };
+      dispatch_bool(from_logits, [&](auto logits) {
+        vectorised ? launch(logits, std::integral_constant<int, kVec>{}) : launch(logits, std::integral_constant<int, 1>{});
+      });
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    const SegFinish<result_t> finish{loss.mutable_data_ptr<result_t>(), n_mean, {extent[0], extent[1], extent[2]},
+                                     alpha, beta, mean_like};
+    sum_and_finish<kSums, acc_t>(partials, groups, blocks, finish);
+  });
+  return {loss, grad_in, grad_t};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pylosses, CUDA, m) { m.impl("seg_loss_fwd", &seg_loss_fwd_cuda); }
+
+}  // namespace pylosses::cuda

@@ -1,0 +1,61 @@
+#pragma once
+// The argument checks of every op, one place for the CPU and CUDA kernels. The Python API has
+// checked the user's arguments already (pylosses/functional.py); these guard direct calls of
+// torch.ops.pylosses.* with messages that name the op and the argument.
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace pylosses {
+
+inline void check_same_device(const char* op, const at::Tensor& a, const char* a_name, const at::Tensor& b,
+                              const char* b_name) {
+  TORCH_CHECK_VALUE(a.device() == b.device(), op, ": ", a_name, " and ", b_name, " must be on the same device, got ",
+                    a.device(), " and ", b.device());
+}
+
+inline void check_reduction(const char* op, int64_t reduction) {
+  TORCH_CHECK_VALUE(reduction >= 0 && reduction <= 2, op, ": reduction must be 0 (none), 1 (mean) or 2 (sum), got ",
+                    reduction);
+}
+
+inline void check_mse_args(const at::Tensor& input, const at::Tensor& target, int64_t reduction) {
+  TORCH_CHECK_VALUE(input.sizes() == target.sizes(), "mse_loss_fwd: input and target must have the same shape, got ",
+                    input.sizes(), " and ", target.sizes());
+  check_reduction("mse_loss_fwd", reduction);
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()) && at::isFloatingType(target.scalar_type()),
+                   "mse_loss_fwd: input and target must be floating point, got ", input.scalar_type(), " and ",
+                   target.scalar_type());
+  check_same_device("mse_loss_fwd", input, "input", target, "target");
+}
+
+inline void check_seg_args(const at::Tensor& input, const at::Tensor& target, int64_t spatial_dims, int64_t reduction,
+                           bool compute_grad_target) {
+  TORCH_CHECK_VALUE(spatial_dims == 2 || spatial_dims == 3, "seg_loss_fwd: spatial_dims must be 2 or 3, got ",
+                    spatial_dims);
+  TORCH_CHECK_VALUE(input.dim() > spatial_dims, "seg_loss_fwd: input must have a batch axis and ", spatial_dims,
+                    " spatial axes, got shape ", input.sizes());
+  TORCH_CHECK_VALUE(input.sizes() == target.sizes(), "seg_loss_fwd: input and target must have the same shape, got ",
+                    input.sizes(), " and ", target.sizes());
+  check_reduction("seg_loss_fwd", reduction);
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), "seg_loss_fwd: input must be floating point, got ",
+                   input.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(target.scalar_type()) || target.scalar_type() == at::kBool ||
+                       target.scalar_type() == at::kByte,
+                   "seg_loss_fwd: target must be floating point, bool or uint8, got ", target.scalar_type());
+  TORCH_CHECK_TYPE(!compute_grad_target || at::isFloatingType(target.scalar_type()),
+                   "seg_loss_fwd: a gradient for a ", target.scalar_type(), " target was asked for");
+  check_same_device("seg_loss_fwd", input, "input", target, "target");
+}
+
+inline void check_backward_args(const at::Tensor& grad_output, const at::Tensor& saved, at::ScalarType dtype) {
+  const int64_t n = saved.numel(), k = grad_output.numel();
+  TORCH_CHECK_VALUE((k == 0 && n == 0) || (k > 0 && n % k == 0), "loss_backward: saved_grad has ", n,
+                    " elements, not a multiple of grad_output's ", k);
+  TORCH_CHECK_TYPE(at::isFloatingType(saved.scalar_type()) && at::isFloatingType(grad_output.scalar_type()),
+                   "loss_backward: expected floating dtypes, got ", saved.scalar_type(), " and ",
+                   grad_output.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(dtype), "loss_backward: dtype must be floating point, got ", dtype);
+  check_same_device("loss_backward", grad_output, "grad_output", saved, "saved_grad");
+}
+
+}  // namespace pylosses
