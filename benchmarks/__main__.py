@@ -40,14 +40,23 @@ def _list(text, choices, what):
     return items
 
 
+def _sizes(text):
+    try:
+        sizes = [parse_size(x) for x in text.split(",")]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return [format_size(n) for n in sizes]
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="where to run (default: cuda when a GPU is present, else cpu)")
     parser.add_argument("--quick", action="store_true", help="a small subset (float32, two sizes, fewer repeats)")
-    parser.add_argument("--sizes", type=lambda s: [format_size(parse_size(x)) for x in s.split(",")],
-                        help="elements per tensor, e.g. 64K,1M,16M")
+    parser.add_argument("--sizes", type=_sizes, help="elements per tensor, e.g. 64K,1M,16M")
     parser.add_argument("--providers", type=lambda s: _list(s, PROVIDERS, "provider"),
                         help=f"a subset of {','.join(PROVIDERS)} (reference is always timed: the baseline)")
     parser.add_argument("--dtypes", type=lambda s: _list(s, list(DTYPES), "dtype"), help="float32,bfloat16,float16")
@@ -66,8 +75,6 @@ def parse_args(argv):
         parser.error("--device cuda: torch sees no CUDA GPU on this machine")
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    if args.sizes is not None and min(parse_size(s) for s in args.sizes) < 1:
-        parser.error("--sizes must be positive")
     have = available_providers(args.device)
     wanted = args.providers or list(PROVIDERS)
     missing = [p for p in wanted if p not in have]
@@ -115,11 +122,7 @@ def measure_cell(loss, mode, dtype, size, args):
 
 
 def main(argv=None):
-    try:
-        args = parse_args(argv)
-    except argparse.ArgumentTypeError as error:
-        print(f"python -m benchmarks: error: {error}", file=sys.stderr)
-        return 2
+    args = parse_args(argv)
     info = machine(args.device)
     info.update(repeats=args.repeats, timing="back to back" if args.back_to_back else "providers take turns",
                 timer="CUDA events, L2 flushed before each call" if args.device == "cuda" else "wall clock",

@@ -145,10 +145,32 @@ def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, 
                                             grad_input, grad_target, check)
 
 
+def _source_tree_triton_kernels() -> None:
+    """Make the folder triton_kernels/ beside this package importable as pylosses.triton_kernels,
+    where pylosses runs from a source checkout that was built in place but never installed
+    (make device-check, on a machine with no package index). An install maps it (setup.py)."""
+    import importlib.util
+    import os
+    import sys
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "triton_kernels")
+    init = os.path.join(folder, "__init__.py")
+    if __package__ + ".triton_kernels" in sys.modules or not os.path.isfile(init):
+        return
+    if importlib.util.find_spec(__package__ + ".triton_kernels") is not None:  # installed
+        return
+    spec = importlib.util.spec_from_file_location(__package__ + ".triton_kernels", init,
+                                                  submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+
 TRITON_ERROR = EXTENSION_ERROR  # why the triton backend is unavailable (its schemas come with _C)
 if EXTENSION_ERROR is None:
     _register("native")
     try:
+        _source_tree_triton_kernels()
         from .triton_kernels import common as triton_common
         from .triton_kernels import mse as triton_mse
         from .triton_kernels import segmentation as triton_segmentation

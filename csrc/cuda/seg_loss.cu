@@ -171,10 +171,16 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
           if (!kLogits) {
             sums[4] += (p >= acc_t(0) && p <= acc_t(1)) ? acc_t(0) : acc_t(1);  // NaN counts
           }
-          const acc_t tv = a.w_w * math::tv_grad(left, p, right) + a.w_h * math::tv_grad(up[k], p, down[k]) +
-                           a.w_d * math::tv_grad(p_prev[k], p, p_next[k]);
-          grads.v[k] = a.w_bce * math::bce_grad_input<acc_t, kLogits>(p, t) + math::prob_grad<acc_t, kLogits>(p) * tv;
-          grads_t.v[k] = a.w_bce * math::bce_grad_target<acc_t, kLogits>(x_cur[k], p);
+          if (a.grad) {  // the same for the whole launch: no divergence
+            const acc_t tv = a.w_w * math::tv_grad(left, p, right) + a.w_h * math::tv_grad(up[k], p, down[k]) +
+                             a.w_d * math::tv_grad(p_prev[k], p, p_next[k]);
+            grads.v[k] = a.w_bce * math::bce_grad_input<acc_t, kLogits>(p, t) + math::prob_grad<acc_t, kLogits>(p) * tv;
+          }
+          if constexpr (is_float_v<target_t>) {
+            if (a.grad_t) {
+              grads_t.v[k] = a.w_bce * math::bce_grad_target<acc_t, kLogits>(x_cur[k], p);
+            }
+          }
         }
         if (a.grad) {
           store_pack(a.grad + off, grads);

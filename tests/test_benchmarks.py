@@ -1,0 +1,62 @@
+"""The benchmark CLI's options and helpers (what it measures is the benchmarks' business, not
+the tests': these check that bad options are clear errors and the sizes mean what they say)."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+
+from benchmarks import __main__ as cli  # noqa: E402
+from benchmarks.common import compulsory_bytes, format_size, parse_size, shape_for  # noqa: E402
+
+
+@pytest.mark.parametrize("text, n", [("64K", 1 << 16), ("16m", 1 << 24), ("1G", 1 << 30), ("1000", 1000)])
+def test_sizes_round_trip(text, n):
+    assert parse_size(text) == n
+    assert parse_size(format_size(n)) == n
+
+
+@pytest.mark.parametrize("n", [1, 1000, 1 << 16, 1 << 20, 1 << 24, 1 << 28])
+def test_shape_for_holds_the_size(n):
+    shape = shape_for(n)
+    assert len(shape) == 4 and shape[1] == 1 and shape[2] == shape[3]
+    assert torch.Size(shape).numel() <= max(n, 1) * 2 and (n < 4 or torch.Size(shape).numel() * 2 > n)
+
+
+def test_compulsory_bytes_count_the_gradient_only_with_backward():
+    x, t = torch.zeros(10), torch.zeros(10, dtype=torch.bool)
+    assert compulsory_bytes("forward", x, t) == 40 + 10
+    assert compulsory_bytes("forward+backward", x, t) == 40 + 10 + 40
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "12Q"], "64K, 16M"),
+    (["--providers", "nativ"], "unknown provider 'nativ'"),
+    (["--dtypes", "float8"], "unknown dtype 'float8'"),
+    (["--losses", "l1"], "unknown loss 'l1'"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_bad_options_are_clear_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv + ["--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--device", "cuda"])
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_quick_run_writes_its_report(tmp_path):
+    assert cli.main(["--device", "cpu", "--sizes", "4K", "--repeats", "1", "--providers", "reference,native",
+                     "--losses", "mse_loss", "--modes", "forward", "--no-plots", "--out", str(tmp_path)]) == 0
+    (folder,) = tmp_path.iterdir()
+    assert {p.name for p in folder.iterdir()} == {"results.json", "results.md"}
+    text = (folder / "results.md").read_text()
+    assert "| 4K | native |" in text and "| 4K | reference |" in text
