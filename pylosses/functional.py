@@ -111,7 +111,9 @@ def _check_choice(name: str, value, choices) -> None:
 def _check_weight(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
+    # comparisons, not math.isfinite: torch.compile(dynamic=True) traces a module's float
+    # attributes as symbolic floats, which math.isfinite cannot take (NaN fails both)
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be finite, got {value!r}")
 
 

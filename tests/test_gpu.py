@@ -174,3 +174,26 @@ def test_segmentation_more_than_2_31_elements(backend):
                      + (window[1:] - window[:-1]).abs().sum() / ((H - 1) * W)))
     (want,) = torch.autograd.grad(part, window)
     torch.testing.assert_close(grad[0, 0, -2:].double(), want[1:], rtol=2e-2, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS + ["reference"])
+@pytest.mark.parametrize("from_logits", [False, True], ids=["probabilities", "logits"])
+def test_cuda_autocast(backend, from_logits):
+    """Under CUDA autocast a float16 model output works in both forms, also the probability
+    form that nn.BCELoss refuses there; the loss is float32 and matches float64."""
+    net = torch.nn.Linear(64, 64).cuda()
+    x = torch.rand(4, 1, 32, 64, device="cuda")
+    t = (torch.rand(4, 1, 32, 64, device="cuda") > 0.5).float()
+    with torch.autocast("cuda"):
+        out = net(x)
+        out = out if from_logits else torch.sigmoid(out)
+        assert out.dtype == torch.float16
+        if not from_logits:
+            with pytest.raises(RuntimeError, match="unsafe to autocast"):
+                torch.nn.BCELoss()(out, t)
+        value = pylosses.segmentation_loss(out, t, from_logits=from_logits, backend=backend)
+    assert value.dtype == torch.float32
+    want = pylosses.reference.segmentation_loss(out.detach().double(), t.double(), 0.7, 0.3, from_logits, 2, "mean")
+    torch.testing.assert_close(value.double(), want, rtol=1e-5, atol=1e-6)
+    value.backward()
+    assert torch.isfinite(net.weight.grad).all()
