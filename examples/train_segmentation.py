@@ -1,7 +1,8 @@
 """Train a small U-Net on a synthetic segmentation set with pylosses.SegmentationLoss.
 
     python examples/train_segmentation.py [--epochs 8] [--backend auto] [--compile] [--amp]
-                                          [--device cpu|cuda] [--log-dir runs/segmentation]
+                                          [--device cpu|cuda] [--samples 768] [--size 64]
+                                          [--log-dir runs/segmentation]
 
 The data are generated here (discs and rectangles on a noisy, shaded background; no
 downloads), and the model predicts logits, so the loss is SegmentationLoss(from_logits=True):
@@ -215,17 +216,24 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="torch.compile(fullgraph=True) the model and loss")
     parser.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on the CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--samples", type=int, default=768, help="training images (64 more for validation)")
+    parser.add_argument("--size", type=int, default=64, help="image side, a multiple of 4")
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-dir", default=os.path.join("runs", "segmentation"))
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    if args.samples < 1 or args.batch_size < 1:
+        parser.error(f"--samples and --batch-size must be at least 1, got {args.samples} and {args.batch_size}")
+    if args.size < 16 or args.size % 4:
+        parser.error(f"--size must be a multiple of 4 and at least 16 (the U-Net halves it twice), got {args.size}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA GPU")
     try:
-        train(args.epochs, args.backend, args.compile, args.amp, args.device, lr=args.lr, seed=args.seed,
-              log_dir=args.log_dir)
+        train(args.epochs, args.backend, args.compile, args.amp, args.device, n_train=args.samples, size=args.size,
+              batch_size=args.batch_size, lr=args.lr, seed=args.seed, log_dir=args.log_dir)
     except NonFiniteError as error:
         print(f"stopped: {error}", file=sys.stderr)
         return 1

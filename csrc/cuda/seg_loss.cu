@@ -35,7 +35,9 @@ struct SegArgs {
   saved_grad_t<target_t>* grad_t; // or null (always for bool and uint8 targets)
   acc_t* partials;                // groups x gridDim.x x kSums, zeroed
   int64_t D, H, W;
-  int64_t tiles_w, tiles_per_volume, tiles_per_group, n_tiles;
+  // tile counts in 32 bits (checked on the host), which keeps a tile's 64-bit-free index
+  // arithmetic cheap next to the few elements a thread handles in it; offsets are int64
+  uint32_t tiles_w, tiles_per_volume, tiles_per_group, n_tiles;
   acc_t w_bce, w_w, w_h, w_d;     // the gradient's factors (math::SegGradWeights)
 };
 
@@ -85,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
     }
   };
 
-  for (int64_t tile = blockIdx.x; tile < a.n_tiles; tile += gridDim.x) {
+  for (uint32_t tile = blockIdx.x; tile < a.n_tiles; tile += gridDim.x) {
     const int64_t tile_group = tile / a.tiles_per_group;
     if (tile_group != group) {
       if (group >= 0) {
@@ -93,11 +95,11 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
       }
       group = tile_group;
     }
-    const int64_t volume = tile / a.tiles_per_volume, in_volume = tile % a.tiles_per_volume;
-    const int64_t h = in_volume / a.tiles_w * TY + ty;
-    const int64_t w0 = in_volume % a.tiles_w * row_len + int64_t(tx) * kVec;
+    const uint32_t volume = tile / a.tiles_per_volume, in_volume = tile % a.tiles_per_volume;
+    const int64_t h = int64_t(in_volume / a.tiles_w) * TY + ty;
+    const int64_t w0 = int64_t(in_volume % a.tiles_w) * row_len + int64_t(tx) * kVec;
     const bool inside = h < a.H && w0 < a.W;  // kVec divides W: a pack is all inside or all out
-    const int64_t base = volume * a.D * plane + h * a.W + w0;
+    const int64_t base = int64_t(volume) * a.D * plane + h * a.W + w0;
 
     acc_t x_cur[kVec], p_cur[kVec], x_next[kVec], p_next[kVec], p_prev[kVec];
 #pragma unroll
@@ -269,11 +271,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
     args.D = D;
     args.H = H;
     args.W = W;
-    args.tiles_w = ceil_div(W, int64_t(threads.x) * vec);
-    args.tiles_per_volume = args.tiles_w * ceil_div(H, int64_t(threads.y));
-    const int64_t volumes = n ? n / (D * H * W) : 0;
-    args.n_tiles = volumes * args.tiles_per_volume;
-    args.tiles_per_group = none ? std::max<int64_t>(args.n_tiles / std::max<int64_t>(batch, 1), 1) : std::max<int64_t>(args.n_tiles, 1);
+    const int64_t tiles_w = ceil_div(W, int64_t(threads.x) * vec);
+    const int64_t tiles_per_volume = tiles_w * ceil_div(H, int64_t(threads.y));
+    const int64_t n_tiles = (n ? n / (D * H * W) : 0) * tiles_per_volume;
+    // (a tensor would need over 2**40 elements to pass this)
+    TORCH_CHECK(n_tiles < (int64_t(1) << 32) - kThreads * 2048, "seg_loss_fwd: input too large: ", n_tiles, " tiles");
+    args.tiles_w = uint32_t(tiles_w);
+    args.tiles_per_volume = uint32_t(tiles_per_volume);
+    args.n_tiles = uint32_t(n_tiles);
+    args.tiles_per_group = uint32_t(std::max<int64_t>(none ? n_tiles / std::max<int64_t>(batch, 1) : n_tiles, 1));
     args.w_bce = acc_t(weights.bce);
     args.w_w = acc_t(weights.axis[0]);
     args.w_h = acc_t(weights.axis[1]);
