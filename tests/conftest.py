@@ -20,6 +20,7 @@ torch._inductor.config.force_disable_caches = True
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run by make device-check)")
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist runs in one worker (--dist loadgroup)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -135,6 +135,7 @@ def test_fullgraph_compile_on_cuda(backend):
     check_fullgraph_training_step(backend, "cuda", (4, 1, 64, 64))
 
 
+@pytest.mark.xdist_group("large_memory")  # one at a time under pytest-xdist: each needs tens of GB
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_mse_more_than_2_31_elements(backend):
     n = (1 << 31) + 4099
@@ -153,6 +154,7 @@ def test_mse_more_than_2_31_elements(backend):
     torch.testing.assert_close(grad[tail], want, rtol=1e-2, atol=0)
 
 
+@pytest.mark.xdist_group("large_memory")  # one at a time under pytest-xdist: each needs tens of GB
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_segmentation_more_than_2_31_elements(backend):
     H, W = (1 << 15) + 3, 1 << 16

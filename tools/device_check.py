@@ -96,6 +96,10 @@ def main(argv=None):
     build = [py, "setup.py", "build_ext", "--inplace"]
     tests = [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_build.py", "tests/test_gpu.py",
              f"--junitxml={os.path.join(folder, 'gpu-tests.xml')}"]
+    import importlib.util
+
+    if importlib.util.find_spec("xdist"):  # Triton compiles on the CPU: four workers share the GPU
+        tests += ["-n", "4", "--dist", "loadgroup"]
     bench = [py, "-m", "benchmarks", *BENCH_ARGS, "--out", os.path.join(ROOT, "benchmarks", "results")]
 
     print(f"device check: {gpu}; torch {torch.__version__} (CUDA {torch.version.cuda}), Python {sys.version.split()[0]}")
