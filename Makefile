@@ -5,6 +5,9 @@
 # (tools/device_check.py; with no GPU it builds and says what it would run).
 PYTHON ?= python3
 CUDA ?= auto
+BUILD_CUDA = $(CUDA)
+# make bench on a machine without a GPU has no use for the CUDA kernels: it skips their build
+bench: BUILD_CUDA = $(if $(filter auto,$(CUDA)),$(if $(wildcard /dev/nvidia0),auto,0),$(CUDA))
 VENV := .venv
 PY := $(VENV)/bin/python
 REQS := $(VENV)/.requirements-installed
@@ -26,7 +29,7 @@ $(EDITABLE): $(REQS) setup.py pyproject.toml
 	touch $@
 
 build: $(EDITABLE)
-	@if [ "$(CUDA)" = 1 ] || { [ "$(CUDA)" = auto ] && command -v nvcc >/dev/null && \
+	@if [ "$(BUILD_CUDA)" = 1 ] || { [ "$(BUILD_CUDA)" = auto ] && command -v nvcc >/dev/null && \
 	     $(PY) -c "import sys, torch; sys.exit(torch.version.cuda is None)"; }; then \
 	  echo "FORCE_CUDA=1 $(PY) setup.py --quiet build_ext --inplace"; \
 	  FORCE_CUDA=1 $(PY) setup.py --quiet build_ext --inplace; \

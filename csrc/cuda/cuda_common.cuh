@@ -1,11 +1,25 @@
 #pragma once
 // What the CUDA kernels share: aligned vector access, the deterministic block sum, the grid
 // size, and the kernel that sums per-block partials in a fixed order and finishes the loss.
+#ifdef PYLOSSES_CUDA_EMULATION  // built as C++ for the CPU, by the tests (emulation.h)
+#include "emulation.h"
+#define PYLOSSES_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::pylosses::emu::launch(kernel, grid, block, smem, __VA_ARGS__)
+#define PYLOSSES_DYNAMIC_SMEM(name) unsigned char* name = ::pylosses::emu::dynamic_smem()
+#define PYLOSSES_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(pylosses_cuda_emulated, CPU, m)
+#else
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
+#include <math_constants.h>
+// kernel<<<grid, block, smem, stream>>>(args...); kernel is a name without template arguments
+// (a pointer to the kernel), so that the emulation can take it as a macro argument
+#define PYLOSSES_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#define PYLOSSES_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#define PYLOSSES_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(pylosses, CUDA, m)
+#endif
 
 #include <cstdint>
 
@@ -119,8 +133,9 @@ void sum_and_finish(const at::Tensor& partials, int64_t groups, int64_t rows, co
   if (groups == 0) {
     return;
   }
-  sum_and_finish_kernel<kN><<<groups, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      partials.const_data_ptr<acc_t>(), rows, finish);
+  const auto kernel = &sum_and_finish_kernel<kN, acc_t, Finish>;
+  PYLOSSES_LAUNCH(kernel, groups, kThreads, 0, c10::cuda::getCurrentCUDAStream(), partials.const_data_ptr<acc_t>(),
+                  rows, finish);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -72,11 +72,9 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad_output_, const at::Tensor& 
                       out.mutable_data_ptr<out_t>()};
       const int64_t blocks = grid_size(ceil_div(n, int64_t(kThreads) * kVec));
       const auto stream = c10::cuda::getCurrentCUDAStream();
-      if (packs_aligned<kVec>(args.saved, args.out)) {
-        loss_backward_kernel<kVec><<<blocks, kThreads, 0, stream>>>(args);
-      } else {
-        loss_backward_kernel<1><<<blocks, kThreads, 0, stream>>>(args);
-      }
+      const auto kernel = packs_aligned<kVec>(args.saved, args.out) ? &loss_backward_kernel<kVec, Args>
+                                                                     : &loss_backward_kernel<1, Args>;
+      PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, stream, args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -85,6 +83,6 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad_output_, const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pylosses, CUDA, m) { m.impl("loss_backward", &loss_backward_cuda); }
+PYLOSSES_CUDA_IMPL(m) { m.impl("loss_backward", &loss_backward_cuda); }
 
 }  // namespace pylosses::cuda

@@ -112,11 +112,9 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cuda(const at::Tensor& input_, c
                     reduction == at::Reduction::Mean ? acc_t(1.0 / static_cast<double>(n)) : acc_t(1),
                     none ? nullptr : partials.mutable_data_ptr<acc_t>()};
     if (n > 0) {
-      if (packs_aligned<kVec>(args.x, args.t, args.loss, args.grad)) {
-        mse_fwd_kernel<kVec><<<blocks, kThreads, 0, stream>>>(args);
-      } else {
-        mse_fwd_kernel<1><<<blocks, kThreads, 0, stream>>>(args);
-      }
+      const auto kernel = packs_aligned<kVec>(args.x, args.t, args.loss, args.grad) ? &mse_fwd_kernel<kVec, Args>
+                                                                                     : &mse_fwd_kernel<1, Args>;
+      PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, stream, args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (!none) {
@@ -130,6 +128,6 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cuda(const at::Tensor& input_, c
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pylosses, CUDA, m) { m.impl("mse_loss_fwd", &mse_loss_fwd_cuda); }
+PYLOSSES_CUDA_IMPL(m) { m.impl("mse_loss_fwd", &mse_loss_fwd_cuda); }
 
 }  // namespace pylosses::cuda

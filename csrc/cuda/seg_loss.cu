@@ -14,7 +14,6 @@
 // one row), when the sample changes and at the end; sum_and_finish then adds the rows in a
 // fixed order. Probabilities outside [0, 1] are counted, and make the loss NaN: no device
 // assert, no host sync.
-#include <math_constants.h>
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
@@ -62,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
   using acc_t = acc_type_t<input_t, target_t>;
   using grad_t = saved_grad_t<input_t>;
   using grad_target_t = saved_grad_t<target_t>;
-  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  PYLOSSES_DYNAMIC_SMEM(smem_bytes);
   acc_t* const smem = reinterpret_cast<acc_t*>(smem_bytes);  // two buffers of TY x row_len
 
   const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
@@ -290,7 +289,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
     if (args.n_tiles > 0) {
       const size_t smem = 2 * size_t(threads.x) * threads.y * vec * sizeof(acc_t);
       const auto launch = [&](auto logits, auto vec_tag) {
-        seg_fwd_kernel<decltype(logits)::value, decltype(vec_tag)::value><<<blocks, threads, smem, stream>>>(args);
+        const auto kernel = &seg_fwd_kernel<decltype(logits)::value, decltype(vec_tag)::value, input_t, target_t>;
+        PYLOSSES_LAUNCH(kernel, blocks, threads, smem, stream, args);
       };
       dispatch_bool(from_logits, [&](auto logits) {
         vectorised ? launch(logits, std::integral_constant<int, kVec>{}) : launch(logits, std::integral_constant<int, 1>{});
@@ -306,6 +306,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pylosses, CUDA, m) { m.impl("seg_loss_fwd", &seg_loss_fwd_cuda); }
+PYLOSSES_CUDA_IMPL(m) { m.impl("seg_loss_fwd", &seg_loss_fwd_cuda); }
 
 }  // namespace pylosses::cuda
