@@ -22,8 +22,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEST_TIMEOUT_S = 330
-BENCH_TIMEOUT_S = 210
+# the whole check must end inside one device call (10 minutes) with room to spare: the build
+# takes a minute or two, then at most these
+TEST_TIMEOUT_S = 240
+BENCH_TIMEOUT_S = 150
 BENCH_ARGS = ["--device", "cuda", "--sizes", "1M,16M,64M", "--dtypes", "float32", "--repeats", "20"]
 
 
@@ -94,12 +96,15 @@ def main(argv=None):
         slug = slug.replace("--", "-")
     folder = os.path.join(ROOT, "benchmarks", "results", f"{slug}-{date}")
     build = [py, "setup.py", "build_ext", "--inplace"]
-    tests = [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_build.py", "tests/test_gpu.py",
+    # -v: every test's outcome is in the log as it ends, should the time limit stop the run
+    tests = [py, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider", "tests/test_build.py", "tests/test_gpu.py",
              f"--junitxml={os.path.join(folder, 'gpu-tests.xml')}"]
     import importlib.util
 
     if importlib.util.find_spec("xdist"):  # Triton compiles on the CPU: four workers share the GPU
         tests += ["-n", "4", "--dist", "loadgroup"]
+    if importlib.util.find_spec("pytest_timeout"):  # one hung test must not take the others' time
+        tests += ["--timeout", "150"]
     bench = [py, "-m", "benchmarks", *BENCH_ARGS, "--out", os.path.join(ROOT, "benchmarks", "results")]
 
     print(f"device check: {gpu}; torch {torch.__version__} (CUDA {torch.version.cuda}), Python {sys.version.split()[0]}")

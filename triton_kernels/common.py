@@ -22,7 +22,10 @@ def acc_dtype(*dtypes: torch.dtype):
     return tl.float64 if acc_torch_dtype(*dtypes) == torch.float64 else tl.float32
 
 
-@triton.jit
+# Triton compiles a kernel again for each pattern of its integer arguments (1, a multiple of
+# 16, other); arguments that only count, and never decide how memory is accessed, are kept out
+# of that, which spares compilations (the tests' many shapes) and costs nothing at run time.
+@triton.jit(do_not_specialize=["group_len", "n_cols"])
 def sum_groups_kernel(partial_ptr, out_ptr, group_len, n_cols, BLOCK: tl.constexpr):
     """out[g, c] = the sum of partial[g, 0:group_len, c], in a fixed order: one program a
     (group, column), so the result has the same bits run after run."""
@@ -46,7 +49,7 @@ def sum_groups(partials: torch.Tensor, groups: int) -> torch.Tensor:
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["group"])  # (n stays: its multiples of 16 let masked loads vectorise)
 def loss_backward_kernel(saved_ptr, go_ptr, out_ptr, n, group, scale, BLOCK: tl.constexpr):
     """out[i] = saved[i] * grad_output[i // group] * scale, grad_output read on the device."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)

@@ -74,7 +74,7 @@ def _load_prob(ptr, mask, fallback, LOGITS: tl.constexpr, ACC: tl.constexpr):
     return tl.where(mask, _prob(x, LOGITS), fallback)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["D", "tiles_w", "tiles"])  # (H and W stay: they shape the masks; common.py)
 def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, D, H, W, tiles_w, tiles,
                    alpha_grad, w_w, w_h, w_d,
                    LOGITS: tl.constexpr, GRAD: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr,
