@@ -21,6 +21,9 @@
 #define PYLOSSES_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(pylosses, CUDA, m)
 #endif
 
+#include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 
 #include "../kernel_common.h"
@@ -97,13 +100,22 @@ __device__ __forceinline__ void block_sum(T (&v)[kN]) {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Blocks for `work` independent items of kThreads: no more than the device keeps resident at
-// once (the kernels loop over the rest), so per-block partials stay few.
+// once (the kernels loop over the rest), so per-block partials stay few. The device's limits
+// are read once per device.
 inline int64_t grid_size(int64_t work) {
-  int device = 0, sms = 0, threads_per_sm = 0;
+  static std::array<std::atomic<int64_t>, 64> resident_blocks{};  // per device; 0: not read yet
+  int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
-  const int64_t resident = int64_t(sms) * std::max(threads_per_sm / kThreads, 1);
+  int64_t resident = device < 64 ? resident_blocks[device].load(std::memory_order_relaxed) : 0;
+  if (resident == 0) {
+    int sms = 0, threads_per_sm = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+    resident = int64_t(sms) * std::max(threads_per_sm / kThreads, 1);
+    if (device < 64) {
+      resident_blocks[device].store(resident, std::memory_order_relaxed);
+    }
+  }
   return std::max<int64_t>(1, std::min(work, resident));
 }
 
