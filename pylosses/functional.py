@@ -31,7 +31,7 @@ _SEG_TARGETS = _FLOATS + (torch.bool, torch.uint8)
 FASTEST = {
     "cpu": ("native",),
     # the CUDA kernels; triton joins (in its place, if faster) once both have been measured
-    # on a GPU: until then neither has run on one (README, "Known issues")
+    # on a GPU: until then neither has run on one (README, "Not yet run on a GPU")
     "cuda": ("native",),
 }
 
