@@ -5,6 +5,7 @@ which for equal shards is the gradient of the mean over the whole batch."""
 
 import os
 import sys
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,7 @@ def _loss(model, x, y):
 
 
 def _worker(rank, init_file, out_dir):
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both processes are on this machine
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         model = torch.nn.parallel.DistributedDataParallel(_model())
@@ -38,12 +40,21 @@ def _worker(rank, init_file, out_dir):
         shard = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
         _loss(model, x[shard], y[shard]).backward()
         torch.save([p.grad for p in model.module.parameters()], os.path.join(out_dir, f"grads{rank}.pt"))
+        dist.barrier()  # neither rank tears its connections down while the other still uses them
     finally:
         dist.destroy_process_group()
 
 
 def test_ddp_gradients_equal_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as error:
+        # Once in CI a rank was aborted ("terminate called without an active exception") with
+        # its work done, in gloo's teardown. What this test checks is the gradients: it goes on
+        # when every rank wrote them, and says so.
+        if not all((tmp_path / f"grads{rank}.pt").exists() for rank in range(WORLD)):
+            raise
+        warnings.warn(f"a DDP process ended abnormally after writing its gradients: {error}")
     model = _model()
     x, y = example.make_dataset(BATCH, size=16)
     _loss(model, x, y).backward()
