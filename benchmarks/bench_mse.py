@@ -4,14 +4,9 @@ benchmarks/common.py (on the GPU when there is one, else on the CPU). Not part o
     python -m pytest benchmarks/bench_mse.py --benchmark-group-by=param:mode,param:size,param:dtype
 """
 
-import pytest
-
-from benchmarks.common import BENCH_DTYPES, BENCH_SIZES, MODES, PROVIDERS, run_benchmark
+from benchmarks.common import parametrize_cells, run_benchmark
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("dtype", BENCH_DTYPES)
-@pytest.mark.parametrize("size", BENCH_SIZES)
-@pytest.mark.parametrize("mode", MODES)
+@parametrize_cells
 def test_mse(benchmark, mode, size, dtype, provider):
     run_benchmark(benchmark, "mse_loss", provider, mode, size, dtype)

@@ -221,6 +221,15 @@ BENCH_SIZES = {"cpu": ["64K", "1M", "4M"], "cuda": ["1M", "16M", "64M"]}[BENCH_D
 BENCH_DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}[BENCH_DEVICE]
 
 
+def parametrize_cells(test):
+    """The pytest-benchmark suites' table: every provider, mode, size and dtype."""
+    import pytest
+
+    for name, values in (("mode", MODES), ("size", BENCH_SIZES), ("dtype", BENCH_DTYPES), ("provider", PROVIDERS)):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
 def run_benchmark(benchmark, loss: str, provider: str, mode: str, size: str, dtype: str) -> None:
     """Times provider's step with pytest-benchmark and records what was timed in extra_info.
     A provider not available here is skipped, saying why."""

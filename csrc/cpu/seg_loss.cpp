@@ -271,13 +271,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
       seg_kernel<input_t, target_t, decltype(logits)::value, decltype(three_d)::value, decltype(with_grad)::value>(
           geo, input.const_data_ptr<input_t>(), target.const_data_ptr<target_t>(), prm, gi, gt, partials, bad);
     };
-    const auto with_grad = [&](auto logits, auto three_d) {
-      compute_grad_input ? run(logits, three_d, std::true_type{}) : run(logits, three_d, std::false_type{});
-    };
-    const auto with_dims = [&](auto logits) {
-      spatial_dims == 3 ? with_grad(logits, std::true_type{}) : with_grad(logits, std::false_type{});
-    };
-    from_logits ? with_dims(std::true_type{}) : with_dims(std::false_type{});
+    dispatch_bool(from_logits, [&](auto logits) {
+      dispatch_bool(spatial_dims == 3, [&](auto three_d) {
+        dispatch_bool(compute_grad_input, [&](auto with_grad) { run(logits, three_d, with_grad); });
+      });
+    });
 
     for (int64_t c = 0; c < geo.n_chunks(); ++c) {  // fixed order
       SegSums<double>& sum = per_sample[geo.sample_of(c)];

@@ -25,6 +25,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "../kernel_common.h"
 #include "../math_common.h"
@@ -53,6 +54,22 @@ __device__ __forceinline__ Pack<T, kVec> load_pack(const T* p) {
 template <int kVec, typename T>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, kVec>& v) {
   *reinterpret_cast<Pack<T, kVec>*>(p) = v;
+}
+
+// A grid-stride loop over n elements: body(width, i) for the packs of kVec elements at i (width
+// an std::integral_constant<int, kVec>), then for each of the n % kVec left (width 1). kVec = 1
+// when the pointers are not aligned for packs.
+template <int kVec, typename Body>
+__device__ __forceinline__ void grid_stride_packs(int64_t n, const Body& body) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t packed = n / kVec * kVec;
+  for (int64_t i = first * kVec; i < packed; i += stride * kVec) {
+    body(std::integral_constant<int, kVec>{}, i);
+  }
+  for (int64_t i = packed + first; i < n; i += stride) {
+    body(std::integral_constant<int, 1>{}, i);
+  }
 }
 
 // Whether every pointer is aligned for a Pack of kVec of its own type (a null pointer is).

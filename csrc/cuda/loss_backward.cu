@@ -36,15 +36,7 @@ __device__ __forceinline__ void backward_elements(const A& a, int64_t i) {
 
 template <int kVec, typename A>
 __global__ void __launch_bounds__(kThreads) loss_backward_kernel(const A a) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t packed = a.n / kVec * kVec;
-  for (int64_t i = first * kVec; i < packed; i += stride * kVec) {
-    backward_elements<kVec>(a, i);
-  }
-  for (int64_t i = packed + first; i < a.n; i += stride) {
-    backward_elements<1>(a, i);
-  }
+  grid_stride_packs<kVec>(a.n, [&](auto width, int64_t i) { backward_elements<decltype(width)::value>(a, i); });
 }
 
 at::Tensor loss_backward_cuda(const at::Tensor& grad_output_, const at::Tensor& saved_, double scale,

@@ -49,20 +49,10 @@ __device__ __forceinline__ void mse_elements(const A& a, int64_t i, typename A::
   }
 }
 
-// A grid-stride loop over packs of kVec elements, then the n % kVec left (kVec = 1 when the
-// pointers are not aligned for packs).
 template <int kVec, typename A>
 __global__ void __launch_bounds__(kThreads) mse_fwd_kernel(const A a) {
   typename A::acc_t acc[1] = {0};
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t packed = a.n / kVec * kVec;
-  for (int64_t i = first * kVec; i < packed; i += stride * kVec) {
-    mse_elements<kVec>(a, i, acc[0]);
-  }
-  for (int64_t i = packed + first; i < a.n; i += stride) {
-    mse_elements<1>(a, i, acc[0]);
-  }
+  grid_stride_packs<kVec>(a.n, [&](auto width, int64_t i) { mse_elements<decltype(width)::value>(a, i, acc[0]); });
   if (a.partials) {
     block_sum(acc);
     if (threadIdx.x == 0) {
