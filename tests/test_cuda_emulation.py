@@ -8,6 +8,7 @@ sums) on a machine without a GPU; it says nothing about their speed, and a real 
 differ (memory model, compiler): the tests marked gpu run there."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ MSE = MSE_SHAPES + [(4096,), (3, 1000)]
 def emulated():
     from torch.utils.cpp_extension import load
 
-    build = os.path.join(ROOT, "build", "cuda_emulation")
+    # one build folder per Python and torch: load() would reuse a build made against other headers
+    build = os.path.join(ROOT, "build", f"cuda_emulation-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")
     os.makedirs(build, exist_ok=True)
     load(name="pylosses_cuda_emulated", sources=SOURCES, build_directory=build, is_python_module=False,
          extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas"])
