@@ -98,7 +98,8 @@ def test_resources_and_occupancy():
 
 
 def test_judge_flags_what_breaks_the_rules():
-    v = sm90_gate.Variant("triton", "mse", "k", "v", threads=128, registers=157, stack_bytes=24, resident_warps=12,
+    v = sm90_gate.Variant("triton", "mse", "k", "v", threads=128, registers=157, stack_bytes=24, local_ops=6,
+                          resident_warps=12,
                           load_bits=32, store_bits=32, vector_path=True, writes_stream=True, hot_instructions=400,
                           elements_per_pass=4,
                           bytes_per_element=12, f64_params=False)
@@ -116,3 +117,18 @@ def test_judge_flags_what_breaks_the_rules():
 def test_template_args():
     name = "void pylosses::cuda::(anonymous namespace)::seg_fwd_kernel<true, 4, float, bool>(pylosses::X<float, bool>)"
     assert sm90_gate.template_args(name) == ["true", "4", "float", "bool"]
+
+
+def test_a_call_in_the_hot_loop_counts_its_subroutine():
+    body = sm90_gate.parse_sass("""
+                Function : k
+        /*0000*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0010*/                   CALL.REL.NOINC 0x40 ;
+        /*0020*/              @P0 BRA 0x0 ;
+        /*0030*/                   EXIT ;
+        /*0040*/                   IMAD R5, R4, R4, RZ ;
+        /*0050*/                   IADD3 R5, R5, 0x1, RZ ;
+        /*0060*/                   RET.REL.NODEC R20 0x0 ;
+        /*0070*/                   BRA 0x70;
+    """)["k"]
+    assert len(sm90_gate.hot_loop(body)) == 3 + 3  # the loop and the division it calls

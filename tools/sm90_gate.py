@@ -75,13 +75,15 @@ class Variant:
     variant: str  # what the launch (or the template instantiation) was
     threads: int = 0
     registers: int = 0
-    stack_bytes: int = 0  # local memory a thread: spills (ptxas puts spills there)
+    stack_bytes: int = 0  # local memory a thread where the code spills to it (ptxas puts spills there)
+    local_ops: int = 0  # STL/LDL instructions: spill traffic
     shared_bytes: int = 0
     resident_warps: int = 0
     load_bits: int = 0  # the widest global load and store in the kernel
     store_bits: int = 0
     vector_path: bool = False  # whether 128-bit global loads are required
-    writes_stream: bool = False  # whether it writes a value an element (then 128-bit stores are required)
+    writes_stream: bool = False  # whether it writes a value an element (then wide stores are required)
+    store_bits_needed: int = 128  # what one thread's elements of the written stream fill, at most 128
     hot_instructions: int = 0  # in the hot loop (or the whole kernel where it has none)
     elements_per_pass: float = 0.0  # elements a thread handles in one pass of it
     bytes_per_element: float = 0.0  # compulsory traffic
@@ -194,8 +196,24 @@ def hot_loop(instructions):
     innermost = [(s, e) for s, e in ranges if not any(s < s2 and e2 < e for s2, e2 in ranges)]
     if innermost:
         start, end = max(innermost, key=lambda r: r[1] - r[0])
-        return [t for a, t in instructions if start <= a <= end]
-    return [t for _, t in instructions if opcode(t) != "NOP"]
+        body = [t for a, t in instructions if start <= a <= end]
+    else:
+        body = [t for _, t in instructions if opcode(t) != "NOP"]
+    return body + [t for call in body for t in _subroutine(instructions, call)]
+
+
+def _subroutine(instructions, call):
+    """The instructions a CALL runs (a 64-bit division, say): from its target to the RET."""
+    m = re.match(r"(?:@!?U?P\w+\s+)?CALL\.REL(?:\.\w+)*\s+(0x[0-9a-f]+)", call)
+    if not m:
+        return []
+    target, found = int(m.group(1), 16), []
+    for address, text in instructions:
+        if address >= target:
+            found.append(text)
+            if opcode(text).startswith("RET"):
+                break
+    return found
 
 
 def resident_warps(registers, threads, shared_bytes):
@@ -219,10 +237,13 @@ def read_cubin_like(path):
 
 def fill_from_sass(v, instructions, resources):
     regs, stack, shared, local = resources
-    v.registers, v.stack_bytes = regs, stack + local
+    ops = [opcode(t) for _, t in instructions]
+    v.registers = regs
+    # a spill is local-memory traffic: STL/LDL (a call's stack frame alone is not one)
+    v.local_ops = sum(o.startswith(("STL", "LDL")) for o in ops)
+    v.stack_bytes = stack + local if v.local_ops else 0
     v.shared_bytes = max(v.shared_bytes, shared)
     v.resident_warps = resident_warps(v.registers, v.threads, v.shared_bytes)
-    ops = [opcode(t) for _, t in instructions]
     v.load_bits = max([access_bits(o) for o in ops if o.startswith("LDG")], default=0)
     v.store_bits = max([access_bits(o) for o in ops if o.startswith("STG")], default=0)
     v.hot_instructions = len(hot_loop(instructions))
@@ -234,15 +255,15 @@ def judge(v):
     if v.error:
         broken.append(("compile", v.error))
     else:
-        if v.stack_bytes:
-            broken.append(("spills", f"{v.stack_bytes} B of local memory a thread"))
+        if v.local_ops:
+            broken.append(("spills", f"{v.local_ops} local-memory instructions, {v.stack_bytes} B a thread"))
         need = REQUIRED_WARPS.get(v.family, 0)
         if v.resident_warps < need:
             broken.append(("occupancy", f"{v.resident_warps} resident warps an SM, the launch assumes {need} "
                                         f"({v.registers} registers, {v.threads} threads)"))
         if v.vector_path and v.load_bits < 128:
             broken.append(("vector", f"widest global load {v.load_bits} bits on a vector path"))
-        if v.vector_path and v.writes_stream and v.store_bits < 128:
+        if v.vector_path and v.writes_stream and v.store_bits < v.store_bits_needed:
             broken.append(("vector", f"widest global store {v.store_bits} bits on a vector path"))
         ipe, budget = v.instructions_per_element, v.budget
         if ipe is not None and budget is not None and ipe > budget:
@@ -551,19 +572,21 @@ def template_args(demangled):
 _TYPES = re.compile(r"\b(c10::BFloat16|c10::Half|unsigned char|float|double|bool)\b")
 
 
-def cuda_bytes(family, targs):
-    """Compulsory bytes an element of a CUDA kernel instantiation, from its operand types:
-    seg<logits, vec, input, target> reads input and target and writes input's gradient (float16's
-    in float32); mse<vec, MseArgs<input, target, loss, grad>> reads two and writes the gradient
-    (reduction mean); loss_backward<vec, BackwardArgs<saved, out>> reads one and writes one."""
-    types = [_TYPE_BYTES[t] for t in _TYPES.findall(", ".join(targs))]
+def cuda_streams(family, targs):
+    """(bytes an element it reads, bytes an element it writes) of a CUDA kernel instantiation,
+    from its operand types: seg<logits, vec, input, target> reads input and target and writes
+    input's gradient (float16's in float32); mse<vec, MseArgs<input, target, loss, grad>> reads
+    two and writes the gradient (reduction mean); loss_backward<vec, BackwardArgs<saved, out>>
+    reads one and writes one."""
+    names = _TYPES.findall(", ".join(targs))
+    size = [_TYPE_BYTES[t] for t in names]
     if family == "seg":
-        return float(types[0] + types[1] + (4 if types[0] == 2 and "c10::Half" in targs[2] else types[0]))
+        return size[0] + size[1], 4 if names[0] == "c10::Half" else size[0]
     if family == "mse":
-        return float(types[0] + types[1] + types[3])
+        return size[0] + size[1], size[3]
     if family == "loss_backward":
-        return float(types[0] + types[1])
-    return 0.0
+        return size[0], size[1]
+    return 0, 0
 
 
 def cuda_variants(so_path):
@@ -587,7 +610,9 @@ def cuda_variants(so_path):
         if family != "sum":
             v.elements_per_pass = float(vec)
             v.vector_path = v.writes_stream = vec > 1  # every one of them may write the gradient
-            v.bytes_per_element = cuda_bytes(family, targs)
+            read, written = cuda_streams(family, targs)
+            v.bytes_per_element = float(read + written)
+            v.store_bits_needed = min(128, vec * written * 8)
         variants.append(v)
     return variants
 
