@@ -1,6 +1,7 @@
 """How the benchmark CLI shows its results: a progress line, Markdown tables and PNG plots."""
 
 import os
+import re
 import sys
 import time
 from itertools import groupby
@@ -24,6 +25,11 @@ class Progress:
         if self.tty:
             print(file=sys.stderr)
         print(f"measured {self.total} cells in {time.perf_counter() - self.start:.0f} s", file=sys.stderr)
+
+
+def slug(name):
+    """A file-name slug: "NVIDIA H200" -> "nvidia-h200"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _machine_line(info):
@@ -80,9 +86,13 @@ def markdown(rows, info):
     return "\n".join(lines)
 
 
-def plots(rows, info, folder):
+PLOTS = ("time.png", "bandwidth.png")
+
+
+def plots(rows, info, folder, names=PLOTS):
     """time.png (median time against size) and bandwidth.png (fraction of the copy bandwidth
-    against size): one panel for each (loss, mode, dtype), one line for each provider."""
+    against size), or those of them in names: one panel for each (loss, mode, dtype), one line
+    for each provider."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -94,6 +104,8 @@ def plots(rows, info, folder):
     written = []
     for name, field, label, log in (("time.png", "median_ms", "median time (ms)", True),
                                     ("bandwidth.png", "bandwidth_fraction", "fraction of copy bandwidth", False)):
+        if name not in names:
+            continue
         cols = min(len(keys), 4)
         nrows = (len(keys) + cols - 1) // cols
         fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.6 * nrows), squeeze=False)
