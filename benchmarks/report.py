@@ -44,6 +44,11 @@ def _fmt(value, spec, none="-"):
     return none if value is None else format(value, spec)
 
 
+def _times(ratio):
+    """"1.23x", or "-" where there is no ratio (no torch.compile in the run)."""
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
 def _key(r):
     return (r["loss"], r["mode"], r["dtype"])
 
@@ -71,7 +76,7 @@ def markdown(rows, info):
         for r in summary:
             lines.append(f"| {r['loss']} | {r['mode']} | {r['dtype']} | {r['size']} | {r['provider']} | "
                          f"{r['median_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
-                         f"{_fmt(r['speedup_vs_compile'], '.2f')}x | {100 * r['bandwidth_fraction']:.0f}% |")
+                         f"{_times(r['speedup_vs_compile'])} | {100 * r['bandwidth_fraction']:.0f}% |")
         lines.append("")
     for (loss, mode, dtype), group in groupby(sorted(rows, key=_key), key=_key):
         lines += [f"### {loss}, {mode}, {dtype}", "",
@@ -79,7 +84,7 @@ def markdown(rows, info):
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(group, key=lambda r: r["numel"]):
             lines.append(f"| {r['size']} | {r['provider']} | {r['median_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
-                         f"{_fmt(r['speedup_vs_compile'], '.2f')}{'x' if r['speedup_vs_compile'] else ''} | "
+                         f"{_times(r['speedup_vs_compile'])} | "
                          f"{r['bandwidth_gbs']:.1f} | {100 * r['bandwidth_fraction']:.0f}% | "
                          f"{_fmt(r['peak_extra_mb'], '.1f', 'not measured')} | {r['first_call_s']:.2f} |")
         lines.append("")

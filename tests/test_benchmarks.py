@@ -63,6 +63,7 @@ def test_quick_run_writes_its_report(tmp_path):
     assert {p.name for p in folder.iterdir()} == {"results.json", "results.md"}
     text = (folder / "results.md").read_text()
     assert "| 4K | native |" in text and "| 4K | reference |" in text
+    assert "| - |" in text and "-x" not in text  # no torch.compile in the run: no ratio to it
 
 
 # The CLI, killed (SIGKILL, as make device-check's watchdog does) in the middle of its third cell.
