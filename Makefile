@@ -1,8 +1,9 @@
 # make bench: the benchmark suite; make test: the tests. Both create or reuse .venv, install
 # what requirements.txt lists, and build the extension first: its CUDA kernels too when nvcc is
 # found and torch is a CUDA build (CUDA=1 insists, CUDA=0 skips them).
-# make device-check: on a GPU machine, build, run the GPU tests and a short benchmark
-# (tools/device_check.py; with no GPU it builds and says what it would run).
+# make device-check: on a GPU machine, build, run the GPU tests and a short benchmark within
+# 8.5 minutes, results into $OUT/<gpu>-<date>/ when OUT is set (tools/device_check.py; with no
+# GPU it builds and says what it would run).
 PYTHON ?= python3
 CUDA ?= auto
 BUILD_CUDA = $(CUDA)
