@@ -106,6 +106,7 @@ def test_judge_flags_what_breaks_the_rules():
     sm90_gate.judge(v)
     rules = sorted(f.split(":")[0] for f in v.failures)
     assert rules == ["instructions", "occupancy", "params", "spills", "vector", "vector"]
+    assert not v.allowed
     seg = sm90_gate.Variant("cuda", "seg", "k", "v", threads=256, registers=64, resident_warps=32, load_bits=128,
                             store_bits=128, vector_path=True, writes_stream=True, hot_instructions=600, elements_per_pass=4,
                             bytes_per_element=9)
@@ -119,7 +120,7 @@ def test_template_args():
     assert sm90_gate.template_args(name) == ["true", "4", "float", "bool"]
 
 
-def test_a_call_in_the_hot_loop_counts_its_subroutine():
+def test_a_call_in_the_hot_loop_is_reported():
     body = sm90_gate.parse_sass("""
                 Function : k
         /*0000*/                   LDG.E R4, desc[UR4][R2.64] ;
@@ -127,8 +128,11 @@ def test_a_call_in_the_hot_loop_counts_its_subroutine():
         /*0020*/              @P0 BRA 0x0 ;
         /*0030*/                   EXIT ;
         /*0040*/                   IMAD R5, R4, R4, RZ ;
-        /*0050*/                   IADD3 R5, R5, 0x1, RZ ;
-        /*0060*/                   RET.REL.NODEC R20 0x0 ;
-        /*0070*/                   BRA 0x70;
+        /*0050*/                   RET.REL.NODEC R20 0x0 ;
+        /*0060*/                   BRA 0x60;
     """)["k"]
-    assert len(sm90_gate.hot_loop(body)) == 3 + 3  # the loop and the division it calls
+    v = sm90_gate.Variant("cuda", "loss_backward", "k", "v", threads=256)
+    sm90_gate.fill_from_sass(v, body, (16, 0, 0, 0))
+    assert (v.hot_instructions, v.hot_calls) == (3, 1)
+    sm90_gate.judge(v)
+    assert [f.split(":")[0] for f in v.failures] == ["calls"]
