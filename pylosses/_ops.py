@@ -10,6 +10,7 @@ grad_output with the op loss_backward (on the CPU, a grad_output of exactly 1 ne
 import torch
 from torch import Tensor
 
+from . import reference
 from ._dtypes import saved_grad_dtype
 
 try:
@@ -63,19 +64,27 @@ def mse_loss(backend: str, input: Tensor, target: Tensor, reduction: str) -> Ten
     return loss
 
 
-def _check_probabilities(input: Tensor) -> None:
+def _in_unit_range(t: Tensor) -> bool:
+    return bool(((t >= 0) & (t <= 1)).all())  # NaN fails both; a host sync
+
+
+def _check_inputs(input: Tensor, target: Tensor, from_logits: bool) -> None:
     """The checking mode of set_input_checks(True) for the CUDA kernel, which (to need no host
-    sync) reports probabilities outside [0, 1] only as a NaN loss: a host sync, by request."""
-    if not bool(((input >= 0) & (input <= 1)).all()):  # NaN fails both
+    sync) reports what the CPU kernel raises only as a NaN loss: the same errors, by request."""
+    if not from_logits and not _in_unit_range(input):
         raise RuntimeError("all elements of input should be between 0 and 1")
+    if target.dtype == torch.uint8 and not _in_unit_range(target):
+        raise RuntimeError(reference.MASK_MESSAGE)
+    if not from_logits and target.is_floating_point() and not _in_unit_range(target):
+        raise RuntimeError(reference.TARGET_RANGE_MESSAGE)
 
 
 def segmentation_loss(
     backend: str, input: Tensor, target: Tensor, alpha: float, beta: float, from_logits: bool, spatial_dims: int,
     reduction: str,
 ) -> Tensor:
-    if input_checks and backend == "native" and input.device.type != "cpu" and not from_logits:
-        _check_probabilities(input)
+    if input_checks and backend == "native" and input.device.type not in ("cpu", "meta"):
+        _check_inputs(input, target, from_logits)
     grad_enabled = torch.is_grad_enabled()
     loss, _, _ = _op(backend, "seg_loss_fwd")(
         input, target, float(alpha), float(beta), spatial_dims, from_logits, REDUCTIONS[reduction],

@@ -221,3 +221,20 @@ def test_input_checks_flag():
         assert pylosses.input_checks_enabled() is True
     finally:
         pylosses.set_input_checks(False)
+
+
+@pytest.mark.parametrize("name,target,kind,bad_probs,bad_logits", TARGETS, ids=[c[0] for c in TARGETS])
+def test_checking_mode_raises_what_the_cpu_raises(name, target, kind, bad_probs, bad_logits):
+    # set_input_checks(True) on CUDA runs these checks (a host sync) before the kernel, which
+    # alone would give a NaN loss; the logic is device-independent, so the CPU can test it
+    from pylosses import _ops
+
+    for from_logits, bad in ((False, bad_probs), (True, bad_logits)):
+        x = torch.randn(2, 1, 6, 7) if from_logits else _P
+        if bad:
+            with pytest.raises(RuntimeError, match=MESSAGES[kind].replace("(", r"\(").replace(")", r"\)")):
+                _ops._check_inputs(x, target, from_logits)
+        else:
+            _ops._check_inputs(x, target, from_logits)
+    with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
+        _ops._check_inputs(_P + 1, torch.rand(2, 1, 6, 7), False)
