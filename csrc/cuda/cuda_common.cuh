@@ -46,14 +46,19 @@ struct alignas(sizeof(T) * kVec) Pack {
 template <typename T>
 constexpr int kVec128 = static_cast<int>(16 / sizeof(T));
 
+// The pack of kVec values of T at p[i], i a multiple of kVec. Indexed as an array of packs, not
+// as *(Pack*)(p + i): the compiler copies a pack element by element and relies on its
+// load/store vectoriser to merge them again, which fails (four STG.E for one STG.E.128) when the
+// element offset i + k is a sum of terms it reassociates, as in the segmentation kernel's
+// stencil offsets; a pack index keeps one address and constant offsets into it.
 template <int kVec, typename T>
-__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, kVec>*>(p);
+__device__ __forceinline__ Pack<T, kVec> load_pack(const T* p, int64_t i) {
+  return reinterpret_cast<const Pack<T, kVec>*>(p)[static_cast<uint64_t>(i) / kVec];
 }
 
 template <int kVec, typename T>
-__device__ __forceinline__ void store_pack(T* p, const Pack<T, kVec>& v) {
-  *reinterpret_cast<Pack<T, kVec>*>(p) = v;
+__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T, kVec>& v) {
+  reinterpret_cast<Pack<T, kVec>*>(p)[static_cast<uint64_t>(i) / kVec] = v;
 }
 
 // A grid-stride loop over n elements: body(width, i) for the packs of kVec elements at i (width

@@ -21,7 +21,7 @@ struct BackwardArgs {
 template <int kVec, typename A>
 __device__ __forceinline__ void backward_elements(const A& a, int64_t i) {
   using acc_t = typename A::acc_t;
-  const auto s = load_pack<kVec>(a.saved + i);
+  const auto s = load_pack<kVec>(a.saved, i);
   Pack<std::remove_pointer_t<decltype(a.out)>, kVec> o;
   // the group of the pack's first element, and where the next group starts
   const int64_t g0 = i / a.group, next = (g0 + 1) * a.group;
@@ -31,7 +31,7 @@ __device__ __forceinline__ void backward_elements(const A& a, int64_t i) {
     const acc_t f = i + k < next ? f0 : a.grad_output[(i + k) / a.group] * a.scale;
     o.v[k] = static_cast<acc_t>(s.v[k]) * f;
   }
-  store_pack(a.out + i, o);
+  store_pack(a.out, i, o);
 }
 
 template <int kVec, typename A>

@@ -26,8 +26,8 @@ struct MseArgs {
 template <int kVec, typename A>
 __device__ __forceinline__ void mse_elements(const A& a, int64_t i, typename A::acc_t& acc) {
   using acc_t = typename A::acc_t;
-  const auto xs = load_pack<kVec>(a.x + i);
-  const auto ts = load_pack<kVec>(a.t + i);
+  const auto xs = load_pack<kVec>(a.x, i);
+  const auto ts = load_pack<kVec>(a.t, i);
   Pack<std::remove_pointer_t<decltype(a.loss)>, kVec> losses;
   Pack<std::remove_pointer_t<decltype(a.grad)>, kVec> grads;
 #pragma unroll
@@ -42,10 +42,10 @@ __device__ __forceinline__ void mse_elements(const A& a, int64_t i, typename A::
     grads.v[k] = a.grad_scale * math::mse_grad(x, t);
   }
   if (a.loss) {
-    store_pack(a.loss + i, losses);
+    store_pack(a.loss, i, losses);
   }
   if (a.grad) {
-    store_pack(a.grad + i, grads);
+    store_pack(a.grad, i, grads);
   }
 }
 

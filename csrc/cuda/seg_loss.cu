@@ -41,8 +41,8 @@ struct SegArgs {
 };
 
 template <bool kLogits, int kVec, typename input_t, typename acc_t>
-__device__ __forceinline__ void load_probs(const input_t* p, acc_t (&x)[kVec], acc_t (&prob)[kVec]) {
-  const auto v = load_pack<kVec>(p);
+__device__ __forceinline__ void load_probs(const input_t* p, int64_t i, acc_t (&x)[kVec], acc_t (&prob)[kVec]) {
+  const auto v = load_pack<kVec>(p, i);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     x[k] = static_cast<acc_t>(v.v[k]);
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
       x_cur[k] = p_cur[k] = acc_t(0);
     }
     if (inside) {
-      load_probs<kLogits, kVec>(a.x + base, x_cur, p_cur);
+      load_probs<kLogits, kVec>(a.x, base, x_cur, p_cur);
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
     for (int64_t d = 0; d < a.D; ++d) {
       const int64_t off = base + d * plane;
       if (inside && d + 1 < a.D) {
-        load_probs<kLogits, kVec>(a.x + off + plane, x_next, p_next);
+        load_probs<kLogits, kVec>(a.x, off + plane, x_next, p_next);
       } else {  // no back neighbour
 #pragma unroll
         for (int k = 0; k < kVec; ++k) {
@@ -146,7 +146,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
 #pragma unroll
           for (int k = 0; k < kVec; ++k) up[k] = mine[k - row_len];
         } else {
-          load_probs<kLogits, kVec>(a.x + off - a.W, unused, up);
+          load_probs<kLogits, kVec>(a.x, off - a.W, unused, up);
         }
         if (h == a.H - 1) {
 #pragma unroll
@@ -155,9 +155,9 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
 #pragma unroll
           for (int k = 0; k < kVec; ++k) down[k] = mine[k + row_len];
         } else {
-          load_probs<kLogits, kVec>(a.x + off + a.W, unused, down);
+          load_probs<kLogits, kVec>(a.x, off + a.W, unused, down);
         }
-        const auto targets = load_pack<kVec>(a.t + off);
+        const auto targets = load_pack<kVec>(a.t, off);
         Pack<grad_t, kVec> grads;
         Pack<grad_target_t, kVec> grads_t;
 #pragma unroll
@@ -184,11 +184,11 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
           }
         }
         if (a.grad) {
-          store_pack(a.grad + off, grads);
+          store_pack(a.grad, off, grads);
         }
         if constexpr (is_float_v<target_t>) {
           if (a.grad_t) {
-            store_pack(a.grad_t + off, grads_t);
+            store_pack(a.grad_t, off, grads_t);
           }
         }
       }
