@@ -23,12 +23,18 @@ __device__ __forceinline__ void backward_elements(const A& a, int64_t i) {
   using acc_t = typename A::acc_t;
   const auto s = load_pack<kVec>(a.saved, i);
   Pack<std::remove_pointer_t<decltype(a.out)>, kVec> o;
-  // the group of the pack's first element, and where the next group starts
-  const int64_t g0 = i / a.group, next = (g0 + 1) * a.group;
-  const acc_t f0 = a.grad_output[g0] * a.scale;
+  // the group of the pack's first element (no division for one group, a mean's or a sum's, or
+  // for groups of one element); the next ones by counting
+  int64_t g = a.group >= a.n ? 0 : a.group == 1 ? i : i / a.group;
+  int64_t next = (g + 1) * a.group;
+  acc_t f = a.grad_output[g] * a.scale;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const acc_t f = i + k < next ? f0 : a.grad_output[(i + k) / a.group] * a.scale;
+    if (i + k == next) {
+      ++g;
+      next += a.group;
+      f = a.grad_output[g] * a.scale;
+    }
     o.v[k] = static_cast<acc_t>(s.v[k]) * f;
   }
   store_pack(a.out, i, o);
