@@ -1,6 +1,10 @@
 #pragma once
 // What the CUDA kernels share: aligned vector access, the deterministic block sum, the grid
 // size, and the kernel that sums per-block partials in a fixed order and finishes the loss.
+//
+// Each kernel states next to it the blocks per multiprocessor that it is compiled for
+// (__launch_bounds__(kThreads, blocks) holds ptxas to the registers that allow them), which the
+// sm_90 gate checks against the cubin's register count.
 #ifdef PYLOSSES_CUDA_EMULATION  // built as C++ for the CPU, by the tests (emulation.h)
 #include "emulation.h"
 #define PYLOSSES_LAUNCH(kernel, grid, block, smem, stream, ...) \
@@ -45,6 +49,12 @@ struct alignas(sizeof(T) * kVec) Pack {
 // stream is T.
 template <typename T>
 constexpr int kVec128 = static_cast<int>(16 / sizeof(T));
+
+// The vector width of a kernel that reads input_t and computes in acc_t: 128-bit packs of the
+// input, or of the accumulator when it is double (mixed with a narrower input), whose packs of
+// kVec128<input_t> would need two to four times the registers.
+template <typename input_t, typename acc_t>
+constexpr int kVecOf = std::is_same_v<acc_t, double> ? kVec128<double> : kVec128<input_t>;
 
 // The pack of kVec values of T at p[i], i a multiple of kVec. Indexed as an array of packs, not
 // as *(Pack*)(p + i): the compiler copies a pack element by element and relies on its
@@ -141,12 +151,16 @@ inline int64_t grid_size(int64_t work) {
   return std::max<int64_t>(1, std::min(work, resident));
 }
 
+// Blocks a multiprocessor keeps of sum_and_finish_kernel (about 32 registers).
+constexpr int kSumBlocksPerSM = 8;
+
 // partials holds groups x rows x kN values: for each group (a sample, or one group for the
 // whole tensor), the rows are the blocks of the forward kernel. One block a group sums its
 // rows in a fixed order, in double, and thread 0 hands the sums to finish(group, sums), which
 // writes the loss.
 template <int kN, typename acc_t, typename Finish>
-__global__ void __launch_bounds__(kThreads) sum_and_finish_kernel(const acc_t* partials, int64_t rows, Finish finish) {
+__global__ void __launch_bounds__(kThreads, kSumBlocksPerSM)
+    sum_and_finish_kernel(const acc_t* partials, int64_t rows, Finish finish) {
   const int64_t group = blockIdx.x;
   double s[kN] = {};
   const acc_t* mine = partials + group * rows * kN;

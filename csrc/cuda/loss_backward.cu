@@ -40,8 +40,11 @@ __device__ __forceinline__ void backward_elements(const A& a, int64_t i) {
   store_pack(a.out, i, o);
 }
 
+// Blocks of loss_backward_kernel that a multiprocessor keeps (32 registers); see cuda_common.cuh.
+constexpr int kBackwardBlocksPerSM = 8;
+
 template <int kVec, typename A>
-__global__ void __launch_bounds__(kThreads) loss_backward_kernel(const A a) {
+__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) loss_backward_kernel(const A a) {
   grid_stride_packs<kVec>(a.n, [&](auto width, int64_t i) { backward_elements<decltype(width)::value>(a, i); });
 }
 
@@ -65,7 +68,7 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad_output_, const at::Tensor& 
       // copy only when the dtypes differ, and a full-size one only for MSE's "none" in float16
       // or bfloat16
       const at::Tensor go = grad_output_.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-      constexpr int kVec = kVec128<saved_t>;
+      constexpr int kVec = kVecOf<saved_t, acc_t>;
       const Args args{saved.const_data_ptr<saved_t>(), go.const_data_ptr<acc_t>(), n, n / k, acc_t(scale),
                       out.mutable_data_ptr<out_t>()};
       const int64_t blocks = grid_size(ceil_div(n, int64_t(kThreads) * kVec));

@@ -49,8 +49,13 @@ __device__ __forceinline__ void mse_elements(const A& a, int64_t i, typename A::
   }
 }
 
+// Blocks of mse_fwd_kernel that a multiprocessor keeps (see cuda_common.cuh): 8 (32 registers);
+// 6 (40) in double, whose unrolled scalar loop spills at 32.
+template <typename acc_t>
+constexpr int kMseBlocksPerSM = std::is_same_v<acc_t, double> ? 6 : 8;
+
 template <int kVec, typename A>
-__global__ void __launch_bounds__(kThreads) mse_fwd_kernel(const A a) {
+__global__ void __launch_bounds__(kThreads, kMseBlocksPerSM<typename A::acc_t>) mse_fwd_kernel(const A a) {
   typename A::acc_t acc[1] = {0};
   grid_stride_packs<kVec>(a.n, [&](auto width, int64_t i) { mse_elements<decltype(width)::value>(a, i, acc[0]); });
   if (a.partials) {
@@ -91,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cuda(const at::Tensor& input_, c
     using result_t = promote_t<input_t, target_t>;
     using acc_t = acc_type_t<input_t, target_t>;
     using Args = MseArgs<input_t, target_t, result_t, saved_grad_t<result_t>>;
-    constexpr int kVec = kVec128<input_t>;
+    constexpr int kVec = kVecOf<input_t, acc_t>;
     const int64_t blocks = grid_size(ceil_div(n, int64_t(kThreads) * kVec));
     at::Tensor partials = at::empty({none ? 0 : blocks}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
     const Args args{input.const_data_ptr<input_t>(),
