@@ -71,12 +71,12 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad_output_, const at::Tensor& 
       constexpr int kVec = kVecOf<saved_t, acc_t>;
       const Args args{saved.const_data_ptr<saved_t>(), go.const_data_ptr<acc_t>(), n, n / k, acc_t(scale),
                       out.mutable_data_ptr<out_t>()};
-      const int64_t blocks = grid_size(ceil_div(n, int64_t(kThreads) * kVec));
-      const auto stream = c10::cuda::getCurrentCUDAStream();
-      const auto kernel = packs_aligned<kVec>(args.saved, args.out) ? &loss_backward_kernel<kVec, Args>
-                                                                     : &loss_backward_kernel<1, Args>;
-      PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, stream, args);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_vec<kVec>(packs_aligned<kVec>(args.saved, args.out), [&](auto vec) {
+        constexpr auto kernel = &loss_backward_kernel<decltype(vec)::value, Args>;
+        const int64_t blocks = grid_size<kernel>(ceil_div(n, int64_t(kThreads) * kVec));
+        PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream(), args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   return out;

@@ -97,26 +97,30 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cuda(const at::Tensor& input_, c
     using acc_t = acc_type_t<input_t, target_t>;
     using Args = MseArgs<input_t, target_t, result_t, saved_grad_t<result_t>>;
     constexpr int kVec = kVecOf<input_t, acc_t>;
-    const int64_t blocks = grid_size(ceil_div(n, int64_t(kThreads) * kVec));
-    at::Tensor partials = at::empty({none ? 0 : blocks}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const Args args{input.const_data_ptr<input_t>(),
-                    target.const_data_ptr<target_t>(),
-                    n,
-                    none ? loss.mutable_data_ptr<result_t>() : nullptr,
-                    compute_grad ? grad.mutable_data_ptr<saved_grad_t<result_t>>() : nullptr,
-                    reduction == at::Reduction::Mean ? acc_t(1.0 / static_cast<double>(n)) : acc_t(1),
-                    none ? nullptr : partials.mutable_data_ptr<acc_t>()};
-    if (n > 0) {
-      const auto kernel = packs_aligned<kVec>(args.x, args.t, args.loss, args.grad) ? &mse_fwd_kernel<kVec, Args>
-                                                                                     : &mse_fwd_kernel<1, Args>;
-      PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, stream, args);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    if (!none) {
-      sum_and_finish<1, acc_t>(partials, 1, n > 0 ? blocks : 0,
-                               MseFinish<result_t>{loss.mutable_data_ptr<result_t>(), double(n),
-                                                   reduction == at::Reduction::Mean});
-    }
+    Args args{input.const_data_ptr<input_t>(),
+              target.const_data_ptr<target_t>(),
+              n,
+              none ? loss.mutable_data_ptr<result_t>() : nullptr,
+              compute_grad ? grad.mutable_data_ptr<saved_grad_t<result_t>>() : nullptr,
+              reduction == at::Reduction::Mean ? acc_t(1.0 / static_cast<double>(n)) : acc_t(1),
+              nullptr};
+    dispatch_vec<kVec>(packs_aligned<kVec>(args.x, args.t, args.loss, args.grad), [&](auto vec) {
+      constexpr auto kernel = &mse_fwd_kernel<decltype(vec)::value, Args>;
+      const int64_t blocks = grid_size<kernel>(ceil_div(n, int64_t(kThreads) * kVec));
+      // one partial a block, in one group
+      const TileSplit split = TileSplit::make(n > 0 ? blocks : 0, blocks, blocks);
+      at::Tensor partials = at::empty({none ? 0 : blocks}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      args.partials = none ? nullptr : partials.mutable_data_ptr<acc_t>();
+      if (n > 0) {
+        PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, stream, args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (!none) {
+        sum_and_finish<1, acc_t>(partials, 1, split,
+                                 MseFinish<result_t>{loss.mutable_data_ptr<result_t>(), double(n),
+                                                     reduction == at::Reduction::Mean});
+      }
+    });
   });
   return {loss, grad};
 }
