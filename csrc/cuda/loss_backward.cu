@@ -21,21 +21,30 @@ struct BackwardArgs {
 template <int kVec, typename A>
 __device__ __forceinline__ void backward_elements(const A& a, int64_t i) {
   using acc_t = typename A::acc_t;
-  const auto s = load_pack<kVec>(a.saved + i);
+  const auto s = load_pack<kVec>(a.saved, i);
   Pack<std::remove_pointer_t<decltype(a.out)>, kVec> o;
-  // the group of the pack's first element, and where the next group starts
-  const int64_t g0 = i / a.group, next = (g0 + 1) * a.group;
-  const acc_t f0 = a.grad_output[g0] * a.scale;
+  // the group of the pack's first element (no division for one group, a mean's or a sum's, or
+  // for groups of one element); the next ones by counting
+  int64_t g = a.group >= a.n ? 0 : a.group == 1 ? i : i / a.group;
+  int64_t next = (g + 1) * a.group;
+  acc_t f = a.grad_output[g] * a.scale;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const acc_t f = i + k < next ? f0 : a.grad_output[(i + k) / a.group] * a.scale;
+    if (i + k == next) {
+      ++g;
+      next += a.group;
+      f = a.grad_output[g] * a.scale;
+    }
     o.v[k] = static_cast<acc_t>(s.v[k]) * f;
   }
-  store_pack(a.out + i, o);
+  store_pack(a.out, i, o);
 }
 
+// Blocks of loss_backward_kernel that a multiprocessor keeps (32 registers); see cuda_common.cuh.
+constexpr int kBackwardBlocksPerSM = 8;
+
 template <int kVec, typename A>
-__global__ void __launch_bounds__(kThreads) loss_backward_kernel(const A a) {
+__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM) loss_backward_kernel(const A a) {
   grid_stride_packs<kVec>(a.n, [&](auto width, int64_t i) { backward_elements<decltype(width)::value>(a, i); });
 }
 
@@ -59,15 +68,15 @@ at::Tensor loss_backward_cuda(const at::Tensor& grad_output_, const at::Tensor& 
       // copy only when the dtypes differ, and a full-size one only for MSE's "none" in float16
       // or bfloat16
       const at::Tensor go = grad_output_.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-      constexpr int kVec = kVec128<saved_t>;
+      constexpr int kVec = kVecOf<saved_t, acc_t>;
       const Args args{saved.const_data_ptr<saved_t>(), go.const_data_ptr<acc_t>(), n, n / k, acc_t(scale),
                       out.mutable_data_ptr<out_t>()};
-      const int64_t blocks = grid_size(ceil_div(n, int64_t(kThreads) * kVec));
-      const auto stream = c10::cuda::getCurrentCUDAStream();
-      const auto kernel = packs_aligned<kVec>(args.saved, args.out) ? &loss_backward_kernel<kVec, Args>
-                                                                     : &loss_backward_kernel<1, Args>;
-      PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, stream, args);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_vec<kVec>(packs_aligned<kVec>(args.saved, args.out), [&](auto vec) {
+        constexpr auto kernel = &loss_backward_kernel<decltype(vec)::value, Args>;
+        const int64_t blocks = grid_size<kernel>(ceil_div(n, int64_t(kThreads) * kVec));
+        PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream(), args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   return out;
