@@ -192,6 +192,22 @@ def test_loss_backward(emulated, out_dtype):
                     _close(got, want, out_dtype, f"backward {saved_dtype} -> {out_dtype}, grad_output {grad_output.shape}")
 
 
+def test_loss_backward_many_grid_steps(emulated):
+    """Enough elements that every thread takes several grid-stride steps, which move its group
+    of grad_output by counting: groups larger than a step (9000 elements), smaller than a step
+    and not dividing it (3000), smaller than a pack (3: several groups in one pack), one element,
+    and one group."""
+    g = torch.Generator().manual_seed(4)
+    for saved_dtype in (torch.float32, torch.bfloat16, torch.float64):
+        saved = torch.randn(7, 3, 3000, generator=g).to(saved_dtype)
+        for groups in (1, 7, 21, saved.numel() // 3, saved.numel()):
+            grad_output = torch.rand(groups, generator=g)
+            for tensor in (saved, torch.cat([saved.new_zeros(1), saved.reshape(-1)])[1:].view(saved.shape)):
+                got = emulated.loss_backward(grad_output, tensor, 0.5, saved_dtype)
+                want = torch.ops.pylosses.loss_backward(grad_output, tensor, 0.5, saved_dtype)
+                _close(got, want, saved_dtype, f"backward {saved_dtype}, {groups} groups")
+
+
 def test_empty(emulated):
     for reduction in (0, 1, 2):
         for shape in ((0, 1, 4, 4), (2, 1, 0, 5)):

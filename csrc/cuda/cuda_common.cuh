@@ -84,8 +84,9 @@ __device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T, kVec>&
 }
 
 // A grid-stride loop over n elements: body(width, i) for the packs of kVec elements at i (width
-// an std::integral_constant<int, kVec>), then for each of the n % kVec left (width 1). kVec = 1
-// when the pointers are not aligned for packs.
+// an std::integral_constant<int, kVec>), then for each of the n % kVec left (width 1; at most one
+// a thread, as the grid has more threads than a pack elements). kVec = 1 when the pointers are
+// not aligned for packs.
 template <int kVec, typename Body>
 __device__ __forceinline__ void grid_stride_packs(int64_t n, const Body& body) {
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -94,8 +95,10 @@ __device__ __forceinline__ void grid_stride_packs(int64_t n, const Body& body) {
   for (int64_t i = first * kVec; i < packed; i += stride * kVec) {
     body(std::integral_constant<int, kVec>{}, i);
   }
-  for (int64_t i = packed + first; i < n; i += stride) {
-    body(std::integral_constant<int, 1>{}, i);
+  if constexpr (kVec > 1) {
+    if (packed + first < n) {
+      body(std::integral_constant<int, 1>{}, packed + first);
+    }
   }
 }
 
