@@ -166,6 +166,19 @@ def test_segmentation_out_of_range_is_nan_per_sample(emulated):
     assert torch.isnan(mean)
 
 
+@pytest.mark.parametrize("target_dtype,bad,logits,nan", [
+    (torch.uint8, 255, False, True), (torch.uint8, 255, True, True),  # a 0/255 mask, either form
+    (torch.float32, 2.0, False, True), (torch.float32, float("nan"), False, True),  # as nn.BCELoss checks
+    (torch.float32, 2.0, True, False),  # nn.BCEWithLogitsLoss takes any float target
+], ids=["mask-probs", "mask-logits", "float-probs", "nan-probs", "float-logits"])
+def test_segmentation_bad_target_is_nan_per_sample(emulated, target_dtype, bad, logits, nan):
+    # where the CPU kernel raises, the CUDA kernel (no host sync, no device assert) gives NaN
+    x, t = _inputs((3, 1, 16, 64), torch.float32, target_dtype, False)
+    t[1, 0, 7, 9] = bad
+    loss, _, _ = emulated.seg_loss_fwd(x, t, 0.7, 0.3, 2, logits, 0, False, False)
+    assert torch.isnan(loss).tolist() == [False, nan, False]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
 def test_mse(emulated, dtype):
     for shape in MSE:

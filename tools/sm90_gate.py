@@ -58,6 +58,8 @@ REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8}
 ALLOWED = [
     ("seg", "instructions", "", "the segmentation loss's per-element math: issue 13 (the instruction floor) sets its target"),
     ("seg", "calls", "", "the slow path of an IEEE division (extreme operands only); issue 13 replaces the divisions"),
+    ("loss_backward", "instructions", "<1,", "the one-element fallback for pointers that are not 16-byte aligned: "
+     "loop overhead on every element; aligned tensors take the vector path"),
 ]
 
 
@@ -84,6 +86,7 @@ class Variant:
     store_bits: int = 0
     vector_path: bool = False  # whether 128-bit global loads are required
     writes_stream: bool = False  # whether it writes a value an element (then wide stores are required)
+    load_bits_needed: int = 128  # what one thread's elements of the widest read stream fill, at most 128
     store_bits_needed: int = 128  # what one thread's elements of the written stream fill, at most 128
     hot_instructions: int = 0  # in the hot loop (or the whole kernel where it has none)
     hot_calls: int = 0  # subroutine calls in it
@@ -251,7 +254,7 @@ def judge(v):
         if v.resident_warps < need:
             broken.append(("occupancy", f"{v.resident_warps} resident warps an SM, the launch assumes {need} "
                                         f"({v.registers} registers, {v.threads} threads)"))
-        if v.vector_path and v.load_bits < 128:
+        if v.vector_path and v.load_bits < v.load_bits_needed:
             broken.append(("vector", f"widest global load {v.load_bits} bits on a vector path"))
         if v.vector_path and v.writes_stream and v.store_bits < v.store_bits_needed:
             broken.append(("vector", f"widest global store {v.store_bits} bits on a vector path"))
@@ -565,7 +568,7 @@ _TYPES = re.compile(r"\b(c10::BFloat16|c10::Half|unsigned char|float|double|bool
 
 
 def cuda_streams(family, targs):
-    """(bytes an element it reads, bytes an element it writes) of a CUDA kernel instantiation,
+    """(bytes an element of each stream it reads, bytes an element it writes) of a CUDA kernel instantiation,
     from its operand types: seg<logits, vec, input, target> reads input and target and writes
     input's gradient (float16's in float32); mse<vec, MseArgs<input, target, loss, grad>> reads
     two and writes the gradient (reduction mean); loss_backward<vec, BackwardArgs<saved, out>>
@@ -573,12 +576,12 @@ def cuda_streams(family, targs):
     names = _TYPES.findall(", ".join(targs))
     size = [_TYPE_BYTES[t] for t in names]
     if family == "seg":
-        return size[0] + size[1], 4 if names[0] == "c10::Half" else size[0]
+        return (size[0], size[1]), 4 if names[0] == "c10::Half" else size[0]
     if family == "mse":
-        return size[0] + size[1], size[3]
+        return (size[0], size[1]), size[3]
     if family == "loss_backward":
-        return size[0], size[1]
-    return 0, 0
+        return (size[0],), size[1]
+    return (), 0
 
 
 def cuda_variants(so_path):
@@ -600,10 +603,18 @@ def cuda_variants(so_path):
             v.shared_bytes = 2 * v.threads * vec * (8 if "double" in targs[2:] else 4)
         fill_from_sass(v, instructions, resources.get(mangled, (0, 0, 0, 0)))
         if family != "sum":
-            v.elements_per_pass = float(vec)
+            # a pass of the hot loop handles one pack a thread, or several where nvcc unrolled the
+            # loop: counted by its stores, each pack storing one value of each output it writes
+            if family == "seg":  # the input's gradient, and the target's when the target is float
+                outputs = 1 if targs[3] in ("bool", "unsigned char") else 2
+            else:  # mse: the loss ("none") and the gradient; loss_backward: the gradient
+                outputs = 2 if family == "mse" else 1
+            stores = sum(opcode(t).startswith("STG") for t in hot_loop(instructions))
+            v.elements_per_pass = float(vec * max(1, stores // outputs))
             v.vector_path = v.writes_stream = vec > 1  # every one of them may write the gradient
             read, written = cuda_streams(family, targs)
-            v.bytes_per_element = float(read + written)
+            v.bytes_per_element = float(sum(read) + written)
+            v.load_bits_needed = min(128, vec * max(read) * 8)
             v.store_bits_needed = min(128, vec * written * 8)
         variants.append(v)
     return variants

@@ -25,7 +25,7 @@
 namespace pylosses::cuda {
 namespace {
 
-constexpr int kSums = 5;  // bce, tv_w, tv_h, tv_d, out-of-range count
+constexpr int kSums = 5;  // bce, tv_w, tv_h, tv_d, count of inputs and targets out of range
 
 template <typename input_t, typename target_t>
 struct SegArgs {
@@ -187,6 +187,9 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
           sums[3] += math::tv_loss(p_prev[k], p);
           if (!kLogits) {
             sums[4] += (p >= acc_t(0) && p <= acc_t(1)) ? acc_t(0) : acc_t(1);  // NaN counts
+          }
+          if constexpr (math::kTargetChecked<kLogits, is_float_v<target_t>, std::is_same_v<target_t, bool>>) {
+            sums[4] += (t >= acc_t(0) && t <= acc_t(1)) ? acc_t(0) : acc_t(1);  // a 0/255 mask counts
           }
           if (a.grad) {  // the same for the whole launch: no divergence
             const acc_t tv = a.w_w * math::tv_grad(left, p, right) + a.w_h * math::tv_grad(up[k], p, down[k]) +
