@@ -107,10 +107,12 @@ SEG3D_TV_ONLY = LossCase("seg3d_tv_only", spatial_dims=3, from_logits=True, alph
 
 # shapes by loss kind: odd sizes, size-1 axes, empty tensors
 MSE_SHAPES = [(), (7,), (3, 5, 7), (2, 1, 33, 17), (0, 3), (1000,)]
+# (rows of 17 and more elements that do not start at a multiple of 16, e.g. W = 33 or 37, take
+# the Triton kernels' path that aligns tiles to the flattened tensor rather than to the rows)
 SEG2D_SHAPES = [(2, 1, 5, 7), (4, 1, 17, 33), (2, 3, 6, 5), (3, 2, 1, 9), (2, 3, 8, 1), (1, 1, 1, 1), (5, 9, 11),
-                (1, 2, 3, 40, 70), (0, 1, 4, 4), (2, 1, 0, 5)]
+                (1, 2, 3, 40, 70), (0, 1, 4, 4), (2, 1, 0, 5), (2, 3, 1, 37)]
 SEG3D_SHAPES = [(2, 1, 3, 5, 7), (1, 2, 4, 9, 6), (1, 2, 1, 4, 4), (2, 1, 4, 1, 6), (2, 3, 5, 4, 1), (1, 1, 0, 2, 2),
-                (1, 1, 9, 20, 24)]
+                (1, 1, 9, 20, 24), (2, 2, 3, 5, 17)]
 # large enough that the CPU kernels split them into several chunks (a sample's rows into several
 # bands); too slow for Triton's interpreter, whose tiling the small shapes exercise already
 LARGE_SHAPES = {0: [(70001,)], 2: [(2, 1, 1100, 61)], 3: [(2, 1, 16, 21, 509)]}

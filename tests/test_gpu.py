@@ -37,6 +37,20 @@ def test_large_shapes_against_float64(loss, dtype, reduction, backend):
         check_against_reference(loss, backend, shape, dtype, target_dtype, reduction, device="cuda")
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("loss", TABLE_LOSSES, ids=lambda c: c.name)
+def test_tensors_on_another_gpu(loss, backend):
+    """Tensors on cuda:1 while cuda:0 is current: the kernels run on cuda:1 (a launch on the
+    current device would read the other GPU's addresses) and leave cuda:0 current."""
+    torch.cuda.set_device(0)
+    for reduction in REDUCTIONS:
+        check_against_reference(loss, backend, shapes_for(loss)[1], torch.float32, torch.float32, reduction,
+                                device="cuda:1")
+    check_against_reference(loss, backend, shapes_for(loss)[1], torch.float64, torch.float64, "mean", device="cuda:1")
+    assert torch.cuda.current_device() == 0
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_out_of_range_probabilities(backend):
     """A probability outside [0, 1] makes the loss NaN, with no device assert: the CUDA context

@@ -2,14 +2,22 @@
 the backward (applying grad_output), and the dtype and launch helpers.
 
 Every kernel here computes in float32 (float64 when the data is float64) and indexes with
-int64, so tensors of more than 2**31 elements work.
+int64, so tensors of more than 2**31 elements work. Scalar parameters carry their types
+(DESIGN §3): a Python float would reach the kernel as float32, so floats are float64 and
+converted once to the accumulation type; an annotated integer also escapes Triton's turning
+an argument equal to 1 into a constant (one compilation more, and code that must take a
+Python int where it expects a tensor) but keeps its specialisation on multiples of 16.
 """
+
+import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
 REDUCE_BLOCK = 1024
+BACKWARD_BLOCK = 4096
+BACKWARD_WARPS = 8  # 16 elements a thread: float64 within 128 registers
 
 
 def acc_torch_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -22,11 +30,17 @@ def acc_dtype(*dtypes: torch.dtype):
     return tl.float64 if acc_torch_dtype(*dtypes) == torch.float64 else tl.float32
 
 
-# Triton compiles a kernel again for each pattern of its integer arguments (1, a multiple of
-# 16, other); arguments that only count, and never decide how memory is accessed, are kept out
-# of that, which spares compilations (the tests' many shapes) and costs nothing at run time.
+def launch_device(tensor: torch.Tensor):
+    """The context to launch a kernel on `tensor` in: Triton launches on the current CUDA
+    device, which need not be the tensor's (cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
+
+
+# Triton compiles a kernel again for each pattern of its integer arguments (a multiple of 16 or
+# not; 1 too, unless typed); arguments that only count, and never decide how memory is accessed,
+# are kept out of that, which spares compilations and costs nothing at run time.
 @triton.jit(do_not_specialize=["group_len", "n_cols"])
-def sum_groups_kernel(partial_ptr, out_ptr, group_len, n_cols, BLOCK: tl.constexpr):
+def sum_groups_kernel(partial_ptr, out_ptr, group_len: tl.int32, n_cols: tl.int32, BLOCK: tl.constexpr):
     """out[g, c] = the sum of partial[g, 0:group_len, c], in a fixed order: one program a
     (group, column), so the result has the same bits run after run."""
     g = tl.program_id(0).to(tl.int64)
@@ -45,20 +59,58 @@ def sum_groups(partials: torch.Tensor, groups: int) -> torch.Tensor:
     out = torch.zeros((groups, n_cols), dtype=partials.dtype, device=partials.device)
     if groups == 0 or partials.shape[0] == 0:
         return out
-    sum_groups_kernel[(groups, n_cols)](partials, out, partials.shape[0] // groups, n_cols, BLOCK=REDUCE_BLOCK)
+    with launch_device(partials):
+        sum_groups_kernel[(groups, n_cols)](partials, out, partials.shape[0] // groups, n_cols, BLOCK=REDUCE_BLOCK)
     return out
 
 
-@triton.jit(do_not_specialize=["group"])  # (n stays: its multiples of 16 let masked loads vectorise)
-def loss_backward_kernel(saved_ptr, go_ptr, out_ptr, n, group, scale, BLOCK: tl.constexpr):
-    """out[i] = saved[i] * grad_output[i // group] * scale, grad_output read on the device."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    saved = tl.load(saved_ptr + offs, mask=mask, other=0.0)
-    acc = tl.float64 if saved.dtype == tl.float64 else tl.float32
-    go = tl.load(go_ptr + offs // group, mask=mask, other=0.0).to(acc)
-    out = saved.to(acc) * go * scale
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+@triton.jit
+def _scale_block(saved_ptr, out_ptr, offs, n, go, scale, MASKED: tl.constexpr):
+    """out = saved * go * scale over offs; a full block (MASKED false) loads and stores as
+    vectors whatever n is."""
+    if MASKED:
+        saved = tl.load(saved_ptr + offs, mask=offs < n, other=0.0)
+    else:
+        saved = tl.load(saved_ptr + offs)
+    out = (saved.to(scale.dtype) * go * scale).to(out_ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(out_ptr + offs, out, mask=offs < n)
+    else:
+        tl.store(out_ptr + offs, out)
+
+
+@triton.jit(do_not_specialize=["group"])  # (n stays: a multiple of 16 lets the tail vectorise)
+def loss_backward_kernel(saved_ptr, go_ptr, out_ptr, n: tl.int64, group: tl.int64, scale: tl.float64,
+                         BLOCK: tl.constexpr):
+    """out[i] = saved[i] * grad_output[i // group] * scale, grad_output read on the device.
+
+    No integer division an element: a block no longer than a group meets at most two groups,
+    the one it starts in and the next. In a longer block, element start + j is in group
+    first + m // group, m = into + j < 2 * BLOCK, and m // group = floor((m + 0.5) * (1 / group))
+    in float32: (m + 0.5) / group lies at least 0.5 / group from an integer, and the float
+    error, under ((m + 0.5) / group) * 2**-21, is smaller while m < 2**20."""
+    acc = tl.float64 if saved_ptr.dtype.element_ty == tl.float64 else tl.float32
+    scale = tl.full([], scale, acc)
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    i = tl.arange(0, BLOCK)
+    offs = start + i
+    if group >= n:  # one grad_output element: the loss was a mean or a sum
+        go = tl.full([BLOCK], tl.load(go_ptr).to(acc), acc)
+    else:
+        first = start // group
+        into = start - first * group  # how far the block starts into its group
+        if group >= BLOCK:
+            go_first = tl.load(go_ptr + first).to(acc)
+            go_next = tl.load(go_ptr + first + 1, mask=(first + 1) * group < n, other=0.0).to(acc)  # if any
+            go = tl.where(into + i < group, go_first, go_next)
+        else:
+            m = (into.to(tl.int32) + i).to(tl.float32) + 0.5
+            index = first + (m * (1.0 / group.to(tl.float32))).to(tl.int32)
+            go = tl.load(go_ptr + index, mask=offs < n, other=0.0).to(acc)
+    if start + BLOCK <= n:
+        _scale_block(saved_ptr, out_ptr, offs, n, go, scale, MASKED=False)
+    else:
+        _scale_block(saved_ptr, out_ptr, offs, n, go, scale, MASKED=True)
 
 
 def loss_backward(grad_output: torch.Tensor, saved: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
@@ -68,7 +120,8 @@ def loss_backward(grad_output: torch.Tensor, saved: torch.Tensor, scale: float, 
     out = torch.empty(saved.shape, dtype=dtype, device=saved.device)
     if n == 0:
         return out
-    block = 4096
-    loss_backward_kernel[(triton.cdiv(n, block),)](saved.contiguous(), grad_output.contiguous(), out, n, n // k,
-                                                  scale, BLOCK=block)
+    with launch_device(saved):
+        loss_backward_kernel[(triton.cdiv(n, BACKWARD_BLOCK),)](saved.contiguous(), grad_output.contiguous(), out, n,
+                                                                n // k, scale, BLOCK=BACKWARD_BLOCK,
+                                                                num_warps=BACKWARD_WARPS)
     return out

@@ -7,26 +7,41 @@ import triton.language as tl
 
 from pylosses._dtypes import saved_grad_dtype
 
-from .common import acc_dtype, acc_torch_dtype, sum_groups
+from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups
 
 BLOCK = 4096  # elements a program (a documented choice; Hopper tuning is issue 3's GPU part)
+NUM_WARPS = 8  # 16 elements a thread: float64 stays within 128 registers
 
 
 @triton.jit
-def mse_fwd_kernel(x_ptr, t_ptr, loss_ptr, grad_ptr, partial_ptr, n, grad_scale,
-                   WRITE_LOSS: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
-    t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ACC)
+def _mse_block(x_ptr, t_ptr, loss_ptr, grad_ptr, partial_ptr, offs, n, grad_scale,
+               WRITE_LOSS: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr, MASKED: tl.constexpr):
+    """One block; a full one (MASKED false) has no mask, so its loads and stores are vectors
+    whatever n is."""
+    mask = offs < n if MASKED else None
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0 if MASKED else None).to(ACC)
+    t = tl.load(t_ptr + offs, mask=mask, other=0.0 if MASKED else None).to(ACC)
     d = x - t
     if WRITE_LOSS:
         tl.store(loss_ptr + offs, (d * d).to(loss_ptr.dtype.element_ty), mask=mask)
     else:
-        tl.store(partial_ptr + pid, tl.sum(d * d, axis=0))
+        tl.store(partial_ptr + tl.program_id(0), tl.sum(d * d, axis=0))
     if WRITE_GRAD:
         tl.store(grad_ptr + offs, (2.0 * d * grad_scale).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def mse_fwd_kernel(x_ptr, t_ptr, loss_ptr, grad_ptr, partial_ptr, n: tl.int64, grad_scale: tl.float64,
+                   WRITE_LOSS: tl.constexpr, WRITE_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    grad_scale = tl.full([], grad_scale, ACC)  # float64 in, rounded once for a float32 launch
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        _mse_block(x_ptr, t_ptr, loss_ptr, grad_ptr, partial_ptr, offs, n, grad_scale, WRITE_LOSS, WRITE_GRAD, ACC,
+                   MASKED=False)
+    else:
+        _mse_block(x_ptr, t_ptr, loss_ptr, grad_ptr, partial_ptr, offs, n, grad_scale, WRITE_LOSS, WRITE_GRAD, ACC,
+                   MASKED=True)
 
 
 def mse_loss_fwd(input: torch.Tensor, target: torch.Tensor, reduction: int, compute_grad: bool):
@@ -42,9 +57,11 @@ def mse_loss_fwd(input: torch.Tensor, target: torch.Tensor, reduction: int, comp
     partials = torch.empty((programs, 1), dtype=acc, device=x.device)
     grad_scale = 1.0 / n if reduction == 1 and n else 1.0
     if n:
-        mse_fwd_kernel[(programs,)](x, t, loss if loss is not None else partials, grad if compute_grad else partials,
-                                    partials, n, grad_scale, WRITE_LOSS=reduction == 0, WRITE_GRAD=compute_grad,
-                                    ACC=acc_dtype(x.dtype, t.dtype), BLOCK=BLOCK)
+        with launch_device(x):
+            mse_fwd_kernel[(programs,)](x, t, loss if loss is not None else partials,
+                                        grad if compute_grad else partials, partials, n, grad_scale,
+                                        WRITE_LOSS=reduction == 0, WRITE_GRAD=compute_grad,
+                                        ACC=acc_dtype(x.dtype, t.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
     if loss is not None:
         return loss, grad
     total = sum_groups(partials, 1)[0, 0]

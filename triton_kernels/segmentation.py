@@ -1,11 +1,23 @@
 """Segmentation loss alpha * BCE + beta * TV in Triton, in one pass over memory.
 
-The contiguous input is a sequence of volumes of D x H x W (D = 1 in 2-D), one for each sample
-and channel. A program owns a BLOCK_H x BLOCK_W tile of a volume and walks it through the depth
-d, keeping the tiles at d - 1, d and d + 1 in registers: each element is read from memory once,
-its D neighbours come from registers and its H and W neighbours from loads of the same tile
-shifted by one, which hit the cache. Each program writes its own partial sums (BCE, TV along W,
-H, D, and a count of probabilities outside [0, 1]); sum_groups adds them in a fixed order.
+The contiguous input is a sequence of planes of H x W, one for each (sample, channel, depth).
+A program owns a tile of BLOCK_H rows x BLOCK_W columns of a plane. Where W is not a multiple
+of ALIGN (16 elements), a tile row starts not at its row's first element but at the multiple
+of ALIGN at or before it, and ends where the next row's tile rows start: the tiles still
+partition the tensor, each element owned once (the lanes before a row's start are the end of
+the row before, or of the plane before, and are computed with their own coordinates), and
+every load and store of the input, the target and the gradients starts 16-byte aligned, so it
+is a vector whatever W is. In 3-D, where every plane's rows start alike (H * W a multiple of
+ALIGN), a program walks its tile through the depth and keeps the slices in front and behind in
+registers; else it loads them. The neighbours in a plane are loads shifted by 1 and W, which
+hit the cache. The logits form takes the sigmoid of each element once and of the neighbours
+whose differences the loss needs (left, above, in front); the gradient needs the other side's
+neighbours only through the sign of a difference of probabilities, which the logits give
+exactly (the sigmoid is strictly increasing).
+
+Each program writes partial sums of the loss of its elements, with the weights of the
+reduction applied; sum_groups adds them in a fixed order. A probability outside [0, 1] (or
+NaN) makes its log NaN, and the clamps keep NaN, so such a loss is NaN without a count.
 The per-element math is that of csrc/seg_loss_math.h, in Triton.
 """
 
@@ -15,9 +27,11 @@ import triton.language as tl
 
 from pylosses._dtypes import saved_grad_dtype
 
-from .common import acc_dtype, acc_torch_dtype, sum_groups
+from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups
 
-N_PARTIALS = 5  # bce, tv_w, tv_h, tv_d, out-of-range count
+ALIGN = 16  # elements: 16 bytes of the narrowest stream (uint8 targets), and a vector of each
+NUM_WARPS = 4
+TILE = 1024  # elements a program: 8 a thread (see tile_shape), within 128 registers
 
 
 @triton.jit
@@ -28,12 +42,13 @@ def _log1p(x):
 
 
 @triton.jit
-def _prob(x, LOGITS: tl.constexpr):
+def _prob_exp(x, LOGITS: tl.constexpr):
+    """(the probability, exp(-|x|)): BCE of the logits form needs the exponential too"""
     if LOGITS:
         e = tl.exp(-tl.abs(x))
-        return tl.where(x >= 0, 1.0, e) / (1.0 + e)
+        return tl.where(x >= 0, 1.0, e) / (1.0 + e), e
     else:
-        return x
+        return x, x
 
 
 @triton.jit
@@ -42,13 +57,17 @@ def _sign(v):
 
 
 @triton.jit
-def _bce_loss(x, p, t, LOGITS: tl.constexpr):
+def _clamped_log(v):
+    # max(v, -100) as nn.BCELoss, NaN kept: a probability outside [0, 1] makes the loss NaN
+    return tl.maximum(v, -100.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _bce_loss(x, p, e, t, LOGITS: tl.constexpr):
     if LOGITS:
-        return tl.maximum(x, 0.0) - x * t + _log1p(tl.exp(-tl.abs(x)))
+        return tl.maximum(x, 0.0) - x * t + _log1p(e)
     else:
-        log_p = tl.maximum(tl.log(p), -100.0)
-        log_q = tl.maximum(_log1p(-p), -100.0)
-        return (t - 1.0) * log_q - t * log_p
+        return (t - 1.0) * _clamped_log(_log1p(-p)) - t * _clamped_log(tl.log(p))
 
 
 @triton.jit
@@ -70,77 +89,194 @@ def _bce_grad_target(x, p, LOGITS: tl.constexpr):
 @triton.jit
 def _load_prob(ptr, mask, fallback, LOGITS: tl.constexpr, ACC: tl.constexpr):
     # the probability at ptr where mask holds, else fallback (a missing neighbour is the element)
-    x = tl.load(ptr, mask=mask, other=0.5).to(ACC)
-    return tl.where(mask, _prob(x, LOGITS), fallback)
+    p, _ = _prob_exp(tl.load(ptr, mask=mask, other=0.5).to(ACC), LOGITS)
+    return tl.where(mask, p, fallback)
 
 
-@triton.jit(do_not_specialize=["D", "tiles_w", "tiles"])  # (H and W stay: they shape the masks; common.py)
-def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, D, H, W, tiles_w, tiles,
-                   alpha_grad, w_w, w_h, w_d,
+@triton.jit
+def _load_value(ptr, mask, fallback, ACC: tl.constexpr):
+    return tl.where(mask, tl.load(ptr, mask=mask, other=0.5).to(ACC), fallback)
+
+
+@triton.jit
+def _tile_layout(plane_id, row0, tile_w, last_plane, H, W, ALIGN: tl.constexpr, BLOCK_H: tl.constexpr,
+                 BLOCK_W: tl.constexpr, EXACT: tl.constexpr):
+    """(offs, mine, w, h, before) of the tile of plane plane_id from row row0: its flat offsets, the lanes it
+    owns, their column and row, and the lanes that hold the plane before's last row. EXACT:
+    the tile holds the tensor's last row, whose end need not be a multiple of ALIGN."""
+    W64 = tl.full([], W, tl.int64)
+    h = row0 + tl.arange(0, BLOCK_H)[:, None]
+    row = plane_id.to(tl.int64) * H * W64 + h.to(tl.int64) * W64  # flat index of (h, 0)
+    lead = (row % ALIGN).to(tl.int32)  # how far the row starts past a multiple of ALIGN
+    next_row = row + W64
+    end = next_row - next_row % ALIGN  # where the next row's tiles start
+    start = row - lead
+    if EXACT:
+        end = tl.where((plane_id == last_plane) & (h == H - 1), next_row, end)
+    elif ALIGN > 1:  # (ALIGN = 1: W's own specialisation says what there is to say)
+        end = tl.multiple_of(end, [1, ALIGN])
+        start = tl.multiple_of(start, [1, ALIGN])
+    offs = start + tile_w * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+    mine = (offs < end) & (h < H)
+    w = tile_w * BLOCK_W - lead + tl.arange(0, BLOCK_W)[None, :]
+    if ALIGN > 1:  # a lane left of the row's start holds the end of the row before (plane before for h = 0)
+        wrapped = w < 0
+        before = wrapped & (h == 0)
+        w = tl.where(wrapped, w + W, w)
+        h = tl.where(wrapped, tl.where(h == 0, H - 1, h - 1), h)
+    else:
+        before = tl.zeros([BLOCK_H, BLOCK_W], tl.int1)
+    return offs, mine, w, h, before
+
+
+@triton.jit
+def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, h, x, p, e, p_front, x_back, H, W,
+               alpha_w, w_w, w_h, w_d, LOGITS: tl.constexpr, GRAD: tl.constexpr, GRAD_T: tl.constexpr,
+               ACC: tl.constexpr):
+    """Writes the gradients of the owned lanes and returns their weighted loss (0 elsewhere),
+    given the input (and its probability) and the depth neighbours the caller has."""
+    W64 = tl.full([], W, tl.int64)
+    t = tl.load(t_ptr + offs, mask=mine, other=0).to(ACC)
+    # the neighbours the loss needs as probabilities, the others (for the sign) as they are
+    p_left = _load_prob(x_ptr + offs - 1, mine & (w > 0), p, LOGITS, ACC)
+    p_up = _load_prob(x_ptr + offs - W64, mine & (h > 0), p, LOGITS, ACC)
+    x_right = _load_value(x_ptr + offs + 1, mine & (w < W - 1), x, ACC)
+    x_down = _load_value(x_ptr + offs + W64, mine & (h < H - 1), x, ACC)
+    if GRAD:
+        tv = (w_w * (_sign(p - p_left) - _sign(x_right - x))
+              + w_h * (_sign(p - p_up) - _sign(x_down - x))
+              + w_d * (_sign(p - p_front) - _sign(x_back - x)))
+        chain = p * (1.0 - p) if LOGITS else 1.0
+        g = alpha_w * _bce_grad_input(p, t, LOGITS) + chain * tv
+        tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=mine)
+    if GRAD_T:
+        gt = alpha_w * _bce_grad_target(x, p, LOGITS)
+        tl.store(grad_t_ptr + offs, gt.to(grad_t_ptr.dtype.element_ty), mask=mine)
+    return tl.where(mine, alpha_w * _bce_loss(x, p, e, t, LOGITS) + w_w * tl.abs(p - p_left)
+                    + w_h * tl.abs(p - p_up) + w_d * tl.abs(p - p_front), 0.0)
+
+
+@triton.jit
+def _plane_tile(x_ptr, t_ptr, grad_ptr, grad_t_ptr, plane_id, tile_h, tile_w, last_plane, D, H, W,
+                alpha_w, w_w, w_h, w_d, LOGITS: tl.constexpr, GRAD: tl.constexpr, GRAD_T: tl.constexpr,
+                ACC: tl.constexpr, DEPTH: tl.constexpr, ALIGN: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_W: tl.constexpr, ROWS: tl.constexpr, EXACT: tl.constexpr):
+    """(the loss of the tile's lanes of this plane, of those that hold the plane before's) of one
+    tile of one plane, ROWS rows at a time, its depth neighbours (DEPTH: D > 1) loaded."""
+    total = tl.zeros([], ACC)
+    before_total = tl.zeros([], ACC)
+    for first in tl.static_range(0, BLOCK_H, ROWS):
+        offs, mine, w, h, before = _tile_layout(plane_id, tile_h * BLOCK_H + first, tile_w, last_plane, H, W, ALIGN,
+                                                ROWS, BLOCK_W, EXACT)
+        x = tl.load(x_ptr + offs, mask=mine, other=0.5).to(ACC)
+        p, e = _prob_exp(x, LOGITS)
+        if DEPTH:
+            d = plane_id % D
+            d = tl.where(before, tl.where(d == 0, D - 1, d - 1), d)
+            plane = tl.full([], H, tl.int64) * W
+            p_front = _load_prob(x_ptr + offs - plane, mine & (d > 0), p, LOGITS, ACC)
+            x_back = _load_value(x_ptr + offs + plane, mine & (d < D - 1), x, ACC)
+        else:
+            p_front = p
+            x_back = x
+        loss = _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, h, x, p, e, p_front, x_back, H, W,
+                          alpha_w, w_w, w_h, w_d, LOGITS, GRAD, GRAD_T, ACC)
+        total += tl.sum(tl.where(before, 0.0, loss))
+        before_total += tl.sum(tl.where(before, loss, 0.0))
+    return total, before_total
+
+
+@triton.jit(do_not_specialize=["planes", "D", "tiles_w", "tiles"])  # (H and W stay: common.py)
+def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.int32, D: tl.int32, H: tl.int32,
+                   W: tl.int32, tiles_w: tl.int32, tiles: tl.int32,
+                   alpha_w: tl.float64, w_w: tl.float64, w_h: tl.float64, w_d: tl.float64,
                    LOGITS: tl.constexpr, GRAD: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr,
-                   BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+                   DEPTH: tl.constexpr, ALIGN: tl.constexpr, WALK: tl.constexpr, BLOCK_H: tl.constexpr,
+                   BLOCK_W: tl.constexpr):
+    """partial[pid, 0] = the weighted loss of this program's lanes of its plane; those of its
+    lanes that hold the plane before's last row go to partial[q, 1] of the same tile q of that
+    plane; so that a fixed-order sum of the rows of a group's programs is the group's loss.
+
+    WALK (3-D, every plane's rows start alike: H * W a multiple of ALIGN): a program owns a tile of a
+    (sample, channel) volume and walks it through the depth, keeping the tiles at d - 1, d and
+    d + 1 in registers, so that each element is read from memory and turned into a probability
+    once. Else a program owns a tile of one plane and loads its depth neighbours."""
     pid = tl.program_id(0)
-    volume = (pid // tiles).to(tl.int64)
     tile = pid % tiles
-    h = (tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-    w = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-    inside = (h < H) & (w < W)
-    plane = H.to(tl.int64) * W
-    offs = volume * D * plane + h.to(tl.int64) * W + w  # of this tile in slice d = 0
-    has_left = inside & (w > 0)
-    has_right = inside & (w < W - 1)
-    has_up = inside & (h > 0)
-    has_down = inside & (h < H - 1)
+    tile_h = tile // tiles_w
+    tile_w = tile % tiles_w
+    # the weights arrive as float64; a float32 launch rounds them here, once
+    alpha_w = tl.full([], alpha_w, ACC)
+    w_w = tl.full([], w_w, ACC)
+    w_h = tl.full([], w_h, ACC)
+    w_d = tl.full([], w_d, ACC)
+    mine_out = partial_ptr + pid.to(tl.int64) * 2
+    if WALK:
+        volume = pid // tiles
+        offs, mine, w, h, _ = _tile_layout(volume * D, tile_h * BLOCK_H, tile_w, planes - 1, H, W, ALIGN, BLOCK_H,
+                                           BLOCK_W, EXACT=False)
+        plane = tl.full([], H, tl.int64) * W
+        if ALIGN > 1:
+            plane = tl.multiple_of(plane, ALIGN)  # (what WALK means)
+        x = tl.load(x_ptr + offs, mask=mine, other=0.5).to(ACC)
+        p, e = _prob_exp(x, LOGITS)
+        p_front = p  # d = 0 has no front neighbour
+        acc = tl.zeros([BLOCK_H, BLOCK_W], ACC)
+        for d in range(0, D):
+            here = offs + d * plane
+            has_back = mine & (d + 1 < D)
+            x_next = tl.load(x_ptr + here + plane, mask=has_back, other=0.5).to(ACC)
+            p_next, e_next = _prob_exp(x_next, LOGITS)  # (used by the next step, which exists where has_back)
+            acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, h, x, p, e, p_front,
+                              tl.where(has_back, x_next, x), H, W, alpha_w, w_w, w_h, w_d, LOGITS, GRAD, GRAD_T, ACC)
+            p_front = p
+            x = x_next
+            p = p_next
+            e = e_next
+        tl.store(mine_out, tl.sum(acc))
+        tl.store(mine_out + 1, tl.zeros([], ACC))
+    else:
+        plane_id = pid // tiles  # (sample, channel, depth)
+        exact = False  # (ALIGN = 1: every row ends where it should already)
+        if ALIGN > 1:
+            exact = (plane_id == planes - 1) & ((tile_h + 1) * BLOCK_H >= H)
+        if exact:
+            # the tile with the tensor's last row, in halves: it is one of few, and whole it
+            # would set the registers of every program
+            total, before = _plane_tile(x_ptr, t_ptr, grad_ptr, grad_t_ptr, plane_id, tile_h, tile_w, planes - 1, D,
+                                        H, W, alpha_w, w_w, w_h, w_d, LOGITS, GRAD, GRAD_T, ACC, DEPTH, ALIGN,
+                                        BLOCK_H, BLOCK_W, ROWS=BLOCK_H // 2 if BLOCK_H >= 4 else BLOCK_H, EXACT=True)
+        else:
+            total, before = _plane_tile(x_ptr, t_ptr, grad_ptr, grad_t_ptr, plane_id, tile_h, tile_w, planes - 1, D,
+                                        H, W, alpha_w, w_w, w_h, w_d, LOGITS, GRAD, GRAD_T, ACC, DEPTH, ALIGN,
+                                        BLOCK_H, BLOCK_W, ROWS=BLOCK_H, EXACT=False)
+        tl.store(mine_out, total)
+        # to the same tile of the plane before; plane 0 (whose before is 0) to that of the last
+        # plane, which no other program writes to
+        slot = tl.where(plane_id > 0, pid - tiles, pid - tiles + planes * tiles)
+        tl.store(partial_ptr + slot.to(tl.int64) * 2 + 1, before)
 
-    zero = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
-    acc_bce, acc_w, acc_h, acc_d, acc_bad = zero, zero, zero, zero, zero
-    x_cur = tl.load(x_ptr + offs, mask=inside, other=0.5).to(ACC)
-    p_cur = _prob(x_cur, LOGITS)
-    p_prev = p_cur  # d = 0 has no front neighbour
-    for d in range(0, D):
-        here = offs + d * plane
-        has_back = inside & (d + 1 < D)
-        x_next = tl.load(x_ptr + here + plane, mask=has_back, other=0.5).to(ACC)
-        p_next = tl.where(has_back, _prob(x_next, LOGITS), p_cur)
-        left = _load_prob(x_ptr + here - 1, has_left, p_cur, LOGITS, ACC)
-        right = _load_prob(x_ptr + here + 1, has_right, p_cur, LOGITS, ACC)
-        up = _load_prob(x_ptr + here - W, has_up, p_cur, LOGITS, ACC)
-        down = _load_prob(x_ptr + here + W, has_down, p_cur, LOGITS, ACC)
-        t = tl.load(t_ptr + here, mask=inside, other=0).to(ACC)
 
-        acc_bce += tl.where(inside, _bce_loss(x_cur, p_cur, t, LOGITS), 0.0)
-        acc_w += tl.abs(p_cur - left)  # 0 where the neighbour is missing or outside
-        acc_h += tl.abs(p_cur - up)
-        acc_d += tl.abs(p_cur - p_prev)
-        if not LOGITS:  # NaN fails both comparisons
-            acc_bad += tl.where(inside & ~((p_cur >= 0.0) & (p_cur <= 1.0)), 1.0, 0.0)
-        if GRAD:
-            tv = (w_w * (_sign(p_cur - left) - _sign(right - p_cur))
-                  + w_h * (_sign(p_cur - up) - _sign(down - p_cur))
-                  + w_d * (_sign(p_cur - p_prev) - _sign(p_next - p_cur)))
-            chain = p_cur * (1.0 - p_cur) if LOGITS else 1.0
-            g = alpha_grad * _bce_grad_input(p_cur, t, LOGITS) + chain * tv
-            tl.store(grad_ptr + here, g.to(grad_ptr.dtype.element_ty), mask=inside)
-        if GRAD_T:
-            gt = alpha_grad * _bce_grad_target(x_cur, p_cur, LOGITS)
-            tl.store(grad_t_ptr + here, gt.to(grad_t_ptr.dtype.element_ty), mask=inside)
-        p_prev = p_cur
-        x_cur = x_next
-        p_cur = p_next
-
-    row = partial_ptr + pid.to(tl.int64) * 5
-    tl.store(row + 0, tl.sum(tl.sum(acc_bce, axis=1), axis=0))
-    tl.store(row + 1, tl.sum(tl.sum(acc_w, axis=1), axis=0))
-    tl.store(row + 2, tl.sum(tl.sum(acc_h, axis=1), axis=0))
-    tl.store(row + 3, tl.sum(tl.sum(acc_d, axis=1), axis=0))
-    tl.store(row + 4, tl.sum(tl.sum(acc_bad, axis=1), axis=0))
+def tile_shape(H: int, W: int, dtype: torch.dtype, walk: bool):
+    """BLOCK_H x BLOCK_W: rows of up to 128 columns (one more tile a row where W is not a
+    multiple of ALIGN), TILE elements in all, a quarter for float64 and half for the depth walk
+    (which keeps three tiles)."""
+    block_w = min(max(triton.next_power_of_2(row_span(W)), 16), 128)
+    tile = TILE // (4 if dtype == torch.float64 else 1) // (2 if walk else 1)
+    # (at least 2 rows: Triton's alignment analysis fails on a [1, BLOCK_W] tile with hints)
+    return max(min(tile // block_w, triton.next_power_of_2(H)), 2), block_w
 
 
-def tile_shape(H: int, W: int):
-    """BLOCK_H x BLOCK_W: a row of up to 128 columns, about 2048 elements a tile."""
-    block_w = min(max(triton.next_power_of_2(W), 16), 128)
-    block_h = min(triton.next_power_of_2(H), max(2048 // block_w, 1))
-    return block_h, block_w
+def row_alignment(W: int) -> int:
+    """Where tile rows start: at a multiple of ALIGN where rows do not start there already,
+    else (and where a row is shorter, as the lanes before a row's start must lie in the one row
+    before it) at the row's start."""
+    return ALIGN if W >= ALIGN and W % ALIGN else 1
+
+
+def row_span(W: int) -> int:
+    """The columns that the tiles of a row cover, from the aligned start before its first element."""
+    return W + (row_alignment(W) - 1 if W % row_alignment(W) else 0)
 
 
 def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target,
@@ -153,13 +289,15 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
     batch = x.shape[0]
     W, H = x.shape[-1], x.shape[-2]
     D = x.shape[-3] if spatial_dims == 3 else 1
+    if max(W, H, D) >= 2**31 - 2 * ALIGN:
+        raise ValueError(f"segmentation_loss (triton): spatial sizes must stay below 2**31 - {2 * ALIGN}, "
+                         f"got {tuple(x.shape[-spatial_dims:])}")
     n = x.numel()
     per_sample = n // batch if batch else 0
-    volumes = n // (D * H * W) if n else 0  # (sample, channel) volumes
+    planes = n // (H * W) if n else 0  # (sample, channel, depth) planes
     mean_like = reduction != 2
     n_mean = n if reduction == 1 else per_sample
     inv_n = 1.0 / max(n_mean, 1) if mean_like else 1.0
-    extents = (W, H, D)
 
     def axis_weight(length):
         return beta * inv_n * (length / (length - 1) if mean_like else 1.0) if length > 1 else 0.0
@@ -169,30 +307,26 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
     acc = acc_torch_dtype(input.dtype, target.dtype)
     groups = batch if reduction == 0 else 1
     if n:
-        block_h, block_w = tile_shape(H, W)
-        tiles_w = triton.cdiv(W, block_w)
+        walk = D > 1 and (H * W) % row_alignment(W) == 0
+        block_h, block_w = tile_shape(H, W, acc, walk)
+        tiles_w = triton.cdiv(row_span(W), block_w)
         tiles = triton.cdiv(H, block_h) * tiles_w
-        partials = torch.empty((volumes * tiles, N_PARTIALS), dtype=acc, device=x.device)
-        seg_fwd_kernel[(volumes * tiles,)](
-            x, t, gi if grad_input else partials, gt if grad_target else partials, partials, D, H, W, tiles_w, tiles,
-            alpha * inv_n, axis_weight(W), axis_weight(H), axis_weight(D),
-            LOGITS=from_logits, GRAD=grad_input, GRAD_T=grad_target, ACC=acc_dtype(input.dtype, target.dtype),
-            BLOCK_H=block_h, BLOCK_W=block_w)
-        sums = sum_groups(partials, groups)
+        programs = (planes // D if walk else planes) * tiles
+        if programs >= 2**31:
+            raise ValueError(f"segmentation_loss (triton): {tuple(x.shape)} needs {programs} programs, "
+                             "more than a launch holds")
+        partials = torch.empty((programs, 2), dtype=acc, device=x.device)
+        with launch_device(x):
+            seg_fwd_kernel[(programs,)](
+                x, t, gi if grad_input else partials, gt if grad_target else partials, partials, planes, D, H, W,
+                tiles_w, tiles, alpha * inv_n, axis_weight(W), axis_weight(H), axis_weight(D),
+                LOGITS=from_logits, GRAD=grad_input, GRAD_T=grad_target, ACC=acc_dtype(input.dtype, target.dtype),
+                DEPTH=D > 1, ALIGN=row_alignment(W), WALK=walk, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=NUM_WARPS)
+        loss = sum_groups(partials, groups).sum(dim=1)
     else:
-        sums = torch.zeros((groups, N_PARTIALS), dtype=acc, device=x.device)
-    bce, tv, bad = sums[:, 0], sums[:, 1:4], sums[:, 4]
-    if check_range and not from_logits and bool((bad > 0).any()):
+        loss = torch.full((groups,), float("nan") if mean_like else 0.0, dtype=acc, device=x.device)
+    if check_range and not from_logits and bool(torch.isnan(loss).any()) and not bool(((x >= 0) & (x <= 1)).all()):
         raise RuntimeError("all elements of input should be between 0 and 1")
-    if mean_like:
-        count = float(n_mean) if n_mean else float("nan")
-        loss = alpha * bce / count
-        for a, length in enumerate(extents):
-            if length > 1:
-                loss = loss + beta * tv[:, a] / (count * (length - 1) / length)
-    else:
-        loss = alpha * bce + beta * tv.sum(dim=1)
-    loss = torch.where(bad > 0, torch.full_like(loss, float("nan")), loss)  # out of range: NaN, no sync
     result = torch.promote_types(input.dtype, target.dtype)
     loss = loss.to(result)
     return (loss if reduction == 0 else loss[0]), gi, gt

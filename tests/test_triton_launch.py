@@ -1,0 +1,100 @@
+"""How the Triton launchers launch, as far as a machine without a GPU shows it: on the tensors'
+device, the loss NaN for probabilities outside [0, 1] when nothing checks them (as on a GPU),
+and loss_backward's ways of finding an element's grad_output."""
+
+import contextlib
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import pylosses
+
+pytestmark = pytest.mark.skipif(pylosses._ops.TRITON_ERROR is not None, reason="no Triton kernels")
+
+
+class _Recorder:
+    """Stands in for torch.cuda.device (no CUDA here) and for the kernels: a launch records
+    the device that was current when it was made."""
+
+    def __init__(self):
+        self.current = 0  # what torch.cuda.current_device() would say
+        self.launches = []
+
+    def device(self, device):
+        @contextlib.contextmanager
+        def entered():
+            before, self.current = self.current, torch.device(device).index
+            try:
+                yield
+            finally:
+                self.current = before
+
+        return entered()
+
+    def kernel(self, name):
+        recorder = self
+
+        class Kernel:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: recorder.launches.append((name, recorder.current))
+
+        return Kernel()
+
+
+def test_launches_run_under_the_tensors_device(monkeypatch):
+    """Triton launches on the current device: every launch of every launcher must happen
+    inside torch.cuda.device(<the tensors' device>), here cuda:1 while cuda:0 is current."""
+    from pylosses.triton_kernels import common, mse, segmentation
+
+    recorder = _Recorder()
+    monkeypatch.setattr(torch.cuda, "device", recorder.device)
+    for module, name in ((common, "sum_groups_kernel"), (common, "loss_backward_kernel"), (mse, "mse_fwd_kernel"),
+                         (segmentation, "seg_fwd_kernel")):
+        monkeypatch.setattr(module, name, recorder.kernel(name))
+    with FakeTensorMode():  # tensors that say cuda:1, on a machine without one
+        x = torch.empty(2, 3, 5, 40, device="cuda:1")
+        t = torch.empty(2, 3, 5, 40, device="cuda:1")
+        mse.mse_loss_fwd(x, t, 1, True)
+        segmentation.seg_loss_fwd(x, t, 0.7, 0.3, 2, True, 0, True, False, False)
+        common.loss_backward(torch.empty(2, device="cuda:1"), x, 1.0, torch.float32)
+    names = [name for name, _ in recorder.launches]
+    assert set(names) == {"sum_groups_kernel", "loss_backward_kernel", "mse_fwd_kernel", "seg_fwd_kernel"}, names
+    assert all(device == 1 for _, device in recorder.launches), recorder.launches
+    assert recorder.current == 0  # and the current device is as it was
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # (numpy, in the interpreter's log)
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_out_of_range_probabilities_give_nan_unchecked(from_logits):
+    """As on a GPU, where nothing checks them (no host sync): a probability outside [0, 1] makes
+    its sample's loss NaN, in every reduction and whatever alpha; the others stay finite."""
+    from pylosses.triton_kernels.segmentation import seg_loss_fwd
+
+    g = torch.Generator().manual_seed(0)
+    x = 0.05 + 0.9 * torch.rand(3, 2, 5, 19, generator=g)
+    t = torch.rand(3, 2, 5, 19, generator=g)
+    for bad in (1.5, -0.25, float("nan")):
+        y = x.clone()
+        y[1, 1, 4, 18] = bad  # the last element of a plane: the last lanes of its tile
+        for alpha in (0.7, 0.0):
+            per_sample, _, _ = seg_loss_fwd(y, t, alpha, 0.3, 2, from_logits, 0, True, False, False)
+            if from_logits and bad == bad:  # logits may be anything
+                assert torch.isfinite(per_sample).all()
+                continue
+            assert torch.isnan(per_sample).tolist() == [False, True, False], (bad, alpha, per_sample)
+            for reduction in (1, 2):
+                assert torch.isnan(seg_loss_fwd(y, t, alpha, 0.3, 2, from_logits, reduction, False, False, False)[0])
+
+
+@pytest.mark.parametrize("backend", [b for b in ("native", "triton") if b in pylosses.available_backends("cpu")])
+@pytest.mark.parametrize("n,k", [(3 * 5000, 1), (3 * 5000, 3), (7 * 1001, 7), (4096 * 2 + 5, 4096 * 2 + 5),
+                                 (9 * 4097, 9)])
+def test_loss_backward_broadcasts_grad_output(backend, n, k):
+    """Groups longer and shorter than a block, blocks that straddle groups, one element each."""
+    g = torch.Generator().manual_seed(1)
+    saved, grad_output = torch.randn(n, generator=g), torch.randn(k, generator=g)
+    op = getattr(torch.ops.pylosses, {"native": "", "triton": "triton_"}[backend] + "loss_backward")
+    got = op(grad_output, saved, -0.5, torch.float32)
+    want = saved * grad_output.repeat_interleave(n // k) * -0.5
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
