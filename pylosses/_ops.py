@@ -64,19 +64,10 @@ def mse_loss(backend: str, input: Tensor, target: Tensor, reduction: str) -> Ten
     return loss
 
 
-def _in_unit_range(t: Tensor) -> bool:
-    return bool(((t >= 0) & (t <= 1)).all())  # NaN fails both; a host sync
-
-
 def _check_inputs(input: Tensor, target: Tensor, from_logits: bool) -> None:
     """The checking mode of set_input_checks(True) for the CUDA kernel, which (to need no host
     sync) reports what the CPU kernel raises only as a NaN loss: the same errors, by request."""
-    if not from_logits and not _in_unit_range(input):
-        raise RuntimeError("all elements of input should be between 0 and 1")
-    if target.dtype == torch.uint8 and not _in_unit_range(target):
-        raise RuntimeError(reference.MASK_MESSAGE)
-    if not from_logits and target.is_floating_point() and not _in_unit_range(target):
-        raise RuntimeError(reference.TARGET_RANGE_MESSAGE)
+    reference.check_values(input, target, from_logits)
 
 
 def segmentation_loss(

@@ -3,7 +3,8 @@
 They follow DESIGN §1 and the README's "Semantics": arithmetic in float32 (float64 when an
 operand is float64), the result in torch's result dtype, BCE and its gradients exactly as
 torch.nn gives them. They do not validate their arguments (pylosses.functional does that for
-every backend), only the targets' values, as torch's losses do and beyond (README, "Semantics"). `scripted` and `compiled` give their torch.jit.script and torch.compile variants.
+every backend), only the targets' values, as torch's losses do and beyond (README, "Semantics").
+`scripted` and `compiled` give their torch.jit.script and torch.compile variants.
 """
 
 from typing import Callable, Dict
@@ -30,6 +31,21 @@ def check_mask(target: Tensor) -> None:
     """Raises the mask error for a uint8 CPU target that holds anything but 0 and 1."""
     if target.dtype == torch.uint8 and target.device.type == "cpu" and bool((target > 1).any()):
         raise RuntimeError(_mask_message())
+
+
+def _in_unit_range(t: Tensor) -> bool:
+    return bool(((t >= 0) & (t <= 1)).all())  # NaN fails both; a host sync on a GPU
+
+
+def check_values(input: Tensor, target: Tensor, from_logits: bool) -> None:
+    """The errors the CPU kernels raise, for kernels that report them only as a NaN loss (the
+    CUDA kernel under set_input_checks(True), the Triton launcher once its loss is NaN)."""
+    if not from_logits and not _in_unit_range(input):
+        raise RuntimeError("all elements of input should be between 0 and 1")
+    if target.dtype == torch.uint8 and not _in_unit_range(target):
+        raise RuntimeError(MASK_MESSAGE)
+    if not from_logits and target.is_floating_point() and not _in_unit_range(target):
+        raise RuntimeError(TARGET_RANGE_MESSAGE)
 
 
 def _compute_dtype(input: Tensor, target: Tensor) -> torch.dtype:

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from pylosses._dtypes import saved_grad_dtype
-from pylosses.reference import MASK_MESSAGE, TARGET_RANGE_MESSAGE
+from pylosses.reference import check_values
 
 from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups, to_element
 
@@ -348,12 +348,7 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
     else:
         loss = torch.full((groups,), float("nan") if mean_like else 0.0, dtype=acc, device=x.device)
     if check_range and bool(torch.isnan(loss).any()):  # NaN: say why, as the CPU kernel does
-        if not from_logits and not bool(((x >= 0) & (x <= 1)).all()):
-            raise RuntimeError("all elements of input should be between 0 and 1")
-        if t.dtype == torch.uint8 and bool((t > 1).any()):
-            raise RuntimeError(MASK_MESSAGE)
-        if not from_logits and t.is_floating_point() and not bool(((t >= 0) & (t <= 1)).all()):
-            raise RuntimeError(TARGET_RANGE_MESSAGE)
+        check_values(x, t, from_logits)
     result = torch.promote_types(input.dtype, target.dtype)
     loss = loss.to(result)
     return (loss if reduction == 0 else loss[0]), gi, gt
