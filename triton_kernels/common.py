@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 
 REDUCE_BLOCK = 1024
-BACKWARD_BLOCK = 4096
-BACKWARD_WARPS = 8  # 16 elements a thread: float64 within 128 registers
+BACKWARD_BLOCK = 4096  # (half for float64): 16 (8) elements a thread, within 64 registers
+BACKWARD_WARPS = 8
 
 
 def acc_torch_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -80,32 +80,37 @@ def _scale_block(saved_ptr, out_ptr, offs, n, go, scale, MASKED: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["group"])  # (n stays: a multiple of 16 lets the tail vectorise)
-def loss_backward_kernel(saved_ptr, go_ptr, out_ptr, n: tl.int64, group: tl.int64, scale: tl.float64,
-                         BLOCK: tl.constexpr):
+def loss_backward_kernel(saved_ptr, go_ptr, out_ptr, n: tl.int64, group: tl.int64, inv_group: tl.float64,
+                         scale: tl.float64, GROUPS: tl.constexpr, BLOCK: tl.constexpr):
     """out[i] = saved[i] * grad_output[i // group] * scale, grad_output read on the device.
 
-    No integer division an element: a block no longer than a group meets at most two groups,
-    the one it starts in and the next. In a longer block, element start + j is in group
-    first + m // group, m = into + j < 2 * BLOCK, and m // group = floor((m + 0.5) * (1 / group))
-    in float32: (m + 0.5) / group lies at least 0.5 / group from an integer, and the float
-    error, under ((m + 0.5) / group) * 2**-21, is smaller while m < 2**20."""
+    GROUPS says how the elements find their grad_output, with no integer division (a 64-bit
+    one is a subroutine call): 0, one element for all (a mean or a sum); 1, groups no shorter
+    than a block, which meets at most two, the one it starts in and the next; 2, shorter
+    groups: element start + j is in group first + m // group, m = into + j < 2 * BLOCK, and
+    m // group = floor((m + 0.5) * (1 / group)) in float32: (m + 0.5) / group lies at least
+    0.5 / group from an integer, and the float error, under ((m + 0.5) / group) * 2**-21, is
+    smaller while m < 2**20. The block's first group comes from a float64 estimate, off by at
+    most one for blocks below 2**50, corrected."""
     acc = tl.float64 if saved_ptr.dtype.element_ty == tl.float64 else tl.float32
     scale = tl.full([], scale, acc)
     start = tl.program_id(0).to(tl.int64) * BLOCK
     i = tl.arange(0, BLOCK)
     offs = start + i
-    if group >= n:  # one grad_output element: the loss was a mean or a sum
+    if GROUPS == 0:
         go = tl.full([BLOCK], tl.load(go_ptr).to(acc), acc)
     else:
-        first = start // group
+        first = (start.to(tl.float64) * inv_group).to(tl.int64)
+        first = tl.where(first * group > start, first - 1, first)
+        first = tl.where((first + 1) * group <= start, first + 1, first)
         into = start - first * group  # how far the block starts into its group
-        if group >= BLOCK:
+        if GROUPS == 1:
             go_first = tl.load(go_ptr + first).to(acc)
             go_next = tl.load(go_ptr + first + 1, mask=(first + 1) * group < n, other=0.0).to(acc)  # if any
             go = tl.where(into + i < group, go_first, go_next)
         else:
             m = (into.to(tl.int32) + i).to(tl.float32) + 0.5
-            index = first + (m * (1.0 / group.to(tl.float32))).to(tl.int32)
+            index = first + (m * tl.full([], inv_group, tl.float32)).to(tl.int32)
             go = tl.load(go_ptr + index, mask=offs < n, other=0.0).to(acc)
     if start + BLOCK <= n:
         _scale_block(saved_ptr, out_ptr, offs, n, go, scale, MASKED=False)
@@ -120,8 +125,11 @@ def loss_backward(grad_output: torch.Tensor, saved: torch.Tensor, scale: float, 
     out = torch.empty(saved.shape, dtype=dtype, device=saved.device)
     if n == 0:
         return out
+    group = n // k
+    block = BACKWARD_BLOCK // 2 if torch.float64 in (saved.dtype, dtype) else BACKWARD_BLOCK
+    groups = 0 if k == 1 else 1 if group >= block else 2  # (see the kernel)
     with launch_device(saved):
-        loss_backward_kernel[(triton.cdiv(n, BACKWARD_BLOCK),)](saved.contiguous(), grad_output.contiguous(), out, n,
-                                                                n // k, scale, BLOCK=BACKWARD_BLOCK,
-                                                                num_warps=BACKWARD_WARPS)
+        loss_backward_kernel[(triton.cdiv(n, block),)](saved.contiguous(), grad_output.contiguous(), out, n, group,
+                                                       1.0 / group, scale, GROUPS=groups, BLOCK=block,
+                                                       num_warps=BACKWARD_WARPS)
     return out

@@ -9,8 +9,8 @@ from pylosses._dtypes import saved_grad_dtype
 
 from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups
 
-BLOCK = 4096  # elements a program (a documented choice; Hopper tuning is issue 3's GPU part)
-NUM_WARPS = 8  # 16 elements a thread: float64 stays within 128 registers
+BLOCK = 4096  # elements a program (half for float64), 16 (8) a thread: within 64 registers, so
+NUM_WARPS = 8  # that half of an SM's warps fit; Hopper tuning is issue 3's GPU part
 
 
 @triton.jit
@@ -52,7 +52,8 @@ def mse_loss_fwd(input: torch.Tensor, target: torch.Tensor, reduction: int, comp
     # one saved gradient serves input and target, in their common dtype
     grad = torch.empty(x.shape if compute_grad else (0,), dtype=saved_grad_dtype(result), device=x.device)
     acc = acc_torch_dtype(x.dtype, t.dtype)
-    programs = triton.cdiv(n, BLOCK)
+    block = BLOCK // 2 if acc == torch.float64 else BLOCK
+    programs = triton.cdiv(n, block)
     loss = torch.empty(x.shape, dtype=result, device=x.device) if reduction == 0 else None
     partials = torch.empty((programs, 1), dtype=acc, device=x.device)
     grad_scale = 1.0 / n if reduction == 1 and n else 1.0
@@ -61,7 +62,7 @@ def mse_loss_fwd(input: torch.Tensor, target: torch.Tensor, reduction: int, comp
             mse_fwd_kernel[(programs,)](x, t, loss if loss is not None else partials,
                                         grad if compute_grad else partials, partials, n, grad_scale,
                                         WRITE_LOSS=reduction == 0, WRITE_GRAD=compute_grad,
-                                        ACC=acc_dtype(x.dtype, t.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
+                                        ACC=acc_dtype(x.dtype, t.dtype), BLOCK=block, num_warps=NUM_WARPS)
     if loss is not None:
         return loss, grad
     total = sum_groups(partials, 1)[0, 0]

@@ -219,20 +219,19 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         if ALIGN > 1:
             plane = tl.multiple_of(plane, ALIGN)  # (what WALK means)
         x = tl.load(x_ptr + offs, mask=mine, other=0.5).to(ACC)
-        p, e = _prob_exp(x, LOGITS)
+        p, _ = _prob_exp(x, LOGITS)
         p_front = p  # d = 0 has no front neighbour
         acc = tl.zeros([BLOCK_H, BLOCK_W], ACC)
         for d in range(0, D):
             here = offs + d * plane
             has_back = mine & (d + 1 < D)
             x_next = tl.load(x_ptr + here + plane, mask=has_back, other=0.5).to(ACC)
-            p_next, e_next = _prob_exp(x_next, LOGITS)  # (used by the next step, which exists where has_back)
-            acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, h, x, p, e, p_front,
+            p_next, _ = _prob_exp(x_next, LOGITS)  # (used by the next step, which exists where has_back)
+            acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, h, x, p, tl.exp(-tl.abs(x)), p_front,
                               tl.where(has_back, x_next, x), H, W, alpha_w, w_w, w_h, w_d, LOGITS, GRAD, GRAD_T, ACC)
             p_front = p
             x = x_next
             p = p_next
-            e = e_next
         tl.store(mine_out, tl.sum(acc))
         tl.store(mine_out + 1, tl.zeros([], ACC))
     else:
@@ -257,14 +256,31 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         tl.store(partial_ptr + slot.to(tl.int64) * 2 + 1, before)
 
 
-def tile_shape(H: int, W: int, dtype: torch.dtype, walk: bool):
-    """BLOCK_H x BLOCK_W: rows of up to 128 columns (one more tile a row where W is not a
-    multiple of ALIGN), TILE elements in all, a quarter for float64 and half for the depth walk
-    (which keeps three tiles)."""
+def kernel_shape(spatial, weights, group_elems):
+    """(D, H, W) and their TV weights as the kernel sees a group (a sample for reduction="none",
+    else the tensor): spatial axes of length 1 (which have no differences) are dropped, and where
+    fewer than two remain, the group's other elements (channels, samples) become rows of
+    weight 0, so that no plane is a single row or column and rows stay long enough to vectorise.
+    spatial, weights: the spatial extents and their weights, outermost first."""
+    kept = [(length, weight) for length, weight in zip(spatial, weights) if length > 1]
+    if len(kept) < 2:
+        width, weight = kept[0] if kept else (group_elems, 0.0)
+        kept = [(group_elems // width, 0.0), (width, weight)]
+    (D, w_d), (H, w_h), (W, w_w) = [(1, 0.0)] * (3 - len(kept)) + kept
+    return (D, H, W), (w_d, w_h, w_w)
+
+
+def tile_shape(H: int, W: int, walk: bool, itemsize: int, acc: torch.dtype):
+    """(BLOCK_H, BLOCK_W, num_warps): rows of up to 128 columns (one more tile a row where W is
+    not a multiple of ALIGN), TILE elements in all (a quarter for float64; 16 bytes of input a
+    thread for the depth walk, which keeps three tiles), at least 2 rows (Triton's alignment
+    analysis fails on a one-row tile with hints) and at least a warp of 16-byte vectors: a small
+    plane gets fewer warps rather than narrower vectors."""
     block_w = min(max(triton.next_power_of_2(row_span(W)), 16), 128)
-    tile = TILE // (4 if dtype == torch.float64 else 1) // (2 if walk else 1)
-    # (at least 2 rows: Triton's alignment analysis fails on a [1, BLOCK_W] tile with hints)
-    return max(min(tile // block_w, triton.next_power_of_2(H)), 2), block_w
+    tile = 128 * 16 // itemsize if walk else TILE // (4 if acc == torch.float64 else 1)
+    block_h = max(min(tile // block_w, triton.next_power_of_2(H)), 2)
+    block_w = max(block_w, 32 * 16 // itemsize // block_h)
+    return block_h, block_w, max(1, min(NUM_WARPS, block_h * block_w * itemsize // (32 * 16)))
 
 
 def row_alignment(W: int) -> int:
@@ -287,14 +303,8 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)  # same bytes
     batch = x.shape[0]
-    W, H = x.shape[-1], x.shape[-2]
-    D = x.shape[-3] if spatial_dims == 3 else 1
-    if max(W, H, D) >= 2**31 - 2 * ALIGN:
-        raise ValueError(f"segmentation_loss (triton): spatial sizes must stay below 2**31 - {2 * ALIGN}, "
-                         f"got {tuple(x.shape[-spatial_dims:])}")
     n = x.numel()
     per_sample = n // batch if batch else 0
-    planes = n // (H * W) if n else 0  # (sample, channel, depth) planes
     mean_like = reduction != 2
     n_mean = n if reduction == 1 else per_sample
     inv_n = 1.0 / max(n_mean, 1) if mean_like else 1.0
@@ -307,8 +317,14 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
     acc = acc_torch_dtype(input.dtype, target.dtype)
     groups = batch if reduction == 0 else 1
     if n:
+        spatial = x.shape[-spatial_dims:]
+        (D, H, W), weights = kernel_shape(spatial, [axis_weight(length) for length in spatial], n // groups)
+        planes = n // (H * W)  # (sample, channel, depth) planes, or what kernel_shape made them
+        if max(D, H, W) >= 2**31 - 2 * ALIGN:
+            raise ValueError(f"segmentation_loss (triton): spatial sizes must stay below 2**31 - {2 * ALIGN}, "
+                             f"got {tuple(spatial)}")
         walk = D > 1 and (H * W) % row_alignment(W) == 0
-        block_h, block_w = tile_shape(H, W, acc, walk)
+        block_h, block_w, num_warps = tile_shape(H, W, walk, x.element_size(), acc)
         tiles_w = triton.cdiv(row_span(W), block_w)
         tiles = triton.cdiv(H, block_h) * tiles_w
         programs = (planes // D if walk else planes) * tiles
@@ -319,9 +335,9 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
         with launch_device(x):
             seg_fwd_kernel[(programs,)](
                 x, t, gi if grad_input else partials, gt if grad_target else partials, partials, planes, D, H, W,
-                tiles_w, tiles, alpha * inv_n, axis_weight(W), axis_weight(H), axis_weight(D),
+                tiles_w, tiles, alpha * inv_n, *weights[::-1],
                 LOGITS=from_logits, GRAD=grad_input, GRAD_T=grad_target, ACC=acc_dtype(input.dtype, target.dtype),
-                DEPTH=D > 1, ALIGN=row_alignment(W), WALK=walk, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=NUM_WARPS)
+                DEPTH=D > 1, ALIGN=row_alignment(W), WALK=walk, BLOCK_H=block_h, BLOCK_W=block_w, num_warps=num_warps)
         loss = sum_groups(partials, groups).sum(dim=1)
     else:
         loss = torch.full((groups,), float("nan") if mean_like else 0.0, dtype=acc, device=x.device)
