@@ -1,26 +1,30 @@
 # make bench: the benchmark suite; make test: the tests. Both create or reuse .venv, install
 # what requirements.txt lists, and build the extension first: its CUDA kernels too when nvcc is
 # found and torch is a CUDA build (CUDA=1 insists, CUDA=0 skips them).
-# make device-check: on a GPU machine, build, run the GPU tests and a short benchmark
-# (tools/device_check.py; with no GPU it builds and says what it would run).
+# make device-check: on a GPU machine, build, run the GPU tests and a short benchmark within
+# 8.5 minutes, results into $OUT/<gpu>-<date>/ when OUT is set (tools/device_check.py; with no
+# GPU it builds and says what it would run).
 PYTHON ?= python3
 CUDA ?= auto
 BUILD_CUDA = $(CUDA)
 # make bench on a machine without a GPU has no use for the CUDA kernels: it skips their build
 bench: BUILD_CUDA = $(if $(filter auto,$(CUDA)),$(if $(wildcard /dev/nvidia0),auto,0),$(CUDA))
-VENV := .venv
+# VENV, REQUIREMENTS and PYTHON may be set: .ci/run tests a second environment with the GPU
+# machine's versions (.ci/requirements-gpu-machine.txt) this way
+VENV ?= .venv
+REQUIREMENTS ?= requirements.txt
 PY := $(VENV)/bin/python
 REQS := $(VENV)/.requirements-installed
 EDITABLE := $(VENV)/.pylosses-editable
 
-.PHONY: all build test bench device-check clean
+.PHONY: all build test bench gate device-check clean
 
 all: test
 
-$(REQS): requirements.txt
+$(REQS): $(REQUIREMENTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --upgrade -r requirements.txt
+	$(PY) -m pip install --upgrade -r $(REQUIREMENTS)
 	touch $@
 
 # pylosses importable from this tree wherever the venv runs (the extension is built below)
@@ -44,6 +48,10 @@ test: build
 
 bench: build
 	$(PY) -m benchmarks
+
+# the sm_90 compiled-code gate's table (a prediction from static code), also run by make test
+gate: build
+	env -u TRITON_INTERPRET $(PY) tools/sm90_gate.py
 
 # the GPU machine has torch, triton and pytest but no .venv and no network: its own python3
 device-check:

@@ -106,7 +106,9 @@ setup(
     packages=["pylosses", "pylosses.triton_kernels"],
     package_dir={"pylosses": "pylosses", "pylosses.triton_kernels": "triton_kernels"},
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
+    # the ABI suffix (_C.cpython-312-...so) lets builds for several Pythons lie side by side in a
+    # checkout (CI builds for the GPU machine's Python 3.12 beside the development one)
+    cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.9",
     install_requires=["torch>=2.6"],
 )

@@ -1,7 +1,8 @@
 """The benchmark suite's CLI (what `make bench` runs):
 
     python -m benchmarks [--device cpu|cuda] [--quick] [--sizes 64K,1M,16M] [--providers native,compile]
-                         [--dtypes float32,bfloat16] [--losses mse_loss] [--modes forward] [--repeats N] [--out DIR]
+                         [--dtypes float32,bfloat16] [--losses mse_loss] [--modes forward] [--repeats N]
+                         [--out DIR | --folder DIR] [--no-plots]
 
 For every loss, mode (forward, forward+backward), dtype and size, it times every available
 provider (eager reference, torch.jit, torch.compile, native, triton) in one run, the providers
@@ -9,7 +10,9 @@ taking turns round by round, and reports the median time, the speed-ups over eag
 torch.compile, the bandwidth reached on the compulsory bytes (read input and target, write the
 gradient) and its fraction of a copy of the same bytes timed in the same run, the peak extra
 memory (GPU), and apart from all that the first call's time (compilation). It prints a table and
-writes JSON, Markdown and PNG plots under benchmarks/results/<device>-<date>/.
+writes JSON, Markdown and PNG plots under benchmarks/results/<device>-<date>/: results.json and
+results.md after every cell, so that a run stopped midway keeps every cell it finished, and the
+plots at the end.
 """
 
 import argparse
@@ -67,6 +70,8 @@ def parse_args(argv):
                         help="each provider's repeats in a row (warm cache on the CPU) instead of taking turns")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                         help="parent folder of the results folder <device>-<date>")
+    parser.add_argument("--folder", help="write into this folder instead of <out>/<device>-<date> "
+                                         "(make device-check: next to its own files)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     args = parser.parse_args(argv)
     if args.device is None:
@@ -121,29 +126,42 @@ def measure_cell(loss, mode, dtype, size, args):
     return rows
 
 
+def _replace(path, text):
+    """Writes path whole or not at all: a run killed while writing leaves the previous version."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def save(folder, info, rows):
+    """results.json and results.md from the cells measured so far; returns the Markdown."""
+    table = report.markdown(rows, info)
+    _replace(os.path.join(folder, "results.json"), json.dumps({"machine": info, "results": rows}, indent=1))
+    _replace(os.path.join(folder, "results.md"), table)
+    return table
+
+
 def main(argv=None):
     args = parse_args(argv)
     info = machine(args.device)
-    info.update(repeats=args.repeats, timing="back to back" if args.back_to_back else "providers take turns",
-                timer="CUDA events, L2 flushed before each call" if args.device == "cuda" else "wall clock",
-                command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv))
     cells = [(loss, mode, dtype, size) for loss in args.losses for mode in args.modes for dtype in args.dtypes
              for size in args.sizes]
+    info.update(repeats=args.repeats, timing="back to back" if args.back_to_back else "providers take turns",
+                timer="CUDA events, L2 flushed before each call" if args.device == "cuda" else "wall clock",
+                command="python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+                cells=len(cells))  # planned: a stopped run's results.json says how far it got
+    folder = args.folder or os.path.join(args.out, f"{device_name(info)}-{info['date']}"
+                                         + ("-quick" if args.quick else ""))
+    os.makedirs(folder, exist_ok=True)
     rows = []
     progress = report.Progress(len(cells))
     for loss, mode, dtype, size in cells:
         progress.show(f"{loss} {mode} {dtype} {size}")
         rows.extend(measure_cell(loss, mode, dtype, size, args))
+        table = save(folder, info, rows)
     progress.done()
 
-    table = report.markdown(rows, info)
     print(table)
-    folder = os.path.join(args.out, f"{device_name(info)}-{info['date']}" + ("-quick" if args.quick else ""))
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "results.json"), "w") as f:
-        json.dump({"machine": info, "results": rows}, f, indent=1)
-    with open(os.path.join(folder, "results.md"), "w") as f:
-        f.write(table)
     written = ["results.json", "results.md"]
     if not args.no_plots:
         written += report.plots(rows, info, folder)

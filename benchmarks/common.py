@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 import pylosses
+from benchmarks.report import slug
 
 LOSSES = ("segmentation_loss", "mse_loss")
 PROVIDERS = ("reference", "jit", "compile", "native", "triton")  # eager reference first: the baseline
@@ -207,11 +208,7 @@ def machine(device: str = "cpu") -> Dict[str, object]:
 
 def device_name(info: Dict[str, object]) -> str:
     """A file-name slug for the machine: the GPU, or the CPU and its core count."""
-    if info["device"] == "cuda":
-        name = str(info["gpu"])
-    else:
-        name = f"cpu {info['cpu']} {info['cpu_count']}c"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug(str(info["gpu"]) if info["device"] == "cuda" else f"cpu {info['cpu']} {info['cpu_count']}c")
 
 
 # the pytest-benchmark suites (bench_*.py) ----------------------------------------------------

@@ -1,6 +1,7 @@
 """How the benchmark CLI shows its results: a progress line, Markdown tables and PNG plots."""
 
 import os
+import re
 import sys
 import time
 from itertools import groupby
@@ -26,6 +27,11 @@ class Progress:
         print(f"measured {self.total} cells in {time.perf_counter() - self.start:.0f} s", file=sys.stderr)
 
 
+def slug(name):
+    """A file-name slug: "NVIDIA H200" -> "nvidia-h200"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def _machine_line(info):
     where = (f"{info['gpu']} ({info['sm_count']} SMs, {info['gpu_memory_gb']} GB), CUDA {info['cuda']}"
              if info["device"] == "cuda" else
@@ -36,6 +42,11 @@ def _machine_line(info):
 
 def _fmt(value, spec, none="-"):
     return none if value is None else format(value, spec)
+
+
+def _times(ratio):
+    """"1.23x", or "-" where there is no ratio (no torch.compile in the run)."""
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def _key(r):
@@ -65,7 +76,7 @@ def markdown(rows, info):
         for r in summary:
             lines.append(f"| {r['loss']} | {r['mode']} | {r['dtype']} | {r['size']} | {r['provider']} | "
                          f"{r['median_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
-                         f"{_fmt(r['speedup_vs_compile'], '.2f')}x | {100 * r['bandwidth_fraction']:.0f}% |")
+                         f"{_times(r['speedup_vs_compile'])} | {100 * r['bandwidth_fraction']:.0f}% |")
         lines.append("")
     for (loss, mode, dtype), group in groupby(sorted(rows, key=_key), key=_key):
         lines += [f"### {loss}, {mode}, {dtype}", "",
@@ -73,16 +84,20 @@ def markdown(rows, info):
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(group, key=lambda r: r["numel"]):
             lines.append(f"| {r['size']} | {r['provider']} | {r['median_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
-                         f"{_fmt(r['speedup_vs_compile'], '.2f')}{'x' if r['speedup_vs_compile'] else ''} | "
+                         f"{_times(r['speedup_vs_compile'])} | "
                          f"{r['bandwidth_gbs']:.1f} | {100 * r['bandwidth_fraction']:.0f}% | "
                          f"{_fmt(r['peak_extra_mb'], '.1f', 'not measured')} | {r['first_call_s']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def plots(rows, info, folder):
+PLOTS = ("time.png", "bandwidth.png")
+
+
+def plots(rows, info, folder, names=PLOTS):
     """time.png (median time against size) and bandwidth.png (fraction of the copy bandwidth
-    against size): one panel for each (loss, mode, dtype), one line for each provider."""
+    against size), or those of them in names: one panel for each (loss, mode, dtype), one line
+    for each provider."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -94,6 +109,8 @@ def plots(rows, info, folder):
     written = []
     for name, field, label, log in (("time.png", "median_ms", "median time (ms)", True),
                                     ("bandwidth.png", "bandwidth_fraction", "fraction of copy bandwidth", False)):
+        if name not in names:
+            continue
         cols = min(len(keys), 4)
         nrows = (len(keys) + cols - 1) // cols
         fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.6 * nrows), squeeze=False)

@@ -8,6 +8,16 @@
 
 namespace pylosses::math {
 
+// Which targets must lie in [0, 1]: with probabilities, every target (nn.BCELoss checks them);
+// with logits, uint8 masks only (nn.BCEWithLogitsLoss takes any float target); bool always does.
+template <bool kLogits, bool kFloatTarget, bool kBoolTarget>
+inline constexpr bool kTargetChecked = !kBoolTarget && (!kLogits || !kFloatTarget);
+// The errors (the CPU raises them; CUDA, in checking mode): torch's own for a float target, and
+// one that says what a mask must hold. pylosses/reference.py has the same texts.
+inline constexpr const char* kTargetRangeMessage = "all elements of target should be between 0 and 1";
+inline constexpr const char* kMaskMessage =
+    "target masks (uint8 or bool) must hold only 0 and 1; for a 0/255 mask, divide it by 255 or compare it with 0";
+
 // Clamp of the logs in nn.BCELoss, so that p = 0 or 1 gives a finite loss.
 constexpr double kBceLogClamp = -100.0;
 // Floor of p (1 - p) in nn.BCELoss's backward.

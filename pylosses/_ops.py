@@ -10,6 +10,7 @@ grad_output with the op loss_backward (on the CPU, a grad_output of exactly 1 ne
 import torch
 from torch import Tensor
 
+from . import reference
 from ._dtypes import saved_grad_dtype
 
 try:
@@ -63,19 +64,27 @@ def mse_loss(backend: str, input: Tensor, target: Tensor, reduction: str) -> Ten
     return loss
 
 
-def _check_probabilities(input: Tensor) -> None:
+def _in_unit_range(t: Tensor) -> bool:
+    return bool(((t >= 0) & (t <= 1)).all())  # NaN fails both; a host sync
+
+
+def _check_inputs(input: Tensor, target: Tensor, from_logits: bool) -> None:
     """The checking mode of set_input_checks(True) for the CUDA kernel, which (to need no host
-    sync) reports probabilities outside [0, 1] only as a NaN loss: a host sync, by request."""
-    if not bool(((input >= 0) & (input <= 1)).all()):  # NaN fails both
+    sync) reports what the CPU kernel raises only as a NaN loss: the same errors, by request."""
+    if not from_logits and not _in_unit_range(input):
         raise RuntimeError("all elements of input should be between 0 and 1")
+    if target.dtype == torch.uint8 and not _in_unit_range(target):
+        raise RuntimeError(reference.MASK_MESSAGE)
+    if not from_logits and target.is_floating_point() and not _in_unit_range(target):
+        raise RuntimeError(reference.TARGET_RANGE_MESSAGE)
 
 
 def segmentation_loss(
     backend: str, input: Tensor, target: Tensor, alpha: float, beta: float, from_logits: bool, spatial_dims: int,
     reduction: str,
 ) -> Tensor:
-    if input_checks and backend == "native" and input.device.type != "cpu" and not from_logits:
-        _check_probabilities(input)
+    if input_checks and backend == "native" and input.device.type not in ("cpu", "meta"):
+        _check_inputs(input, target, from_logits)
     grad_enabled = torch.is_grad_enabled()
     loss, _, _ = _op(backend, "seg_loss_fwd")(
         input, target, float(alpha), float(beta), spatial_dims, from_logits, REDUCTIONS[reduction],
@@ -104,7 +113,9 @@ def _loss_backward_fake(grad_output, saved_grad, scale, dtype):
 def _setup_context(ctx, inputs, output):
     """Of every forward op: inputs start with (input, target); output is (loss, *saved gradients)."""
     input, target = inputs[:2]
-    ctx.save_for_backward(*output[1:])
+    # input and target too (as torch's own losses keep them): a gradient asked for with
+    # create_graph=True is tied to them, so that differentiating it again raises
+    ctx.save_for_backward(*output[1:], input, target)
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)  # else autograd fills zero gradients for the saved ones
     ctx.dtypes = (input.dtype, target.dtype)
@@ -112,9 +123,25 @@ def _setup_context(ctx, inputs, output):
     ctx.n_inputs = len(inputs)
 
 
+class _NoDoubleBackward(torch.autograd.Function):
+    """A gradient the kernels computed, passed through; differentiating it raises. The kernels
+    give first derivatives only: without this, create_graph=True would hand back a gradient with
+    no grad_fn, and the second derivative would be silently missing or fail somewhere else."""
+
+    @staticmethod
+    def forward(ctx, grad, *inputs):  # inputs: what the gradient depends on, for autograd to see
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError(
+            "pylosses: second-order gradients (double backward, create_graph=True) are not supported by the "
+            "fused kernels of the native and triton backends; backend='reference' (or 'jit', 'compile') supports them")
+
+
 def _make_backward(backward_op):
     def backward(ctx, grad_loss, *_unused):
-        saved = ctx.saved_tensors
+        *saved, input, target = ctx.saved_tensors
         grads = [None] * ctx.n_inputs
         if grad_loss is None:  # the loss itself was not used: zero gradients, which None stands for
             return tuple(grads)
@@ -124,6 +151,8 @@ def _make_backward(backward_op):
             grads[1] = _gradient(backward_op, grad_loss, saved_target, target_sign, ctx.dtypes[1], ctx.shape)
         if ctx.needs_input_grad[0]:
             grads[0] = _gradient(backward_op, grad_loss, saved[0], 1.0, ctx.dtypes[0], ctx.shape)
+        if torch.is_grad_enabled():  # create_graph=True: a graph is built through this backward
+            grads = [None if g is None else _NoDoubleBackward.apply(g, input, target) for g in grads]
         return tuple(grads)
 
     return backward

@@ -30,6 +30,7 @@ _SEG_TARGETS = _FLOATS + (torch.bool, torch.uint8)
 # falls back to "reference" with a one-time warning.
 FASTEST = {
     "cpu": ("native",),
+    "meta": ("native",),  # shapes and dtypes from the ops' fake kernels, as on every device
     # the CUDA kernels; triton joins (in its place, if faster) once both have been measured
     # on a GPU: until then neither has run on one (README, "Not yet run on a GPU")
     "cuda": ("native",),
@@ -54,7 +55,7 @@ def _native_reason(device: torch.device) -> str:
     """Why the native backend can't run on `device`, or "" when it can."""
     if _ops.EXTENSION_ERROR is not None:
         return f"the compiled extension pylosses._C could not be loaded ({_ops.EXTENSION_ERROR})"
-    if device.type == "cpu":
+    if device.type in ("cpu", "meta"):  # meta: the fake kernels give shapes and dtypes
         return ""
     key = {"cuda": "CUDA"}.get(device.type)
     if key and torch._C._dispatch_has_kernel_for_dispatch_key("pylosses::seg_loss_fwd", key):
@@ -68,7 +69,7 @@ def _unavailable_reason(backend: str, device: torch.device) -> str:
     if backend == "triton":
         if _ops.TRITON_ERROR is not None:
             return f"the Triton kernels could not be loaded ({_ops.TRITON_ERROR})"
-        if device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        if device.type in ("cuda", "meta") or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
             return ""
         return f"Triton runs on cuda tensors (on cpu tensors only under TRITON_INTERPRET=1, for tests), not {device.type}"
     return ""  # reference, jit and compile run wherever torch does
@@ -82,8 +83,10 @@ def available_backends(device: Union[str, torch.device] = "cpu") -> List[str]:
 
 
 def _pick_backend(backend: str, device: torch.device, numel: int = 1) -> str:
-    if backend == "compile" and numel == 0:
-        return "reference"  # inductor fails on empty tensors (a division by zero in mean)
+    if backend == "compile" and (numel == 0 or device.type == "meta"):
+        # inductor fails on empty tensors (a division by zero in mean) and, once it compiles
+        # with dynamic shapes, on meta tensors; the same reference, run eagerly, gives the result
+        return "reference"
     if backend != "auto":
         reason = _unavailable_reason(backend, device)
         if reason:
@@ -151,7 +154,8 @@ def _check_tensors(input, target, target_dtypes) -> None:
 
 
 def _run(device: torch.device, fn: Callable, *args) -> Tensor:
-    if not torch.is_autocast_enabled(device.type):
+    # meta tensors (shape inference) have no autocast, and asking about it raises
+    if not torch.amp.is_autocast_available(device.type) or not torch.is_autocast_enabled(device.type):
         return fn(*args)
     with torch.autocast(device.type, enabled=False):
         loss = fn(*args)
@@ -202,6 +206,8 @@ def segmentation_loss(
     if chosen in _ops.PREFIX:
         fn = functools.partial(_ops.segmentation_loss, chosen)
     else:
+        if chosen in ("jit", "compile"):  # (their reference leaves it out: see there)
+            reference.check_mask(target)
         fn = _reference_variant("segmentation_loss", chosen)
     return _run(input.device, fn, input, target, float(alpha), float(beta), from_logits, spatial_dims, reduction)
 

@@ -15,6 +15,23 @@ from torch import Tensor
 __all__ = ["mse_loss", "segmentation_loss", "scripted", "compiled"]
 
 
+# The targets' errors, as the kernels give them (csrc/seg_loss_math.h has the same texts): torch's
+# own for a float target outside [0, 1] with probabilities (nn.BCELoss checks it), and for a
+# uint8 mask that holds anything but 0 and 1, in either form.
+def _mask_message() -> str:  # a function: torch.jit.script cannot read a global string
+    return "target masks (uint8 or bool) must hold only 0 and 1; for a 0/255 mask, divide it by 255 or compare it with 0"
+
+
+TARGET_RANGE_MESSAGE = "all elements of target should be between 0 and 1"
+MASK_MESSAGE = _mask_message()
+
+
+def check_mask(target: Tensor) -> None:
+    """Raises the mask error for a uint8 CPU target that holds anything but 0 and 1."""
+    if target.dtype == torch.uint8 and target.device.type == "cpu" and bool((target > 1).any()):
+        raise RuntimeError(_mask_message())
+
+
 def _compute_dtype(input: Tensor, target: Tensor) -> torch.dtype:
     if input.dtype == torch.float64 or target.dtype == torch.float64:
         return torch.float64
@@ -55,6 +72,17 @@ def segmentation_loss(
     dtype = _compute_dtype(input, target)
     x = input.to(dtype)
     t = target.to(dtype)
+    # A uint8 mask must hold 0 and 1 (a 0/255 mask would give a negative loss): on the CPU an
+    # error; elsewhere, to need no host sync, the loss is NaN, as the kernels make it. Under
+    # torch.compile an error would break the graph, and under torch.jit.script it would not be a
+    # RuntimeError: pylosses.functional checks a mask before it calls those variants, and a
+    # compiled loss is NaN (also for a float target outside [0, 1] with probabilities, whose
+    # check in nn.BCELoss inductor leaves out).
+    compiling = False
+    if not torch.jit.is_scripting():
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            check_mask(target)
     if from_logits:
         p = torch.sigmoid(x)
         bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
@@ -67,6 +95,12 @@ def segmentation_loss(
         if n > 1:
             diff = (p.narrow(axis, 1, n - 1) - p.narrow(axis, 0, n - 1)).abs()
             loss = loss + beta * _reduce(diff, reduction)
+    bad = torch.zeros((), dtype=torch.bool, device=loss.device)
+    if target.dtype == torch.uint8 and (compiling or target.device.type != "cpu"):
+        bad = (target > 1).any()
+    if compiling and not from_logits and target.is_floating_point():
+        bad = bad | ~((target >= 0) & (target <= 1)).all()
+    loss = torch.where(bad, torch.full_like(loss, float("nan")), loss)
     return loss.to(torch.promote_types(input.dtype, target.dtype))
 
 

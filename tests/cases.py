@@ -177,6 +177,14 @@ def check_against_reference(loss, backend, shape, dtype, target_dtype, reduction
     float64, within tolerance() of the error of the reference in the same dtypes."""
     want_target_grad = target_dtype.is_floating_point
     x, t = make_pair(loss, shape, dtype, target_dtype, layout, seed, grad=(True, want_target_grad), device=device)
+    check_tensors_against_reference(loss, backend, x, t, reduction, seed)
+
+
+def check_tensors_against_reference(loss, backend, x, t, reduction, seed=0):
+    """check_against_reference for a given input and target (leaves or views of leaves): the
+    gradients taken are those of x, and of t when it requires grad."""
+    device = x.device
+    want_target_grad = t.requires_grad
     x64, t64 = as_float64(x), (as_float64(t) if t.is_floating_point() else t)
 
     exact = loss.reference(x64, t64, reduction)

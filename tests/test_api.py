@@ -70,6 +70,53 @@ def test_probabilities_outside_0_1_raise_torchs_error(backend):
     assert torch.isfinite(pylosses.segmentation_loss(x * 50 - 25, x, from_logits=True, backend=backend))
 
 
+# (target, its kind, whether it is bad with probabilities, and with logits): nn.BCELoss checks a
+# float target, nn.BCEWithLogitsLoss does not; a mask must hold 0 and 1 in either form
+_P = torch.rand(2, 1, 6, 7)
+_MASK = _P > 0.5
+TARGETS = [
+    ("mask 0/255", _MASK.to(torch.uint8) * 255, "mask", True, True),
+    ("mask 0/2", _MASK.to(torch.uint8) * 2, "mask", True, True),
+    ("mask 0/1", _MASK.to(torch.uint8), "mask", False, False),
+    ("bool", _MASK, "mask", False, False),
+    ("float 2", torch.where(_MASK, 2.0, 0.0), "float", True, False),
+    ("float -0.5", torch.where(_MASK, -0.5, 0.0), "float", True, False),
+    ("float NaN", torch.where(_MASK, float("nan"), 0.0), "float", True, False),
+    ("float soft", torch.rand(2, 1, 6, 7), "float", False, False),
+]
+MESSAGES = {"mask": "target masks (uint8 or bool) must hold only 0 and 1; for a 0/255 mask, divide it by 255",
+            "float": "all elements of target should be between 0 and 1"}
+
+
+@pytest.mark.parametrize("backend", pylosses.available_backends("cpu"))
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("name,target,kind,bad_probs,bad_logits", TARGETS, ids=[c[0] for c in TARGETS])
+def test_targets_are_checked_as_torch_checks_them(name, target, kind, bad_probs, bad_logits, from_logits, backend):
+    if backend == "triton" and (bad_logits if from_logits else bad_probs):
+        pytest.skip("the Triton kernel's target check is not written yet")
+    x = torch.randn(2, 1, 6, 7) if from_logits else _P.clone()
+    t = target.clone()
+    bad = bad_logits if from_logits else bad_probs
+    if not bad:
+        value = pylosses.segmentation_loss(x, t, from_logits=from_logits, backend=backend)
+        want = pylosses.reference.segmentation_loss(x, t.float() if kind == "mask" else t, 0.7, 0.3, from_logits)
+        assert torch.isfinite(value) == torch.isfinite(want) and torch.allclose(value, want, equal_nan=True)
+    elif backend == "compile" and kind == "float":  # inductor leaves nn.BCELoss's check out: NaN (README)
+        assert torch.isnan(pylosses.segmentation_loss(x, t, from_logits=from_logits, backend=backend))
+    else:
+        with pytest.raises(RuntimeError, match=MESSAGES[kind].replace("(", r"\(").replace(")", r"\)")):
+            pylosses.segmentation_loss(x, t, from_logits=from_logits, backend=backend)
+    assert torch.equal(t, target) or torch.equal(t.isnan(), target.isnan())  # untouched
+
+
+def test_the_kernels_and_the_reference_say_the_same():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "csrc", "seg_loss_math.h")) as f:
+        header = f.read()
+    assert f'"{pylosses.reference.MASK_MESSAGE}"' in header.replace('"\n    "', "")
+    assert f'"{pylosses.reference.TARGET_RANGE_MESSAGE}"' in header
+
+
 @needs_native
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_extreme_values_match_nn(from_logits):
@@ -174,3 +221,20 @@ def test_input_checks_flag():
         assert pylosses.input_checks_enabled() is True
     finally:
         pylosses.set_input_checks(False)
+
+
+@pytest.mark.parametrize("name,target,kind,bad_probs,bad_logits", TARGETS, ids=[c[0] for c in TARGETS])
+def test_checking_mode_raises_what_the_cpu_raises(name, target, kind, bad_probs, bad_logits):
+    # set_input_checks(True) on CUDA runs these checks (a host sync) before the kernel, which
+    # alone would give a NaN loss; the logic is device-independent, so the CPU can test it
+    from pylosses import _ops
+
+    for from_logits, bad in ((False, bad_probs), (True, bad_logits)):
+        x = torch.randn(2, 1, 6, 7) if from_logits else _P
+        if bad:
+            with pytest.raises(RuntimeError, match=MESSAGES[kind].replace("(", r"\(").replace(")", r"\)")):
+                _ops._check_inputs(x, target, from_logits)
+        else:
+            _ops._check_inputs(x, target, from_logits)
+    with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
+        _ops._check_inputs(_P + 1, torch.rand(2, 1, 6, 7), False)

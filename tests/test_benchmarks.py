@@ -1,7 +1,10 @@
 """The benchmark CLI's options and helpers (what it measures is the benchmarks' business, not
 the tests': these check that bad options are clear errors and the sizes mean what they say)."""
 
+import json
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -60,3 +63,42 @@ def test_quick_run_writes_its_report(tmp_path):
     assert {p.name for p in folder.iterdir()} == {"results.json", "results.md"}
     text = (folder / "results.md").read_text()
     assert "| 4K | native |" in text and "| 4K | reference |" in text
+    assert "| - |" in text and "-x" not in text  # no torch.compile in the run: no ratio to it
+
+
+# The CLI, killed (SIGKILL, as make device-check's watchdog does) in the middle of its third cell.
+KILLED_IN_THE_THIRD_CELL = """
+import os, signal, sys
+from benchmarks import __main__ as cli
+
+measure, calls = cli.measure_cell, []
+
+
+def measure_then_die(*args):
+    calls.append(args)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return measure(*args)
+
+
+cli.measure_cell = measure_then_die
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_run_killed_midway_keeps_every_finished_cell(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", KILLED_IN_THE_THIRD_CELL, "--device", "cpu", "--sizes", "64K",
+                           "--providers", "reference,native", "--repeats", "2", "--folder", str(tmp_path)],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"results.json", "results.md"}
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["machine"]["cells"] == 4  # two losses, two modes
+    cells = {(r["loss"], r["mode"]): set() for r in data["results"]}
+    for r in data["results"]:
+        cells[r["loss"], r["mode"]].add(r["provider"])
+    assert list(cells.values()) == [{"reference", "native"}] * 2
+    text = (tmp_path / "results.md").read_text()
+    assert "### segmentation_loss, forward, float32" in text and "### segmentation_loss, forward+backward" in text
+    assert "mse_loss" not in text

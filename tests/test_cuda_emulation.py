@@ -7,7 +7,9 @@ dtypes. It checks the kernels' logic (tiling, halos, shared memory, reductions, 
 sums) on a machine without a GPU; it says nothing about their speed, and a real GPU can still
 differ (memory model, compiler): the tests marked gpu run there."""
 
+import ctypes
 import os
+import sys
 
 import pytest
 import torch
@@ -27,11 +29,26 @@ SEG3D = SEG3D_SHAPES + [(1, 1, 4, 8, 16), (2, 1, 3, 16, 32)]
 MSE = MSE_SHAPES + [(4096,), (3, 1000)]
 
 
+@pytest.fixture
+def junk_memory():
+    """Fresh CPU allocations filled with junk (NaN in float32, about 1.7e308 in float64) rather
+    than whatever the allocator hands out, often zeros: a kernel that reads memory it did not
+    write (an unwritten row of partials) gets a wrong or NaN loss."""
+    libc10 = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libc10.so"))
+    flag = ctypes.c_bool.in_dll(libc10, "FLAGS_caffe2_cpu_allocator_do_junk_fill")
+    assert torch.isnan(torch.empty(4)).all() or not flag.value
+    flag.value = True
+    assert torch.isnan(torch.empty(64)).all(), "junk fill had no effect"
+    yield
+    flag.value = False
+
+
 @pytest.fixture(scope="module")
 def emulated():
     from torch.utils.cpp_extension import load
 
-    build = os.path.join(ROOT, "build", "cuda_emulation")
+    # one build folder per Python and torch: load() would reuse a build made against other headers
+    build = os.path.join(ROOT, "build", f"cuda_emulation-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")
     os.makedirs(build, exist_ok=True)
     load(name="pylosses_cuda_emulated", sources=SOURCES, build_directory=build, is_python_module=False,
          extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas"])
@@ -70,7 +87,7 @@ def _compare_seg(emulated, shape, dtype, target_dtype, logits, reduction, misali
     args = (x, t, 0.7, 0.3, len(shape) - 2 if len(shape) == 5 else 2, logits, reduction, True, grad_t)
     got, want = emulated.seg_loss_fwd(*args), torch.ops.pylosses.seg_loss_fwd(*args)
     for name, a, b in zip(("loss", "grad_input", "grad_target"), got, want):
-        _close(a, b, dtype if name == "loss" else torch.float32 if a.dtype != torch.float64 else torch.float64,
+        _close(a, b, dtype if name == "loss" else a.dtype,  # a gradient: in its saved dtype
                f"{shape} {dtype} {target_dtype} logits={logits} reduction={reduction} {name}")
 
 
@@ -98,6 +115,48 @@ def test_segmentation_misaligned_takes_the_scalar_path(emulated):
                 _compare_seg(emulated, shape, torch.float32, torch.float32, logits, reduction, misaligned=True)
 
 
+# The emulated device keeps 2 blocks of 256 threads an SM on 3 SMs, fewer where a block's shared
+# memory (24 KiB an SM; 2 KiB to 16 KiB a block here) does not fit twice: grids of 3 to 6 blocks.
+# A tile is a block's 256 threads of packs: all but the last shape have one tile a volume.
+SPLITS = [
+    # 13 samples, 13 tiles on at most 6 blocks: 3 tiles a block, the last block one tile
+    ((13, 1, 8, 32), torch.float32, torch.float32),
+    # 7 samples of 2 tiles, 14 tiles in runs of 3: a block's end meets a sample's end at tiles
+    # 6 and 12 (a row left out), and samples 1, 4 and 5 span two blocks
+    ((7, 2, 40, 16), torch.float32, torch.bool),
+    # float64 (packs of 2), 9 samples of 3 tiles in runs of 5
+    ((9, 3, 4, 16), torch.float64, torch.float64),
+    # bfloat16 packs of 8 in 16 KiB of shared memory: 3 blocks for 15 tiles
+    ((5, 3, 4, 64), torch.bfloat16, torch.bfloat16),
+    # 3-D, the scalar path (W = 7): 11 samples, 1 tile each, more samples than blocks
+    ((11, 1, 3, 4, 7), torch.float32, torch.float32),
+    # one sample of 90 tiles (W = 600 in 5 tiles of 128 columns, the last part empty; H = 70 in
+    # 9 of 8 rows), 15 a block
+    ((1, 2, 70, 600), torch.float32, torch.uint8),
+]
+
+
+@pytest.mark.parametrize("shape,dtype,target_dtype", SPLITS, ids=str)
+def test_segmentation_partials_split_over_blocks(emulated, junk_memory, shape, dtype, target_dtype):
+    """More tiles than blocks, a block count that does not divide them, samples that span
+    blocks and blocks that span samples: every reduction matches the CPU kernel, with the
+    partials read from junk-filled memory (a row read but never written spoils the loss)."""
+    for logits in (False, True):
+        for reduction in (0, 1, 2):
+            _compare_seg(emulated, shape, dtype, target_dtype, logits, reduction)
+
+
+def test_segmentation_bitwise_deterministic(emulated, junk_memory):
+    for shape, dtype, target_dtype in SPLITS[:3]:
+        x, t = _inputs(shape, dtype, target_dtype, False)
+        grad_t = target_dtype.is_floating_point
+        for reduction in (0, 1):
+            args = (x, t, 0.7, 0.3, len(shape) - 2 if len(shape) == 5 else 2, False, reduction, True, grad_t)
+            first, again = emulated.seg_loss_fwd(*args), emulated.seg_loss_fwd(*args)
+            for a, b in zip(first, again):
+                assert torch.equal(a, b), (shape, reduction)
+
+
 def test_segmentation_out_of_range_is_nan_per_sample(emulated):
     x, t = _inputs((3, 1, 16, 64), torch.float32, torch.float32, False)
     x[1, 0, 3, 5] = 1.5
@@ -105,6 +164,19 @@ def test_segmentation_out_of_range_is_nan_per_sample(emulated):
     assert torch.isnan(loss).tolist() == [False, True, False]
     mean, _, _ = emulated.seg_loss_fwd(x, t, 0.7, 0.3, 2, False, 1, False, False)
     assert torch.isnan(mean)
+
+
+@pytest.mark.parametrize("target_dtype,bad,logits,nan", [
+    (torch.uint8, 255, False, True), (torch.uint8, 255, True, True),  # a 0/255 mask, either form
+    (torch.float32, 2.0, False, True), (torch.float32, float("nan"), False, True),  # as nn.BCELoss checks
+    (torch.float32, 2.0, True, False),  # nn.BCEWithLogitsLoss takes any float target
+], ids=["mask-probs", "mask-logits", "float-probs", "nan-probs", "float-logits"])
+def test_segmentation_bad_target_is_nan_per_sample(emulated, target_dtype, bad, logits, nan):
+    # where the CPU kernel raises, the CUDA kernel (no host sync, no device assert) gives NaN
+    x, t = _inputs((3, 1, 16, 64), torch.float32, target_dtype, False)
+    t[1, 0, 7, 9] = bad
+    loss, _, _ = emulated.seg_loss_fwd(x, t, 0.7, 0.3, 2, logits, 0, False, False)
+    assert torch.isnan(loss).tolist() == [False, nan, False]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
@@ -131,6 +203,22 @@ def test_loss_backward(emulated, out_dtype):
                     got = emulated.loss_backward(grad_output, tensor, scale, out_dtype)
                     want = torch.ops.pylosses.loss_backward(grad_output, tensor, scale, out_dtype)
                     _close(got, want, out_dtype, f"backward {saved_dtype} -> {out_dtype}, grad_output {grad_output.shape}")
+
+
+def test_loss_backward_many_grid_steps(emulated):
+    """Enough elements that every thread takes several grid-stride steps, which move its group
+    of grad_output by counting: groups larger than a step (9000 elements), smaller than a step
+    and not dividing it (3000), smaller than a pack (3: several groups in one pack), one element,
+    and one group."""
+    g = torch.Generator().manual_seed(4)
+    for saved_dtype in (torch.float32, torch.bfloat16, torch.float64):
+        saved = torch.randn(7, 3, 3000, generator=g).to(saved_dtype)
+        for groups in (1, 7, 21, saved.numel() // 3, saved.numel()):
+            grad_output = torch.rand(groups, generator=g)
+            for tensor in (saved, torch.cat([saved.new_zeros(1), saved.reshape(-1)])[1:].view(saved.shape)):
+                got = emulated.loss_backward(grad_output, tensor, 0.5, saved_dtype)
+                want = torch.ops.pylosses.loss_backward(grad_output, tensor, 0.5, saved_dtype)
+                _close(got, want, saved_dtype, f"backward {saved_dtype}, {groups} groups")
 
 
 def test_empty(emulated):

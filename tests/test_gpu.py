@@ -127,6 +127,36 @@ def test_bitwise_deterministic(loss, backend):
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+# reduction="none" over many samples: far more samples than a grid's blocks, so that each block's
+# run of tiles crosses many samples and most samples' partial rows come from one or two blocks
+MANY_SAMPLES = [((4096, 1, 64, 64), torch.float32, torch.float32),    # the vector path, 4 tiles a sample
+                ((4096, 1, 64, 64), torch.bfloat16, torch.bool),
+                ((1500, 3, 17, 33), torch.float32, torch.float32),    # the scalar path
+                ((600, 1, 6, 16, 24), torch.float64, torch.float64)]  # 3-D
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("shape,dtype,target_dtype", MANY_SAMPLES, ids=str)
+def test_none_over_many_samples(backend, shape, dtype, target_dtype):
+    loss = SEG3D if len(shape) == 5 else SEG
+    check_against_reference(loss, backend, shape, dtype, target_dtype, "none", device="cuda")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_none_over_many_samples_bitwise_deterministic(backend):
+    x, t = make_pair(SEG, (4096, 1, 64, 64), torch.float32, torch.float32, device="cuda")
+    grad_output = torch.rand(4096, device="cuda")
+
+    def step():
+        value = SEG.call(x, t, "none", backend)
+        return value, torch.autograd.grad(value, x, grad_output)[0]
+
+    first = step()
+    for _ in range(3):
+        again = step()
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_fullgraph_compile_on_cuda(backend):
     check_fullgraph_training_step(backend, "cuda", (4, 1, 64, 64))

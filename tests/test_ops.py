@@ -141,3 +141,40 @@ def test_grad_handed_to_autograd_stays_ours_to_keep(loss):
     x.grad.zero_()
     value.backward()
     assert torch.equal(x.grad, first)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", [MSE, SEG, SEG_LOGITS], ids=lambda c: c.name)
+def test_double_backward_is_a_clear_error(loss, backend):
+    # create_graph=True gives the right first derivative; asking for the second raises, naming
+    # pylosses and the backends that have one, instead of a gradient silently cut from the graph
+    x, t = make_pair(loss, (2, 1, 6, 5), torch.float64, torch.float64, grad=(True, True))
+    gx, gt = torch.autograd.grad(loss.call(x, t, "mean", backend), (x, t), create_graph=True)
+    want = torch.autograd.grad(loss.reference(x, t, "mean"), (x, t))
+    torch.testing.assert_close((gx.detach(), gt.detach()), want)
+    assert gx.requires_grad and gt.requires_grad
+    for g in (gx, gt):
+        with pytest.raises(RuntimeError, match=r"pylosses: second-order gradients .* backend='reference'"):
+            torch.autograd.grad(g.sum(), x, retain_graph=True)
+    # the reference backend does have second derivatives
+    gx_ref, = torch.autograd.grad(loss.call(x, t, "mean", "reference"), x, create_graph=True)
+    assert torch.autograd.grad(gx_ref.sum(), x)[0].shape == x.shape
+
+
+META_BACKENDS = ["auto", *pylosses.available_backends("meta")]
+
+
+@pytest.mark.parametrize("backend", META_BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("loss", [MSE, SEG, SEG3D_LOGITS], ids=lambda c: c.name)
+def test_meta_tensors_give_shapes_and_dtypes(loss, reduction, backend):
+    shape = (3, 1, 4, 6, 5) if loss.spatial_dims == 3 else (3, 1, 6, 5)
+    dtypes = (torch.bfloat16, torch.float32)
+    x = torch.empty(shape, device="meta", dtype=dtypes[0], requires_grad=True)
+    t = torch.empty(shape, device="meta", dtype=dtypes[1], requires_grad=True)
+    value = loss.call(x, t, reduction, backend)
+    want = loss.reference(torch.zeros(shape, dtype=dtypes[0]), torch.zeros(shape, dtype=dtypes[1]), reduction)
+    assert (value.device.type, value.shape, value.dtype) == ("meta", want.shape, want.dtype)
+    value.sum().backward()
+    for tensor in (x, t):
+        assert (tensor.grad.device.type, tensor.grad.shape, tensor.grad.dtype) == ("meta", tensor.shape, tensor.dtype)

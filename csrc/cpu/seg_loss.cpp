@@ -77,16 +77,18 @@ template <typename acc_t>
 struct SegVecSums {
   Vec<acc_t> bce{acc_t(0)}, tv_w{acc_t(0)}, tv_h{acc_t(0)}, tv_d{acc_t(0)};
   Vec<acc_t> p_min{acc_t(0)}, p_max{acc_t(0)};  // range of the probabilities read
+  Vec<acc_t> t_min{acc_t(0)}, t_max{acc_t(0)};  // range of the targets read, where they are checked
 };
 
-// Loss sums and input gradient of one row: the stencil and the BCE on acc_t rows.
-template <typename acc_t, bool kLogits, bool k3D, bool kGrad>
+// Loss sums and input gradient of one row: the stencil and the BCE on acc_t rows. kCheckTarget:
+// keep the targets' range, which must lie in [0, 1] (math::kTargetChecked says when).
+template <typename acc_t, bool kLogits, bool k3D, bool kGrad, bool kCheckTarget>
 void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int64_t W,
              const SegParams<acc_t>& prm, SegVecSums<acc_t>& sums, acc_t* grad) {
   using V = Vec<acc_t>;
   // local accumulators: through the reference they would live in memory, since any float store
   // may alias a vector
-  V bce = sums.bce, tv_w = sums.tv_w, tv_h = sums.tv_h, tv_d = sums.tv_d;
+  V bce = sums.bce, tv_w = sums.tv_w, tv_h = sums.tv_h, tv_d = sums.tv_d, t_min = sums.t_min, t_max = sums.t_max;
   for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
     const V p = load<kTail>(nb.p + i, lanes);
@@ -94,6 +96,10 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
     const V up = load<kTail>(nb.up + i, lanes);
     const V tv = load<kTail>(t + i, lanes);
     const V xv = kLogits ? load<kTail>(x + i, lanes) : p;
+    if constexpr (kCheckTarget) {  // lanes past the row are 0: inside [0, 1]; NaN propagates
+      t_min = at::vec::minimum(t_min, tv);
+      t_max = at::vec::maximum(t_max, tv);
+    }
     accumulate<kTail>(bce, math::bce_loss<V, kLogits>(xv, p, tv), lanes);
     accumulate<kTail>(tv_w, math::tv_loss(left, p), lanes);
     accumulate<kTail>(tv_h, math::tv_loss(up, p), lanes);
@@ -117,6 +123,22 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
   sums.tv_w = tv_w;
   sums.tv_h = tv_h;
   sums.tv_d = tv_d;
+  sums.t_min = t_min;
+  sums.t_max = t_max;
+}
+
+// Whether a vector of minima and one of maxima are all inside [0, 1] (NaN is not).
+template <typename acc_t>
+bool in_unit_range(const Vec<acc_t>& lo_v, const Vec<acc_t>& hi_v) {
+  acc_t lo[Vec<acc_t>::size()], hi[Vec<acc_t>::size()];
+  lo_v.store(lo);
+  hi_v.store(hi);
+  for (int64_t i = 0; i < Vec<acc_t>::size(); ++i) {
+    if (!(lo[i] >= 0 && hi[i] <= 1)) {
+      return false;
+    }
+  }
+  return true;
 }
 
 // alpha * d BCE / d target of one row.
@@ -161,8 +183,9 @@ template <typename input_t, typename target_t, bool kLogits, bool k3D, bool kGra
 void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* target,
                 const SegParams<acc_type_t<input_t, target_t>>& prm, saved_grad_t<input_t>* grad_in,
                 saved_grad_t<target_t>* grad_t, std::vector<SegSums<acc_type_t<input_t, target_t>>>& partials,
-                std::vector<char>& out_of_range) {
+                std::vector<char>& out_of_range, std::vector<char>& target_out_of_range) {
   using acc_t = acc_type_t<input_t, target_t>;
+  constexpr bool kCheckTarget = math::kTargetChecked<kLogits, is_float_v<target_t>, std::is_same_v<target_t, bool>>;
   const int64_t W = geo.W, H = geo.H, D = geo.D;
   const int64_t padded = W + 2, slab_rows = geo.rows_per_chunk + 2;
   for_each_chunk<SegScratch<acc_t>>(geo.n_chunks(), [&](int64_t chunk, SegScratch<acc_t>& s) {
@@ -204,7 +227,7 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
         const acc_t* x = kLogits ? load_row(input + offset, s.x.data(), W) : p;
         const acc_t* t = load_row(target + offset, s.t.data(), W);
         acc_t* g = kGrad ? out_row(grad_in + offset, s.grad.data()) : nullptr;
-        seg_row<acc_t, kLogits, k3D, kGrad>(x, nb, t, W, prm, sums, g);
+        seg_row<acc_t, kLogits, k3D, kGrad, kCheckTarget>(x, nb, t, W, prm, sums, g);
         if (kGrad) {
           store_row(g, grad_in + offset, W);
         }
@@ -216,14 +239,8 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
       }
     }
     partials[chunk] = {lane_sum(sums.bce), lane_sum(sums.tv_w), lane_sum(sums.tv_h), lane_sum(sums.tv_d)};
-    if (!kLogits) {
-      acc_t lo[Vec<acc_t>::size()], hi[Vec<acc_t>::size()];
-      sums.p_min.store(lo);
-      sums.p_max.store(hi);
-      for (int64_t i = 0; i < Vec<acc_t>::size(); ++i) {
-        out_of_range[chunk] |= !(lo[i] >= 0 && hi[i] <= 1);
-      }
-    }
+    out_of_range[chunk] = !kLogits && !in_unit_range(sums.p_min, sums.p_max);
+    target_out_of_range[chunk] = kCheckTarget && !in_unit_range(sums.t_min, sums.t_max);
   });
 }
 
@@ -253,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
   at::Tensor grad_t = at::empty(compute_grad_target ? target.sizes() : at::IntArrayRef{0}, saved_options(target));
 
   std::vector<SegSums<double>> per_sample(geo.batch);
-  bool out_of_range = false;
+  bool out_of_range = false, target_out_of_range = false;
   dispatch_input_target<true>(input.scalar_type(), target.scalar_type(), [&](auto in_tag, auto t_tag) {
     using input_t = decltype(in_tag);
     using target_t = decltype(t_tag);
@@ -261,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
     const SegParams<acc_t> prm{acc_t(weights.bce), acc_t(weights.axis[0]), acc_t(weights.axis[1]),
                                acc_t(weights.axis[2])};
     std::vector<SegSums<acc_t>> partials(geo.n_chunks());
-    std::vector<char> bad(geo.n_chunks(), 0);
+    std::vector<char> bad(geo.n_chunks(), 0), bad_target(geo.n_chunks(), 0);
     auto* gi = compute_grad_input ? grad_in.mutable_data_ptr<saved_grad_t<input_t>>() : nullptr;
     saved_grad_t<target_t>* gt = nullptr;
     if constexpr (is_float_v<target_t>) {
@@ -269,7 +286,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
     }
     const auto run = [&](auto logits, auto three_d, auto with_grad) {
       seg_kernel<input_t, target_t, decltype(logits)::value, decltype(three_d)::value, decltype(with_grad)::value>(
-          geo, input.const_data_ptr<input_t>(), target.const_data_ptr<target_t>(), prm, gi, gt, partials, bad);
+          geo, input.const_data_ptr<input_t>(), target.const_data_ptr<target_t>(), prm, gi, gt, partials, bad,
+          bad_target);
     };
     dispatch_bool(from_logits, [&](auto logits) {
       dispatch_bool(spatial_dims == 3, [&](auto three_d) {
@@ -284,10 +302,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
       sum.tv_h += partials[c].tv_h;
       sum.tv_d += partials[c].tv_d;
       out_of_range |= bad[c] != 0;
+      target_out_of_range |= bad_target[c] != 0;
     }
   });
-  // torch's own message for nn.BCELoss on the CPU
+  // torch's own messages for nn.BCELoss on the CPU; masks have their own
   TORCH_CHECK(!out_of_range, "all elements of input should be between 0 and 1");
+  TORCH_CHECK(!target_out_of_range, at::isFloatingType(target.scalar_type()) ? math::kTargetRangeMessage
+                                                                             : math::kMaskMessage);
 
   const auto result_dtype = at::promote_types(input.scalar_type(), target.scalar_type());
   const auto result_options = input.options().dtype(result_dtype);

@@ -9,6 +9,7 @@
 // small tests; it says nothing about speed or about the memory model of a real GPU.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstring>
@@ -32,9 +33,11 @@ struct dim3 {
 
 namespace pylosses::emu {
 
-// Resources of the emulated device: a few multiprocessors, so that grids have several blocks.
+// Resources of the emulated device: a few multiprocessors, so that grids have several blocks,
+// and little shared memory, so that kernels with more of it get fewer (the grids differ).
 constexpr int kSMs = 3;
 constexpr int kThreadsPerSM = 512;
+constexpr size_t kSmemPerSM = 24 << 10;
 
 struct Warp {
   explicit Warp(int n) : barrier(n) {}
@@ -106,13 +109,20 @@ T __shfl_down_sync(unsigned, T value, int offset) {
   return result;
 }
 
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount, cudaDevAttrMaxThreadsPerMultiProcessor };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
 inline int cudaGetDevice(int* device) {
   *device = 0;
   return 0;
 }
-inline int cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
-  *value = attr == cudaDevAttrMultiProcessorCount ? ::pylosses::emu::kSMs : ::pylosses::emu::kThreadsPerSM;
+inline int cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
+  *value = ::pylosses::emu::kSMs;
+  return 0;
+}
+// The emulated device has no registers to run out of: threads and shared memory limit it.
+template <typename Kernel>
+int cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int threads, size_t smem) {
+  using namespace ::pylosses::emu;
+  *blocks = int(std::min<size_t>(kThreadsPerSM / threads, smem ? kSmemPerSM / smem : kThreadsPerSM));
   return 0;
 }
 #define C10_CUDA_CHECK(expr) (void)(expr)

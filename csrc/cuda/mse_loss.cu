@@ -26,8 +26,8 @@ struct MseArgs {
 template <int kVec, typename A>
 __device__ __forceinline__ void mse_elements(const A& a, int64_t i, typename A::acc_t& acc) {
   using acc_t = typename A::acc_t;
-  const auto xs = load_pack<kVec>(a.x + i);
-  const auto ts = load_pack<kVec>(a.t + i);
+  const auto xs = load_pack<kVec>(a.x, i);
+  const auto ts = load_pack<kVec>(a.t, i);
   Pack<std::remove_pointer_t<decltype(a.loss)>, kVec> losses;
   Pack<std::remove_pointer_t<decltype(a.grad)>, kVec> grads;
 #pragma unroll
@@ -42,15 +42,20 @@ __device__ __forceinline__ void mse_elements(const A& a, int64_t i, typename A::
     grads.v[k] = a.grad_scale * math::mse_grad(x, t);
   }
   if (a.loss) {
-    store_pack(a.loss + i, losses);
+    store_pack(a.loss, i, losses);
   }
   if (a.grad) {
-    store_pack(a.grad + i, grads);
+    store_pack(a.grad, i, grads);
   }
 }
 
+// Blocks of mse_fwd_kernel that a multiprocessor keeps (see cuda_common.cuh): 8 (32 registers);
+// 6 (40) in double, whose unrolled scalar loop spills at 32.
+template <typename acc_t>
+constexpr int kMseBlocksPerSM = std::is_same_v<acc_t, double> ? 6 : 8;
+
 template <int kVec, typename A>
-__global__ void __launch_bounds__(kThreads) mse_fwd_kernel(const A a) {
+__global__ void __launch_bounds__(kThreads, kMseBlocksPerSM<typename A::acc_t>) mse_fwd_kernel(const A a) {
   typename A::acc_t acc[1] = {0};
   grid_stride_packs<kVec>(a.n, [&](auto width, int64_t i) { mse_elements<decltype(width)::value>(a, i, acc[0]); });
   if (a.partials) {
@@ -91,27 +96,31 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cuda(const at::Tensor& input_, c
     using result_t = promote_t<input_t, target_t>;
     using acc_t = acc_type_t<input_t, target_t>;
     using Args = MseArgs<input_t, target_t, result_t, saved_grad_t<result_t>>;
-    constexpr int kVec = kVec128<input_t>;
-    const int64_t blocks = grid_size(ceil_div(n, int64_t(kThreads) * kVec));
-    at::Tensor partials = at::empty({none ? 0 : blocks}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    const Args args{input.const_data_ptr<input_t>(),
-                    target.const_data_ptr<target_t>(),
-                    n,
-                    none ? loss.mutable_data_ptr<result_t>() : nullptr,
-                    compute_grad ? grad.mutable_data_ptr<saved_grad_t<result_t>>() : nullptr,
-                    reduction == at::Reduction::Mean ? acc_t(1.0 / static_cast<double>(n)) : acc_t(1),
-                    none ? nullptr : partials.mutable_data_ptr<acc_t>()};
-    if (n > 0) {
-      const auto kernel = packs_aligned<kVec>(args.x, args.t, args.loss, args.grad) ? &mse_fwd_kernel<kVec, Args>
-                                                                                     : &mse_fwd_kernel<1, Args>;
-      PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, stream, args);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    if (!none) {
-      sum_and_finish<1, acc_t>(partials, 1, n > 0 ? blocks : 0,
-                               MseFinish<result_t>{loss.mutable_data_ptr<result_t>(), double(n),
-                                                   reduction == at::Reduction::Mean});
-    }
+    constexpr int kVec = kVecOf<input_t, acc_t>;
+    Args args{input.const_data_ptr<input_t>(),
+              target.const_data_ptr<target_t>(),
+              n,
+              none ? loss.mutable_data_ptr<result_t>() : nullptr,
+              compute_grad ? grad.mutable_data_ptr<saved_grad_t<result_t>>() : nullptr,
+              reduction == at::Reduction::Mean ? acc_t(1.0 / static_cast<double>(n)) : acc_t(1),
+              nullptr};
+    dispatch_vec<kVec>(packs_aligned<kVec>(args.x, args.t, args.loss, args.grad), [&](auto vec) {
+      constexpr auto kernel = &mse_fwd_kernel<decltype(vec)::value, Args>;
+      const int64_t blocks = grid_size<kernel>(ceil_div(n, int64_t(kThreads) * kVec));
+      // one partial a block, in one group
+      const TileSplit split = TileSplit::make(n > 0 ? blocks : 0, blocks, blocks);
+      at::Tensor partials = at::empty({none ? 0 : blocks}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      args.partials = none ? nullptr : partials.mutable_data_ptr<acc_t>();
+      if (n > 0) {
+        PYLOSSES_LAUNCH(kernel, blocks, kThreads, 0, stream, args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      if (!none) {
+        sum_and_finish<1, acc_t>(partials, 1, split,
+                                 MseFinish<result_t>{loss.mutable_data_ptr<result_t>(), double(n),
+                                                     reduction == at::Reduction::Mean});
+      }
+    });
   });
   return {loss, grad};
 }

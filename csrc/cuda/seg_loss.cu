@@ -9,11 +9,13 @@
 // loaded again (from cache: the neighbouring tile reads them too). Every element is read from
 // DRAM once.
 //
-// Blocks loop over tiles (a grid the size of what the device keeps resident). A block adds up
-// its tiles' sums in registers and writes them, one row of partials a sample for "none" (else
-// one row), when the sample changes and at the end; sum_and_finish then adds the rows in a
-// fixed order. Probabilities outside [0, 1] are counted, and make the loss NaN: no device
-// assert, no host sync.
+// The grid is what the device keeps resident (one wave), and each block takes a contiguous run
+// of tiles (TileSplit in cuda_common.cuh), so that its run crosses few samples. A block adds up
+// its tiles' sums in registers and writes them as one row of partials for each group it
+// touched (a sample for "none", else the whole tensor), when the group changes and at the
+// end: rows group + block, O(groups + blocks) of them, none zeroed; sum_and_finish then adds
+// each group's rows in a fixed order. Probabilities outside [0, 1] are counted, and make the
+// loss NaN: no device assert, no host sync.
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
@@ -23,7 +25,7 @@
 namespace pylosses::cuda {
 namespace {
 
-constexpr int kSums = 5;  // bce, tv_w, tv_h, tv_d, out-of-range count
+constexpr int kSums = 5;  // bce, tv_w, tv_h, tv_d, count of inputs and targets out of range
 
 template <typename input_t, typename target_t>
 struct SegArgs {
@@ -32,17 +34,18 @@ struct SegArgs {
   const target_t* t;
   saved_grad_t<input_t>* grad;    // or null
   saved_grad_t<target_t>* grad_t; // or null (always for bool and uint8 targets)
-  acc_t* partials;                // groups x gridDim.x x kSums, zeroed
+  acc_t* partials;                // split.rows(groups) x kSums
   int64_t D, H, W;
   // tile counts in 32 bits (checked on the host), which keeps a tile's 64-bit-free index
   // arithmetic cheap next to the few elements a thread handles in it; offsets are int64
-  uint32_t tiles_w, tiles_per_volume, tiles_per_group, n_tiles;
+  uint32_t tiles_w, tiles_per_volume;
+  TileSplit split;
   acc_t w_bce, w_w, w_h, w_d;     // the gradient's factors (math::SegGradWeights)
 };
 
 template <bool kLogits, int kVec, typename input_t, typename acc_t>
-__device__ __forceinline__ void load_probs(const input_t* p, acc_t (&x)[kVec], acc_t (&prob)[kVec]) {
-  const auto v = load_pack<kVec>(p);
+__device__ __forceinline__ void load_probs(const input_t* p, int64_t i, acc_t (&x)[kVec], acc_t (&prob)[kVec]) {
+  const auto v = load_pack<kVec>(p, i);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     x[k] = static_cast<acc_t>(v.v[k]);
@@ -56,8 +59,19 @@ __device__ __forceinline__ acc_t load_prob(const input_t* p) {
   return kLogits ? math::sigmoid(x) : x;
 }
 
+// Blocks of seg_fwd_kernel<., kVec, ...> that a multiprocessor keeps, which __launch_bounds__
+// makes ptxas fit into (65536 / (256 x blocks) registers: 64, 80, 128): the most that each
+// instantiation reaches without spilling (ptxas -v, in the sm_90 cubin; double at 80 spills).
+// Shared memory (2 x 256 x kVec accumulators) allows more.
+template <int kVec, typename acc_t>
+constexpr int kSegBlocksPerSM = std::is_same_v<acc_t, float> ? (kVec == 1 ? 4 : kVec == 4 ? 3 : 2) : 2;
+
+template <int kVec, typename acc_t>
+constexpr size_t kSegSmemBytes = 2 * size_t(kThreads) * kVec * sizeof(acc_t);  // two buffers of a tile
+
 template <bool kLogits, int kVec, typename input_t, typename target_t>
-__global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t, target_t> a) {
+__global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<input_t, target_t>>)
+    seg_fwd_kernel(const SegArgs<input_t, target_t> a) {
   using acc_t = acc_type_t<input_t, target_t>;
   using grad_t = saved_grad_t<input_t>;
   using grad_target_t = saved_grad_t<target_t>;
@@ -68,13 +82,17 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
   const int row_len = TX * kVec;  // columns a tile
   const int64_t plane = a.H * a.W;
   acc_t sums[kSums] = {};
-  int64_t group = -1;  // of the tiles summed so far
-  unsigned step = 0;   // depth steps taken, over all tiles: picks the shared-memory buffer
+  unsigned step = 0;  // depth steps taken, over all tiles: picks the shared-memory buffer
+  // this block's tiles, and the group of the tiles summed so far (grid: every block has tiles)
+  const uint32_t first = blockIdx.x * a.split.tiles_per_block;
+  const uint32_t end = first + std::min(a.split.tiles_per_block, a.split.n_tiles - first);
+  uint32_t group = first / a.split.tiles_per_group;
+  uint32_t group_end = (group + 1) * a.split.tiles_per_group;  // <= n_tiles
 
   const auto flush = [&]() {  // block-uniform
     block_sum(sums);
     if (tx == 0 && ty == 0) {
-      acc_t* row = a.partials + (group * gridDim.x + blockIdx.x) * kSums;
+      acc_t* row = a.partials + a.split.row(group, blockIdx.x) * kSums;
 #pragma unroll
       for (int c = 0; c < kSums; ++c) {
         row[c] = sums[c];
@@ -86,13 +104,11 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
     }
   };
 
-  for (uint32_t tile = blockIdx.x; tile < a.n_tiles; tile += gridDim.x) {
-    const int64_t tile_group = tile / a.tiles_per_group;
-    if (tile_group != group) {
-      if (group >= 0) {
-        flush();
-      }
-      group = tile_group;
+  for (uint32_t tile = first; tile < end; ++tile) {
+    if (tile == group_end) {
+      flush();
+      ++group;
+      group_end += a.split.tiles_per_group;
     }
     const uint32_t volume = tile / a.tiles_per_volume, in_volume = tile % a.tiles_per_volume;
     const int64_t h = int64_t(in_volume / a.tiles_w) * TY + ty;
@@ -106,7 +122,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
       x_cur[k] = p_cur[k] = acc_t(0);
     }
     if (inside) {
-      load_probs<kLogits, kVec>(a.x + base, x_cur, p_cur);
+      load_probs<kLogits, kVec>(a.x, base, x_cur, p_cur);
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
@@ -116,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
     for (int64_t d = 0; d < a.D; ++d) {
       const int64_t off = base + d * plane;
       if (inside && d + 1 < a.D) {
-        load_probs<kLogits, kVec>(a.x + off + plane, x_next, p_next);
+        load_probs<kLogits, kVec>(a.x, off + plane, x_next, p_next);
       } else {  // no back neighbour
 #pragma unroll
         for (int k = 0; k < kVec; ++k) {
@@ -146,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
 #pragma unroll
           for (int k = 0; k < kVec; ++k) up[k] = mine[k - row_len];
         } else {
-          load_probs<kLogits, kVec>(a.x + off - a.W, unused, up);
+          load_probs<kLogits, kVec>(a.x, off - a.W, unused, up);
         }
         if (h == a.H - 1) {
 #pragma unroll
@@ -155,9 +171,9 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
 #pragma unroll
           for (int k = 0; k < kVec; ++k) down[k] = mine[k + row_len];
         } else {
-          load_probs<kLogits, kVec>(a.x + off + a.W, unused, down);
+          load_probs<kLogits, kVec>(a.x, off + a.W, unused, down);
         }
-        const auto targets = load_pack<kVec>(a.t + off);
+        const auto targets = load_pack<kVec>(a.t, off);
         Pack<grad_t, kVec> grads;
         Pack<grad_target_t, kVec> grads_t;
 #pragma unroll
@@ -172,6 +188,9 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
           if (!kLogits) {
             sums[4] += (p >= acc_t(0) && p <= acc_t(1)) ? acc_t(0) : acc_t(1);  // NaN counts
           }
+          if constexpr (math::kTargetChecked<kLogits, is_float_v<target_t>, std::is_same_v<target_t, bool>>) {
+            sums[4] += (t >= acc_t(0) && t <= acc_t(1)) ? acc_t(0) : acc_t(1);  // a 0/255 mask counts
+          }
           if (a.grad) {  // the same for the whole launch: no divergence
             const acc_t tv = a.w_w * math::tv_grad(left, p, right) + a.w_h * math::tv_grad(up[k], p, down[k]) +
                              a.w_d * math::tv_grad(p_prev[k], p, p_next[k]);
@@ -184,11 +203,11 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
           }
         }
         if (a.grad) {
-          store_pack(a.grad + off, grads);
+          store_pack(a.grad, off, grads);
         }
         if constexpr (is_float_v<target_t>) {
           if (a.grad_t) {
-            store_pack(a.grad_t + off, grads_t);
+            store_pack(a.grad_t, off, grads_t);
           }
         }
       }
@@ -200,9 +219,7 @@ __global__ void __launch_bounds__(kThreads) seg_fwd_kernel(const SegArgs<input_t
       }
     }
   }
-  if (group >= 0) {
-    flush();
-  }
+  flush();
 }
 
 template <typename loss_t>
@@ -256,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
     using target_t = decltype(t_tag);
     using acc_t = acc_type_t<input_t, target_t>;
     using result_t = promote_t<input_t, std::conditional_t<is_float_v<target_t>, target_t, input_t>>;
-    constexpr int kVec = kVec128<input_t>;
+    constexpr int kVec = kVecOf<input_t, acc_t>;
     SegArgs<input_t, target_t> args{};
     args.x = input.const_data_ptr<input_t>();
     args.t = target.const_data_ptr<target_t>();
@@ -264,42 +281,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
     if constexpr (is_float_v<target_t>) {
       args.grad_t = compute_grad_target ? grad_t.mutable_data_ptr<saved_grad_t<target_t>>() : nullptr;
     }
-    const bool vectorised = W % kVec == 0 && packs_aligned<kVec>(args.x, args.t, args.grad, args.grad_t);
-    const int vec = vectorised ? kVec : 1;
-    const dim3 threads = tile_threads(W, vec);
     args.D = D;
     args.H = H;
     args.W = W;
-    const int64_t tiles_w = ceil_div(W, int64_t(threads.x) * vec);
-    const int64_t tiles_per_volume = tiles_w * ceil_div(H, int64_t(threads.y));
-    const int64_t n_tiles = (n ? n / (D * H * W) : 0) * tiles_per_volume;
-    // (a tensor would need over 2**40 elements to pass this)
-    TORCH_CHECK(n_tiles < (int64_t(1) << 32) - kThreads * 2048, "seg_loss_fwd: input too large: ", n_tiles, " tiles");
-    args.tiles_w = uint32_t(tiles_w);
-    args.tiles_per_volume = uint32_t(tiles_per_volume);
-    args.n_tiles = uint32_t(n_tiles);
-    args.tiles_per_group = uint32_t(std::max<int64_t>(none ? n_tiles / std::max<int64_t>(batch, 1) : n_tiles, 1));
     args.w_bce = acc_t(weights.bce);
     args.w_w = acc_t(weights.axis[0]);
     args.w_h = acc_t(weights.axis[1]);
     args.w_d = acc_t(weights.axis[2]);
-    const int64_t blocks = grid_size(args.n_tiles);
-    at::Tensor partials = at::zeros({groups * blocks * kSums}, input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    args.partials = partials.mutable_data_ptr<acc_t>();
-    if (args.n_tiles > 0) {
-      const size_t smem = 2 * size_t(threads.x) * threads.y * vec * sizeof(acc_t);
-      const auto launch = [&](auto logits, auto vec_tag) {
-        const auto kernel = &seg_fwd_kernel<decltype(logits)::value, decltype(vec_tag)::value, input_t, target_t>;
-        PYLOSSES_LAUNCH(kernel, blocks, threads, smem, stream, args);
-      };
-      dispatch_bool(from_logits, [&](auto logits) {
-        vectorised ? launch(logits, std::integral_constant<int, kVec>{}) : launch(logits, std::integral_constant<int, 1>{});
-      });
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
     const SegFinish<result_t> finish{loss.mutable_data_ptr<result_t>(), n_mean, {extent[0], extent[1], extent[2]},
                                      alpha, beta, mean_like};
-    sum_and_finish<kSums, acc_t>(partials, groups, blocks, finish);
+    const bool vectorised = W % kVec == 0 && packs_aligned<kVec>(args.x, args.t, args.grad, args.grad_t);
+    dispatch_bool(from_logits, [&](auto logits) {
+      dispatch_vec<kVec>(vectorised, [&](auto vec_tag) {
+        constexpr int vec = decltype(vec_tag)::value;
+        constexpr auto kernel = &seg_fwd_kernel<decltype(logits)::value, vec, input_t, target_t>;
+        constexpr size_t smem = kSegSmemBytes<vec, acc_t>;
+        const dim3 threads = tile_threads(W, vec);
+        const int64_t tiles_w = ceil_div(W, int64_t(threads.x) * vec);
+        const int64_t tiles_per_volume = tiles_w * ceil_div(H, int64_t(threads.y));
+        const int64_t n_tiles = (n ? n / (D * H * W) : 0) * tiles_per_volume;
+        args.tiles_w = uint32_t(tiles_w);
+        args.tiles_per_volume = uint32_t(tiles_per_volume);
+        args.split = TileSplit::make(n_tiles, none && batch > 0 ? n_tiles / batch : n_tiles,
+                                     grid_size<kernel>(n_tiles, smem));
+        at::Tensor partials = at::empty({args.split.rows(groups) * kSums},
+                                        input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        args.partials = partials.mutable_data_ptr<acc_t>();
+        if (n_tiles > 0) {
+          PYLOSSES_LAUNCH(kernel, args.split.blocks(), threads, smem, stream, args);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        sum_and_finish<kSums, acc_t>(partials, groups, args.split, finish);
+      });
+    });
   });
   return {loss, grad_in, grad_t};
 }

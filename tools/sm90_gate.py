@@ -1,0 +1,754 @@
+"""The sm_90 compiled-code gate: what the GPU would execute, read without a GPU.
+
+    python tools/sm90_gate.py [--out DIR] [--only triton|cuda] [--quick]
+
+Triton: every kernel variant that pylosses' launchers produce is compiled for sm_90 *through
+the launchers' own code path*. A stand-in for Triton's active driver reports an sm_90 target
+and launches nothing, so each launch is specialised exactly as on a GPU (integers equal to 1,
+integers divisible by 16, 16-byte-aligned pointers, the scalar parameters' types) and compiled
+by Triton's own ptxas; the stand-in keeps the cubin and the launch. CUDA: every kernel
+instantiation in the built extension (pylosses/_C*.so, compiled for sm_90 by setup.py).
+
+Each kernel's SASS (cuobjdump) gives its registers, spills (local memory), shared memory and
+memory instructions, and the hot loop's instruction count. The gate fails on: a compile error,
+a spill, fewer resident warps per SM than the kernel's launch assumes, no 128-bit global loads
+or stores on a vector path, more hot-loop instructions per element than the memory-bound
+budget, and a float64 launch whose scale factors arrive as fp32; ALLOWED lists the exceptions,
+each with its reason. It writes table.md and table.json under DIR
+(benchmarks/results/sm90-static/ by default).
+
+The budget: an H200 issues about 132 SMs x 1.98 GHz x 128 lanes = 33.5 T thread instructions
+a second against about 4.3 TB/s of copy bandwidth, so a kernel stays memory-bound while it
+spends under 7.8 instructions per byte it must move. The predicted fraction of copy bandwidth,
+min(1, budget / instructions), is a prediction from static code, not a measurement: the hot
+loop is counted as written (every instruction in it, also those on rarely taken branches).
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Hopper (sm_90) per-SM limits, from the CUDA occupancy rules
+SM_REGISTERS = 65536
+SM_MAX_WARPS = 64
+SM_MAX_BLOCKS = 32
+SM_SHARED_BYTES = 233472  # 228 KiB
+BLOCK_SHARED_RESERVED = 1024
+REGISTER_UNIT = 256  # registers are allocated per warp in units of 256
+INSTRUCTIONS_PER_BYTE = 33.5e12 / 4.3e12  # the memory-bound budget on an H200 (about 7.8)
+
+# Resident warps per SM that each kernel's launch assumes (at least): the memory-bound kernels
+# need half the SM's warps to hide DRAM latency; the segmentation kernel keeps three rows of
+# state a thread and is sized for a quarter.
+REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8}
+
+# What the gate lets pass, each with its reason: (kernel family, rule, a text the variant holds or
+# "" for every variant, why). The segmentation loss's instruction count is the subject of its own
+# issue (the instruction floor): reported here, gated there.
+ALLOWED = [
+    ("seg", "instructions", "", "the segmentation loss's per-element math: issue 13 (the instruction floor) sets its target"),
+    ("seg", "calls", "", "the slow path of an IEEE division (extreme operands only); issue 13 replaces the divisions"),
+    ("loss_backward", "instructions", "<1,", "the one-element fallback for pointers that are not 16-byte aligned: "
+     "loop overhead on every element; aligned tensors take the vector path"),
+]
+
+
+def allowance(family, rule, variant):
+    """Why ALLOWED lets this pass, or None."""
+    return next((why for fam, r, text, why in ALLOWED if fam == family and r == rule and text in variant), None)
+
+
+@dataclasses.dataclass
+class Variant:
+    """One compiled kernel and what the gate reads from it."""
+
+    backend: str  # triton or cuda
+    family: str  # mse, seg, loss_backward, sum
+    kernel: str
+    variant: str  # what the launch (or the template instantiation) was
+    threads: int = 0
+    registers: int = 0
+    stack_bytes: int = 0  # local memory a thread where the code spills to it (ptxas puts spills there)
+    local_ops: int = 0  # STL/LDL instructions: spill traffic
+    shared_bytes: int = 0
+    resident_warps: int = 0
+    load_bits: int = 0  # the widest global load and store in the kernel
+    store_bits: int = 0
+    vector_path: bool = False  # whether 128-bit global loads are required
+    writes_stream: bool = False  # whether it writes a value an element (then wide stores are required)
+    load_bits_needed: int = 128  # what one thread's elements of the widest read stream fill, at most 128
+    store_bits_needed: int = 128  # what one thread's elements of the written stream fill, at most 128
+    hot_instructions: int = 0  # in the hot loop (or the whole kernel where it has none)
+    hot_calls: int = 0  # subroutine calls in it
+    elements_per_pass: float = 0.0  # elements a thread handles in one pass of it
+    bytes_per_element: float = 0.0  # compulsory traffic
+    f64_params: bool = True  # float64 launches: the float scalars are .f64
+    error: str = ""
+    failures: list = dataclasses.field(default_factory=list)
+    allowed: list = dataclasses.field(default_factory=list)
+
+    @property
+    def instructions_per_element(self):
+        return self.hot_instructions / self.elements_per_pass if self.elements_per_pass else None
+
+    @property
+    def budget(self):
+        return INSTRUCTIONS_PER_BYTE * self.bytes_per_element if self.bytes_per_element else None
+
+    @property
+    def predicted_copy_fraction(self):
+        ipe, budget = self.instructions_per_element, self.budget
+        if not ipe or not budget:
+            return None
+        return min(1.0, budget / ipe)
+
+
+# ---------------------------------------------------------------------------------------------
+# SASS
+
+
+def find_tool(name):
+    """cuobjdump / nvdisasm: on the PATH, in CUDA_HOME, or from the pip packages
+    nvidia-cuda-cuobjdump / nvidia-cuda-nvdisasm (site-packages/nvidia/cu*/bin)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    places = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", name)]
+    for path in sys.path:
+        places += glob.glob(os.path.join(path, "nvidia", "cu*", "bin", name))
+    for place in places:
+        if os.path.isfile(place) and os.access(place, os.X_OK):
+            return place
+    raise FileNotFoundError(f"{name} not found: pip install nvidia-cuda-cuobjdump (or put the CUDA toolkit's "
+                            f"bin on the PATH)")
+
+
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)")
+_RESOURCES = re.compile(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def parse_sass(text):
+    """{function: [(address, instruction text)]} from `cuobjdump -sass`."""
+    functions, current = {}, None
+    for line in text.splitlines():
+        m = _FUNCTION.match(line)
+        if m:
+            current = functions.setdefault(m.group(1), [])
+            continue
+        m = _INSTRUCTION.search(line)
+        if m and current is not None:
+            current.append((int(m.group(1), 16), m.group(2).strip()))
+    return functions
+
+
+def parse_resources(text):
+    """{function: (registers, stack bytes, shared bytes, local bytes)} from `cuobjdump -res-usage`."""
+    return {m.group(1): tuple(int(m.group(i)) for i in range(2, 6)) for m in _RESOURCES.finditer(text)}
+
+
+def opcode(instruction):
+    """The opcode with its modifiers, without a predicate: '@!P0 LDG.E.128 R8, ...' -> 'LDG.E.128'."""
+    words = instruction.split()
+    if words and words[0].startswith("@"):
+        words = words[1:]
+    return words[0] if words else ""
+
+
+def access_bits(op):
+    """The width of a global load or store in bits (LDG.E.128 -> 128, STG.E.U8 -> 8), else 0."""
+    if not (op.startswith("LDG") or op.startswith("STG")):
+        return 0
+    for part in op.split(".")[1:]:
+        if part in ("128", "64"):
+            return int(part)
+        if part in ("U8", "S8"):
+            return 8
+        if part in ("U16", "S16"):
+            return 16
+    return 32
+
+
+def loops(instructions):
+    """(start, end) address ranges of the loops: a branch back to an earlier address."""
+    found = []
+    for address, text in instructions:
+        m = re.match(r"(?:@!?U?P\w+\s+)?BRA(?:\.\w+)*\s+(0x[0-9a-f]+)", text)
+        if m:
+            target = int(m.group(1), 16)
+            if target < address:
+                found.append((target, address))
+    return found
+
+
+def hot_loop(instructions):
+    """The instructions of the hot loop: of the loops that load from global memory and hold no
+    inner loop that does, the largest; the whole function when no loop loads. A CALL in it counts
+    as one instruction: what it calls (a 64-bit division, a division's slow path) runs only for
+    some operands, so the gate reports calls apart (see judge)."""
+    def loads(start, end):
+        return any(opcode(t).startswith("LDG") for a, t in instructions if start <= a <= end)
+
+    ranges = [r for r in loops(instructions) if loads(*r)]
+    innermost = [(s, e) for s, e in ranges if not any(s < s2 and e2 < e for s2, e2 in ranges)]
+    if innermost:
+        start, end = max(innermost, key=lambda r: r[1] - r[0])
+        return [t for a, t in instructions if start <= a <= end]
+    return [t for _, t in instructions if opcode(t) != "NOP"]
+
+
+def resident_warps(registers, threads, shared_bytes):
+    """Warps an SM keeps resident for a kernel of these resources (sm_90 occupancy rules)."""
+    warps_per_block = max(1, -(-threads // 32))
+    per_warp = -(-max(registers, 1) * 32 // REGISTER_UNIT) * REGISTER_UNIT
+    by_registers = (SM_REGISTERS // per_warp) // warps_per_block
+    by_shared = SM_SHARED_BYTES // (shared_bytes + BLOCK_SHARED_RESERVED)
+    by_warps = SM_MAX_WARPS // warps_per_block
+    return min(by_registers, by_shared, by_warps, SM_MAX_BLOCKS) * warps_per_block
+
+
+def read_cubin_like(path):
+    """(sass functions, resources) of a cubin, or of a shared library's embedded sm_90 code."""
+    cuobjdump = find_tool("cuobjdump")
+    env = {**os.environ, "NVDISASM_PATH": os.path.dirname(find_tool("nvdisasm"))}  # -sass runs nvdisasm
+    sass = subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True, env=env).stdout
+    res = subprocess.run([cuobjdump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    return parse_sass(sass), parse_resources(res)
+
+
+def fill_from_sass(v, instructions, resources):
+    regs, stack, shared, local = resources
+    ops = [opcode(t) for _, t in instructions]
+    v.registers = regs
+    # a spill is local-memory traffic: STL/LDL (a call's stack frame alone is not one)
+    v.local_ops = sum(o.startswith(("STL", "LDL")) for o in ops)
+    v.stack_bytes = stack + local if v.local_ops else 0
+    v.shared_bytes = max(v.shared_bytes, shared)
+    v.resident_warps = resident_warps(v.registers, v.threads, v.shared_bytes)
+    v.load_bits = max([access_bits(o) for o in ops if o.startswith("LDG")], default=0)
+    v.store_bits = max([access_bits(o) for o in ops if o.startswith("STG")], default=0)
+    hot = hot_loop(instructions)
+    v.hot_instructions = len(hot)
+    v.hot_calls = sum(opcode(t).startswith("CALL") for t in hot)
+
+
+def judge(v):
+    """Fills v.failures (and v.allowed: rules ALLOWED lets pass) from the gate's rules."""
+    broken = []
+    if v.error:
+        broken.append(("compile", v.error))
+    else:
+        if v.local_ops:
+            broken.append(("spills", f"{v.local_ops} local-memory instructions, {v.stack_bytes} B a thread"))
+        need = REQUIRED_WARPS.get(v.family, 0)
+        if v.resident_warps < need:
+            broken.append(("occupancy", f"{v.resident_warps} resident warps an SM, the launch assumes {need} "
+                                        f"({v.registers} registers, {v.threads} threads)"))
+        if v.vector_path and v.load_bits < v.load_bits_needed:
+            broken.append(("vector", f"widest global load {v.load_bits} bits on a vector path"))
+        if v.vector_path and v.writes_stream and v.store_bits < v.store_bits_needed:
+            broken.append(("vector", f"widest global store {v.store_bits} bits on a vector path"))
+        ipe, budget = v.instructions_per_element, v.budget
+        if ipe is not None and budget is not None and ipe > budget:
+            broken.append(("instructions", f"{ipe:.1f} instructions an element, budget {budget:.1f}"))
+        if v.hot_calls and v.family != "sum":
+            broken.append(("calls", f"{v.hot_calls} subroutine calls in the hot loop (64-bit division, a slow path)"))
+        if not v.f64_params:
+            broken.append(("params", "a float64 launch takes fp32 scale factors"))
+    for rule, why in broken:
+        reason = allowance(v.family, rule, v.variant)
+        (v.allowed if reason else v.failures).append(f"{rule}: {why}" + (f" (allowed: {reason})" if reason else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton: the launchers, under a stand-in driver
+
+
+class _Function:
+    """What the stand-in's load_binary hands Triton as a loaded kernel: its name and cubin."""
+
+    def __init__(self, name, cubin):
+        self.name, self.cubin = name, cubin
+
+
+class _Utils:
+    def load_binary(self, name, kernel, shared, device):
+        # (module, function, registers, spills, max threads): the registers come from the cubin
+        return None, _Function(name, kernel), 0, 0, 1024
+
+    def get_device_properties(self, device):
+        return {"max_shared_mem": SM_SHARED_BYTES - BLOCK_SHARED_RESERVED, "multiprocessor_count": 132,
+                "max_num_regs": SM_REGISTERS, "warpSize": 32, "sm_clock_rate": 1980000, "mem_clock_rate": 3201000,
+                "mem_bus_width": 6144}
+
+    def unload_module(self, module):
+        pass
+
+
+class Sm90StandIn:
+    """Triton's active driver for the gate: an sm_90 device that compiles and launches nothing.
+    Each launch is recorded with its kernel's source, metadata, cubin, grid and arguments."""
+
+    def __init__(self):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", 90, 32)
+        self.utils = _Utils()
+        self.launches = []
+
+    def is_active(self):
+        return True
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def set_current_device(self, device):
+        pass
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        import torch
+
+        return torch.device("cpu")
+
+    def launcher_cls(self, src, metadata):
+        def launch(grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter_hook, exit_hook,
+                   *args):
+            self.launches.append({"src": src, "metadata": metadata, "cubin": function.cubin,
+                                  "grid": (grid_x, grid_y, grid_z), "args": args})
+
+        return launch
+
+
+@contextlib.contextmanager
+def standin_driver():
+    from triton.runtime import driver
+
+    standin = Sm90StandIn()
+    previous = getattr(driver, "_active", None)  # reset_active() would look for a real GPU
+    driver.set_active(standin)
+    try:
+        yield standin
+    finally:
+        driver._active = previous
+
+
+def _tensor(shape, dtype, misaligned=False, channels_last=False):
+    """A CPU tensor of this shape; misaligned: its data starts one element past a 16-byte boundary."""
+    import torch
+
+    n = 1
+    for s in shape:
+        n *= s
+    if misaligned:
+        base = torch.zeros(n + 1, dtype=dtype)
+        return base[1:].view(shape)
+    t = torch.zeros(shape, dtype=dtype)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
+
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
+SEG_SHAPES = {  # name: (shape, spatial_dims)
+    "64x128": ((2, 1, 64, 128), 2),
+    "H=1": ((2, 1, 1, 64), 2),
+    "W=1": ((2, 1, 48, 1), 2),
+    "odd W": ((2, 1, 33, 45), 2),
+    "3-D": ((2, 1, 6, 32, 64), 3),
+}
+MSE_SIZES = {"n%16=0": (4, 4096), "odd n": (3, 1001)}
+
+
+def triton_cases(quick=False):
+    """(label, family, call) for every launcher variant the gate compiles: call() launches it."""
+    import torch
+
+    from pylosses.triton_kernels import common, mse, segmentation
+
+    dtypes = [getattr(torch, d) for d in DTYPE_NAMES]
+    cases = []
+
+    def seg_case(shape_name, dtype, target_kind, logits, grads, misaligned=False):
+        shape, spatial = SEG_SHAPES[shape_name]
+        t_dtype = {"float": dtype, "bool": torch.bool, "uint8": torch.uint8}[target_kind]
+        label = (f"{shape_name}{' misaligned' if misaligned else ''} {str(dtype)[6:]} target {target_kind} "
+                 f"{'logits' if logits else 'probs'} grad {grads}")
+
+        def call():
+            x = _tensor(shape, dtype, misaligned)
+            t = _tensor(shape, t_dtype, misaligned)
+            segmentation.seg_loss_fwd(x, t, 0.7, 0.3, spatial, logits, 1, grads in ("input", "both"),
+                                      grads == "both", False)
+
+        cases.append((label, "seg", call, not misaligned))
+
+    for dtype in dtypes:
+        for logits in (False, True):
+            for target_kind in ("float", "bool", "uint8"):
+                seg_case("64x128", dtype, target_kind, logits, "input")
+            seg_case("64x128", dtype, "float", logits, "both")
+            seg_case("64x128", dtype, "bool", logits, "none")
+    if not quick:
+        for shape_name in ("H=1", "W=1", "odd W", "3-D"):
+            for dtype in (torch.float32, torch.bfloat16):
+                seg_case(shape_name, dtype, "float", False, "both")
+                seg_case(shape_name, dtype, "bool", True, "input")
+        seg_case("64x128", torch.float32, "float", False, "both", misaligned=True)
+        seg_case("odd W", torch.float64, "float", True, "both")
+
+    def mse_case(size_name, dtype, reduction, grad, misaligned=False):
+        shape = MSE_SIZES[size_name]
+        label = (f"{size_name}{' misaligned' if misaligned else ''} {str(dtype)[6:]} "
+                 f"{['none', 'mean', 'sum'][reduction]} grad {'on' if grad else 'off'}")
+
+        def call():
+            mse.mse_loss_fwd(_tensor(shape, dtype, misaligned), _tensor(shape, dtype, misaligned), reduction, grad)
+
+        cases.append((label, "mse", call, not misaligned))
+
+    for dtype in dtypes:
+        for size_name in MSE_SIZES:
+            mse_case(size_name, dtype, 1, True)
+        mse_case("n%16=0", dtype, 0, True)
+        mse_case("n%16=0", dtype, 1, False)
+    mse_case("n%16=0", torch.float32, 1, True, misaligned=True)
+
+    def backward_case(size_name, saved_dtype, out_dtype, per_sample):
+        shape = MSE_SIZES[size_name]
+        label = (f"{size_name} saved {str(saved_dtype)[6:]} -> {str(out_dtype)[6:]} "
+                 f"grad_output {'per sample' if per_sample else 'scalar'}")
+
+        def call():
+            go = torch.ones(shape[0] if per_sample else (), dtype=out_dtype)
+            common.loss_backward(go, _tensor(shape, saved_dtype), 1.0, out_dtype)
+
+        cases.append((label, "loss_backward", call, True))
+
+    for saved, out in ((torch.float32, torch.float32), (torch.float32, torch.float16), (torch.bfloat16, torch.bfloat16),
+                       (torch.float64, torch.float64)):
+        for size_name in MSE_SIZES:
+            backward_case(size_name, saved, out, False)
+        backward_case("n%16=0", saved, out, True)
+    return cases
+
+
+_TRITON_FAMILY = {"mse_fwd_kernel": "mse", "seg_fwd_kernel": "seg", "loss_backward_kernel": "loss_backward",
+                  "sum_groups_kernel": "sum"}
+
+
+def _element_bytes(type_name):
+    """Bytes of one element behind a Triton pointer type ('*fp32' -> 4, '*u8' -> 1)."""
+    bits = re.search(r"(\d+)$", type_name)
+    return int(bits.group(1)) // 8 if bits else 1
+
+
+def triton_variants(quick=False):
+    """Compiles every launcher variant for sm_90 and returns one Variant per distinct compiled kernel."""
+    import torch  # noqa: F401
+
+    variants, seen = [], {}
+    with standin_driver() as standin, tempfile.TemporaryDirectory() as tmp:
+        for label, family, call, aligned in triton_cases(quick):
+            first = len(standin.launches)
+            try:
+                call()
+            except Exception as error:  # a compile error is the first thing the gate reports
+                variants.append(Variant("triton", family, "?", label, error=f"{type(error).__name__}: {error}"[:300]))
+                continue
+            for launch in standin.launches[first:]:
+                src, metadata = launch["src"], launch["metadata"]
+                name = src.fn.__name__
+                kernel_family = _TRITON_FAMILY.get(name, family)
+                key = (name, metadata.hash)
+                if key in seen:  # the same compiled kernel (another launch of it): one row
+                    seen[key].variant += f"; {label}" if kernel_family != "sum" and label not in seen[key].variant else ""
+                    continue
+                v = Variant("triton", kernel_family, name, label if kernel_family != "sum" else "partials")
+                v.threads = metadata.num_warps * 32
+                v.shared_bytes = metadata.shared
+                path = os.path.join(tmp, f"{name}-{metadata.hash}.cubin")
+                with open(path, "wb") as f:
+                    f.write(launch["cubin"])
+                functions, resources = read_cubin_like(path)
+                fn_name = next(iter(functions))
+                fill_from_sass(v, functions[fn_name], resources[fn_name])
+                signature = src.signature
+                constants = {k[0] if isinstance(k, tuple) else k: val for k, val in getattr(src, "constants", {}).items()}
+                names = list(signature)
+                blocks = [val for k, val in constants.items() if isinstance(k, int) and names[k].startswith("BLOCK")]
+                blocks += [val for k, val in constants.items() if isinstance(k, str) and k.startswith("BLOCK")]
+                tile = 1
+                for b in blocks:
+                    tile *= int(b)
+                v.elements_per_pass = tile / v.threads if kernel_family != "sum" else 0.0
+                pointers = {k: t for k, t in signature.items() if isinstance(t, str) and t.startswith("*")}
+                floats = [k for k, t in signature.items() if t in ("fp32", "fp64")]
+                data_f64 = any(t == "*fp64" for t in pointers.values())
+                v.f64_params = not (data_f64 and any(signature[k] == "fp32" for k in floats))
+                v.bytes_per_element, v.writes_stream = _triton_streams(signature, launch["args"])
+                v.vector_path = aligned and kernel_family != "sum"
+                seen[key] = v
+                variants.append(v)
+    return variants
+
+
+def _triton_streams(signature, args):
+    """(compulsory bytes an element, whether it writes a stream) of a launch: a stream is a tensor
+    argument with as many elements as the largest (partial sums and the placeholders a launcher
+    passes for an output it does not want are smaller); by the kernels' naming, the pointer
+    parameters grad*, loss* and out* are written."""
+    import torch
+
+    tensors = {name: a for name, a in zip(signature, args) if isinstance(a, torch.Tensor)}
+    if not tensors:
+        return 0.0, False
+    n = max(t.numel() for t in tensors.values())
+    streams = [name for name, t in tensors.items() if t.numel() == n]
+    written = any(name.startswith(("grad", "loss", "out")) for name in streams)
+    return float(sum(_element_bytes(signature[name]) for name in streams)), written
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: the built extension
+
+
+def built_extension():
+    """The path of the pylosses._C that this Python imports (several builds may lie side by side)."""
+    try:
+        import pylosses._C as ext
+    except ImportError:
+        return None
+    return ext.__file__
+
+
+def demangle(names):
+    done = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
+    return dict(zip(names, done.splitlines()))
+
+
+_CUDA_FAMILY = (("seg_fwd", "seg"), ("mse", "mse"), ("loss_backward", "loss_backward"), ("sum_and_finish", "sum"))
+_TYPE_BYTES = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "bool": 1, "unsigned char": 1}
+
+
+def template_args(demangled):
+    """The top-level template arguments of a kernel's demangled name:
+    'void ns::k<true, 4, float, ns::A<float, bool> >(ns::A<float, bool>)' -> ['true', '4', 'float', 'ns::A<float, bool>']"""
+    open_at = demangled.find("<")
+    if open_at < 0:
+        return []
+    args, depth, cur = [], 0, ""
+    for c in demangled[open_at + 1:]:
+        if c == ">" and depth == 0:
+            break
+        if c == "," and depth == 0:
+            args.append(cur.strip())
+            cur = ""
+            continue
+        depth += c == "<"
+        depth -= c == ">"
+        cur += c
+    return args + [cur.strip()] if cur.strip() else args
+
+
+_TYPES = re.compile(r"\b(c10::BFloat16|c10::Half|unsigned char|float|double|bool)\b")
+
+
+def cuda_streams(family, targs):
+    """(bytes an element of each stream it reads, bytes an element it writes) of a CUDA kernel instantiation,
+    from its operand types: seg<logits, vec, input, target> reads input and target and writes
+    input's gradient (float16's in float32); mse<vec, MseArgs<input, target, loss, grad>> reads
+    two and writes the gradient (reduction mean); loss_backward<vec, BackwardArgs<saved, out>>
+    reads one and writes one."""
+    names = _TYPES.findall(", ".join(targs))
+    size = [_TYPE_BYTES[t] for t in names]
+    if family == "seg":
+        return (size[0], size[1]), 4 if names[0] == "c10::Half" else size[0]
+    if family == "mse":
+        return (size[0], size[1]), size[3]
+    if family == "loss_backward":
+        return (size[0],), size[1]
+    return (), 0
+
+
+def cuda_variants(so_path):
+    functions, resources = read_cubin_like(so_path)
+    names = demangle(list(functions))
+    variants = []
+    for mangled, instructions in functions.items():
+        pretty = names[mangled]
+        kernel = re.sub(r"^void ", "", pretty.split("<")[0]).split("::")[-1]
+        family = next((f for key, f in _CUDA_FAMILY if key in kernel), None)
+        if family is None:
+            continue
+        targs = template_args(pretty)
+        short = [re.sub(r"pylosses::cuda::\(anonymous namespace\)::", "", a) for a in targs]
+        v = Variant("cuda", family, kernel, "<" + ", ".join(short) + ">")
+        v.threads = 256  # kThreads, every kernel (csrc/cuda/cuda_common.cuh)
+        vec = next((int(a) for a in targs if a.isdigit()), 1)
+        if family == "seg":  # the launch's dynamic shared memory: two buffers of a tile's probabilities
+            v.shared_bytes = 2 * v.threads * vec * (8 if "double" in targs[2:] else 4)
+        fill_from_sass(v, instructions, resources.get(mangled, (0, 0, 0, 0)))
+        if family != "sum":
+            # a pass of the hot loop handles one pack a thread, or several where nvcc unrolled the
+            # loop: counted by its stores, each pack storing one value of each output it writes
+            if family == "seg":  # the input's gradient, and the target's when the target is float
+                outputs = 1 if targs[3] in ("bool", "unsigned char") else 2
+            else:  # mse: the loss ("none") and the gradient; loss_backward: the gradient
+                outputs = 2 if family == "mse" else 1
+            stores = sum(opcode(t).startswith("STG") for t in hot_loop(instructions))
+            v.elements_per_pass = float(vec * max(1, stores // outputs))
+            v.vector_path = v.writes_stream = vec > 1  # every one of them may write the gradient
+            read, written = cuda_streams(family, targs)
+            v.bytes_per_element = float(sum(read) + written)
+            v.load_bits_needed = min(128, vec * max(read) * 8)
+            v.store_bits_needed = min(128, vec * written * 8)
+        variants.append(v)
+    return variants
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+def row(v):
+    ipe = v.instructions_per_element
+    frac = v.predicted_copy_fraction
+    return {"backend": v.backend, "family": v.family, "kernel": v.kernel, "variant": v.variant,
+            "threads": v.threads, "registers": v.registers, "spill_bytes": v.stack_bytes, "shared_bytes": v.shared_bytes,
+            "resident_warps": v.resident_warps, "load_bits": v.load_bits, "store_bits": v.store_bits,
+            "instructions_per_element": round(ipe, 1) if ipe is not None else None, "hot_loop_calls": v.hot_calls,
+            "budget": round(v.budget, 1) if v.budget else None,
+            "predicted_copy_fraction": round(frac, 2) if frac is not None else None,
+            "error": v.error, "failures": v.failures, "allowed": v.allowed}
+
+
+def summary(variants):
+    """One line a (backend, kernel): over its variants, the ranges the README shows."""
+    groups = {}
+    for v in variants:
+        groups.setdefault((v.backend, v.kernel), []).append(v)
+    lines = ["| backend | kernel | variants | registers | spilling | warps/SM | instr/elem | budget "
+             "| predicted copy fraction | failing |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def span(values, fmt="{:.0f}"):
+        values = [x for x in values if x is not None]
+        if not values:
+            return "-"
+        lo, hi = min(values), max(values)
+        return fmt.format(lo) if lo == hi else f"{fmt.format(lo)} to {fmt.format(hi)}"
+
+    for (backend, kernel), vs in groups.items():
+        lines.append(f"| {backend} | {kernel} | {len(vs)} | {span([v.registers for v in vs])} | "
+                     f"{sum(bool(v.local_ops) for v in vs)} | {span([v.resident_warps for v in vs])} | "
+                     f"{span([v.instructions_per_element for v in vs], '{:.1f}')} | {span([v.budget for v in vs], '{:.1f}')} | "
+                     f"{span([v.predicted_copy_fraction for v in vs], '{:.2f}')} | {sum(bool(v.failures) for v in vs)} |")
+    return "\n".join(lines)
+
+
+def markdown(variants, versions):
+    lines = ["# sm_90 compiled-code gate (a prediction from static code, not a measurement)", "",
+             f"Compiled without a GPU: {versions}. Command: `python tools/sm90_gate.py`.", "",
+             "Instructions an element: the SASS of the hot loop (the innermost loop that loads from global memory, "
+             "every instruction in it) over the elements a thread handles in one pass of it. Budget: "
+             f"{INSTRUCTIONS_PER_BYTE:.1f} instructions a byte of compulsory traffic (H200: 33.5 T instructions/s, "
+             "4.3 TB/s). Predicted fraction of copy bandwidth: min(1, budget / instructions).", "",
+             summary(variants), "",
+             "| backend | kernel | variant | regs | spill B | smem B | warps/SM | LDG/STG bits | instr/elem | budget "
+             "| predicted copy fraction | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        r = row(v)
+        verdict = "FAIL: " + "; ".join(v.failures) if v.failures else ("allowed: " + "; ".join(
+            a.split(" (allowed")[0] for a in v.allowed) if v.allowed else "ok")
+        if v.error:
+            verdict = "FAIL: " + v.error
+        variant = v.variant if len(v.variant) < 90 else v.variant[:87] + "..."
+        lines.append(f"| {v.backend} | {v.kernel} | {variant} | {r['registers']} | {r['spill_bytes']} | "
+                     f"{r['shared_bytes']} | {r['resident_warps']} | {r['load_bits']}/{r['store_bits']} | "
+                     f"{r['instructions_per_element'] if r['instructions_per_element'] is not None else '-'} | "
+                     f"{r['budget'] if r['budget'] else '-'} | "
+                     f"{r['predicted_copy_fraction'] if r['predicted_copy_fraction'] is not None else '-'} | {verdict} |")
+    if ALLOWED:
+        lines += ["", "Allowed exceptions:", ""] + [f"- {fam} / {rule}{f' / {text}' if text else ''}: {why}"
+                                                   for fam, rule, text, why in ALLOWED]
+    return "\n".join(lines) + "\n"
+
+
+def versions():
+    import torch
+
+    parts = [f"torch {torch.__version__}"]
+    try:
+        import triton
+
+        parts.append(f"Triton {triton.__version__}")
+    except ImportError:
+        pass
+    parts.append(f"Python {sys.version.split()[0]}")
+    try:
+        nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+        m = re.search(r"release ([\d.]+)", nvcc)
+        if m:
+            parts.append(f"nvcc {m.group(1)}")
+    except OSError:
+        pass
+    return ", ".join(parts)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tools/sm90_gate.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sm90-static"))
+    parser.add_argument("--only", choices=["triton", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="fewer Triton variants")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("run without TRITON_INTERPRET=1: the gate compiles, the interpreter would not")
+    sys.path.insert(0, ROOT)
+    import pylosses._ops as ops
+
+    variants = []
+    if args.only in (None, "triton"):
+        if ops.TRITON_ERROR is not None:
+            print(f"no Triton kernels to compile: {ops.TRITON_ERROR}")
+            return 1
+        variants += triton_variants(args.quick)
+    if args.only in (None, "cuda"):
+        so = built_extension()
+        if so is None:
+            print("no built extension (pylosses/_C*.so): build it with FORCE_CUDA=1 first")
+            return 1
+        cuda = cuda_variants(so)
+        if not cuda:
+            print(f"{os.path.basename(so)} holds no CUDA kernels: build it with FORCE_CUDA=1")
+            return 1
+        variants += cuda
+    for v in variants:
+        judge(v)
+    os.makedirs(args.out, exist_ok=True)
+    text = markdown(variants, versions())
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, "table.json"), "w") as f:
+        json.dump({"versions": versions(), "rows": [row(v) for v in variants]}, f, indent=1)
+    print(text)
+    failed = [v for v in variants if v.failures]
+    print(f"sm_90 gate: {len(variants)} kernels, {len(failed)} failing; table in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
