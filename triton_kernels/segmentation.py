@@ -219,19 +219,23 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         if ALIGN > 1:
             plane = tl.multiple_of(plane, ALIGN)  # (what WALK means)
         x = tl.load(x_ptr + offs, mask=mine, other=0.5).to(ACC)
-        p, _ = _prob_exp(x, LOGITS)
+        p, e = _prob_exp(x, LOGITS)
         p_front = p  # d = 0 has no front neighbour
         acc = tl.zeros([BLOCK_H, BLOCK_W], ACC)
         for d in range(0, D):
             here = offs + d * plane
             has_back = mine & (d + 1 < D)
             x_next = tl.load(x_ptr + here + plane, mask=has_back, other=0.5).to(ACC)
-            p_next, _ = _prob_exp(x_next, LOGITS)  # (used by the next step, which exists where has_back)
-            acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, h, x, p, tl.exp(-tl.abs(x)), p_front,
+            p_next, e_next = _prob_exp(x_next, LOGITS)  # (used by the next step, which exists where has_back)
+            # BCE's exp(-|x|) comes with the sigmoid; with gradients to write, keeping it a step
+            # would take the walk past 128 registers, so it is taken again
+            e_here = tl.exp(-tl.abs(x)) if GRAD or GRAD_T else e
+            acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, h, x, p, e_here, p_front,
                               tl.where(has_back, x_next, x), H, W, alpha_w, w_w, w_h, w_d, LOGITS, GRAD, GRAD_T, ACC)
             p_front = p
             x = x_next
             p = p_next
+            e = e_next
         tl.store(mine_out, tl.sum(acc))
         tl.store(mine_out + 1, tl.zeros([], ACC))
     else:
