@@ -2,8 +2,8 @@
 
 They follow DESIGN §1 and the README's "Semantics": arithmetic in float32 (float64 when an
 operand is float64), the result in torch's result dtype, BCE and its gradients exactly as
-torch.nn gives them. They do not validate their arguments; pylosses.functional does that for
-every backend. `scripted` and `compiled` give their torch.jit.script and torch.compile variants.
+torch.nn gives them. They do not validate their arguments (pylosses.functional does that for
+every backend), only the targets' values, as torch's losses do and beyond (README, "Semantics"). `scripted` and `compiled` give their torch.jit.script and torch.compile variants.
 """
 
 from typing import Callable, Dict

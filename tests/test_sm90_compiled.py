@@ -34,6 +34,46 @@ def _run_python(tmp_path, code, timeout=600):
                           timeout=timeout)
 
 
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sm90")
+    only = [] if HAS_CUDA_KERNELS else ["--only", "triton"]
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sm90_gate.py"), "--out", str(out), *only],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    table = json.loads((out / "table.json").read_text()) if (out / "table.json").exists() else None
+    return done, table
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton kernels")
+def test_gate_passes(gate):
+    done, table = gate
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert table and all(not r["failures"] and not r["error"] for r in table["rows"])
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="no Triton kernels")
+def test_gate_covers_every_kernel_and_the_awkward_shapes(gate):
+    _, table = gate
+    rows = table["rows"]
+    triton = {r["kernel"] for r in rows if r["backend"] == "triton"}
+    assert {"mse_fwd_kernel", "seg_fwd_kernel", "loss_backward_kernel", "sum_groups_kernel"} <= triton
+    variants = " ".join(r["variant"] for r in rows)
+    for shape in ("H=1", "W=1", "odd W", "3-D", "misaligned", "odd n"):
+        assert shape in variants, shape
+    if HAS_CUDA_KERNELS:
+        cuda = {r["family"] for r in rows if r["backend"] == "cuda"}
+        assert {"mse", "seg", "loss_backward", "sum"} <= cuda
+
+
+@pytest.mark.skipif(not HAS_CUDA_KERNELS and os.environ.get("PYLOSSES_REQUIRE_CUDA") != "1",
+                    reason="the extension was built without CUDA")
+def test_gate_reads_the_cuda_kernels(gate):
+    _, table = gate
+    assert HAS_CUDA_KERNELS, "PYLOSSES_REQUIRE_CUDA=1 but the extension has no CUDA kernels"
+    seg = [r for r in table["rows"] if r["backend"] == "cuda" and r["family"] == "seg"]
+    assert seg and all(r["registers"] > 0 for r in seg)
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="no Triton kernels")
 def test_standin_specialises_as_a_launch(tmp_path):
     # an integer argument equal to 1 becomes a constant, 16-divisible ones and aligned pointers

@@ -65,6 +65,16 @@ def sum_groups(partials: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @triton.jit
+def to_element(value, ptr):
+    """value in ptr's element type. A 16-bit float goes through float32: Triton's interpreter
+    (3.6 to 3.8) turns float64 straight into garbage bfloat16/float16 (on a GPU the two roundings
+    differ from one only at ties of the second, within a unit of the 16-bit float)."""
+    if ptr.dtype.element_ty == tl.float16 or ptr.dtype.element_ty == tl.bfloat16:
+        return value.to(tl.float32).to(ptr.dtype.element_ty)
+    return value.to(ptr.dtype.element_ty)
+
+
+@triton.jit
 def _scale_block(saved_ptr, out_ptr, offs, n, go, scale, MASKED: tl.constexpr):
     """out = saved * go * scale over offs; a full block (MASKED false) loads and stores as
     vectors whatever n is."""
@@ -72,7 +82,7 @@ def _scale_block(saved_ptr, out_ptr, offs, n, go, scale, MASKED: tl.constexpr):
         saved = tl.load(saved_ptr + offs, mask=offs < n, other=0.0)
     else:
         saved = tl.load(saved_ptr + offs)
-    out = (saved.to(scale.dtype) * go * scale).to(out_ptr.dtype.element_ty)
+    out = to_element(saved.to(scale.dtype) * go * scale, out_ptr)
     if MASKED:
         tl.store(out_ptr + offs, out, mask=offs < n)
     else:

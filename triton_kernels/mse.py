@@ -7,7 +7,7 @@ import triton.language as tl
 
 from pylosses._dtypes import saved_grad_dtype
 
-from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups
+from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups, to_element
 
 BLOCK = 4096  # elements a program (half for float64), 16 (8) a thread: within 64 registers, so
 NUM_WARPS = 8  # that half of an SM's warps fit; Hopper tuning is issue 3's GPU part
@@ -23,11 +23,11 @@ def _mse_block(x_ptr, t_ptr, loss_ptr, grad_ptr, partial_ptr, offs, n, grad_scal
     t = tl.load(t_ptr + offs, mask=mask, other=0.0 if MASKED else None).to(ACC)
     d = x - t
     if WRITE_LOSS:
-        tl.store(loss_ptr + offs, (d * d).to(loss_ptr.dtype.element_ty), mask=mask)
+        tl.store(loss_ptr + offs, to_element(d * d, loss_ptr), mask=mask)
     else:
         tl.store(partial_ptr + tl.program_id(0), tl.sum(d * d, axis=0))
     if WRITE_GRAD:
-        tl.store(grad_ptr + offs, (2.0 * d * grad_scale).to(grad_ptr.dtype.element_ty), mask=mask)
+        tl.store(grad_ptr + offs, to_element(2.0 * d * grad_scale, grad_ptr), mask=mask)
 
 
 @triton.jit

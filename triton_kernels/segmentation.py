@@ -26,8 +26,9 @@ import triton
 import triton.language as tl
 
 from pylosses._dtypes import saved_grad_dtype
+from pylosses.reference import MASK_MESSAGE, TARGET_RANGE_MESSAGE
 
-from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups
+from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups, to_element
 
 ALIGN = 16  # elements: 16 bytes of the narrowest stream (uint8 targets), and a vector of each
 NUM_WARPS = 4
@@ -148,11 +149,16 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, h, x, p, e, p_
               + w_d * (_sign(p - p_front) - _sign(x_back - x)))
         chain = p * (1.0 - p) if LOGITS else 1.0
         g = alpha_w * _bce_grad_input(p, t, LOGITS) + chain * tv
-        tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=mine)
+        tl.store(grad_ptr + offs, to_element(g, grad_ptr), mask=mine)
     if GRAD_T:
         gt = alpha_w * _bce_grad_target(x, p, LOGITS)
-        tl.store(grad_t_ptr + offs, gt.to(grad_t_ptr.dtype.element_ty), mask=mine)
-    return tl.where(mine, alpha_w * _bce_loss(x, p, e, t, LOGITS) + w_w * tl.abs(p - p_left)
+        tl.store(grad_t_ptr + offs, to_element(gt, grad_t_ptr), mask=mine)
+    bce = _bce_loss(x, p, e, t, LOGITS)
+    if not LOGITS or t_ptr.dtype.element_ty == tl.uint8:
+        # a target outside [0, 1] (a 0/255 mask; with probabilities, any float): NaN, where the
+        # CPU kernel raises (README); bool targets arrive as uint8 and always pass
+        bce = tl.where((t >= 0.0) & (t <= 1.0), bce, float("nan"))
+    return tl.where(mine, alpha_w * bce + w_w * tl.abs(p - p_left)
                     + w_h * tl.abs(p - p_up) + w_d * tl.abs(p - p_front), 0.0)
 
 
@@ -219,7 +225,7 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         if ALIGN > 1:
             plane = tl.multiple_of(plane, ALIGN)  # (what WALK means)
         x = tl.load(x_ptr + offs, mask=mine, other=0.5).to(ACC)
-        p, e = _prob_exp(x, LOGITS)
+        p, _ = _prob_exp(x, LOGITS)
         p_front = p  # d = 0 has no front neighbour
         acc = tl.zeros([BLOCK_H, BLOCK_W], ACC)
         for d in range(0, D):
@@ -235,7 +241,6 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
             p_front = p
             x = x_next
             p = p_next
-            e = e_next
         tl.store(mine_out, tl.sum(acc))
         tl.store(mine_out + 1, tl.zeros([], ACC))
     else:
@@ -347,8 +352,13 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
         loss = sum_groups(partials, groups).sum(dim=1)
     else:
         loss = torch.full((groups,), float("nan") if mean_like else 0.0, dtype=acc, device=x.device)
-    if check_range and not from_logits and bool(torch.isnan(loss).any()) and not bool(((x >= 0) & (x <= 1)).all()):
-        raise RuntimeError("all elements of input should be between 0 and 1")
+    if check_range and bool(torch.isnan(loss).any()):  # NaN: say why, as the CPU kernel does
+        if not from_logits and not bool(((x >= 0) & (x <= 1)).all()):
+            raise RuntimeError("all elements of input should be between 0 and 1")
+        if t.dtype == torch.uint8 and bool((t > 1).any()):
+            raise RuntimeError(MASK_MESSAGE)
+        if not from_logits and t.is_floating_point() and not bool(((t >= 0) & (t <= 1)).all()):
+            raise RuntimeError(TARGET_RANGE_MESSAGE)
     result = torch.promote_types(input.dtype, target.dtype)
     loss = loss.to(result)
     return (loss if reduction == 0 else loss[0]), gi, gt
