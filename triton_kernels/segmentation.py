@@ -225,7 +225,7 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         if ALIGN > 1:
             plane = tl.multiple_of(plane, ALIGN)  # (what WALK means)
         x = tl.load(x_ptr + offs, mask=mine, other=0.5).to(ACC)
-        p, _ = _prob_exp(x, LOGITS)
+        p, e = _prob_exp(x, LOGITS)
         p_front = p  # d = 0 has no front neighbour
         acc = tl.zeros([BLOCK_H, BLOCK_W], ACC)
         for d in range(0, D):
@@ -241,6 +241,7 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
             p_front = p
             x = x_next
             p = p_next
+            e = e_next
         tl.store(mine_out, tl.sum(acc))
         tl.store(mine_out + 1, tl.zeros([], ACC))
     else:
