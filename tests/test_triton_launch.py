@@ -98,3 +98,22 @@ def test_loss_backward_broadcasts_grad_output(backend, n, k):
     got = op(grad_output, saved, -0.5, torch.float32)
     want = saved * grad_output.repeat_interleave(n // k) * -0.5
     torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("shape", [(1, 2, 3, 4, 16), (2, 1, 3, 5, 17), (2, 1, 6, 19)], ids=["walk", "planes", "2d"])
+def test_the_loss_does_not_depend_on_the_gradients_asked_for(shape, from_logits):
+    """The kernel's variants without gradients (a forward pass under no_grad) compute the loss
+    along another path (the depth walk keeps exp(-|x|) a step there): the same bits."""
+    from pylosses.triton_kernels.segmentation import seg_loss_fwd
+
+    g = torch.Generator().manual_seed(2)
+    x = 0.05 + 0.9 * torch.rand(shape, generator=g, dtype=torch.float64)
+    x = 4 * x - 2 if from_logits else x
+    t = torch.rand(shape, generator=g, dtype=torch.float64)
+    dims = len(shape) - 2 if len(shape) == 5 else 2
+    for reduction in (0, 1, 2):
+        plain = seg_loss_fwd(x, t, 0.7, 0.3, dims, from_logits, reduction, False, False, False)[0]
+        for grads in ((True, False), (True, True), (False, True)):
+            with_grads = seg_loss_fwd(x, t, 0.7, 0.3, dims, from_logits, reduction, *grads, False)[0]
+            assert torch.equal(plain, with_grads), (reduction, grads)

@@ -225,19 +225,23 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         if ALIGN > 1:
             plane = tl.multiple_of(plane, ALIGN)  # (what WALK means)
         x = tl.load(x_ptr + offs, mask=mine, other=0.5).to(ACC)
-        p, _ = _prob_exp(x, LOGITS)
+        p, e = _prob_exp(x, LOGITS)
         p_front = p  # d = 0 has no front neighbour
         acc = tl.zeros([BLOCK_H, BLOCK_W], ACC)
         for d in range(0, D):
             here = offs + d * plane
             has_back = mine & (d + 1 < D)
             x_next = tl.load(x_ptr + here + plane, mask=has_back, other=0.5).to(ACC)
-            p_next, _ = _prob_exp(x_next, LOGITS)  # (used by the next step, which exists where has_back)
-            acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, h, x, p, tl.exp(-tl.abs(x)), p_front,
+            p_next, e_next = _prob_exp(x_next, LOGITS)  # (used by the next step, which exists where has_back)
+            # BCE's exp(-|x|) comes with the sigmoid; with gradients to write, keeping it a step
+            # would take the walk past 128 registers, so it is taken again
+            e_here = tl.exp(-tl.abs(x)) if GRAD or GRAD_T else e
+            acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, h, x, p, e_here, p_front,
                               tl.where(has_back, x_next, x), H, W, alpha_w, w_w, w_h, w_d, LOGITS, GRAD, GRAD_T, ACC)
             p_front = p
             x = x_next
             p = p_next
+            e = e_next
         tl.store(mine_out, tl.sum(acc))
         tl.store(mine_out + 1, tl.zeros([], ACC))
     else:
@@ -276,17 +280,19 @@ def kernel_shape(spatial, weights, group_elems):
     return (D, H, W), (w_d, w_h, w_w)
 
 
-def tile_shape(H: int, W: int, walk: bool, itemsize: int, acc: torch.dtype):
+def tile_shape(H: int, W: int, walk: bool, itemsize: int, grad_itemsize: int, acc: torch.dtype):
     """(BLOCK_H, BLOCK_W, num_warps): rows of up to 128 columns (one more tile a row where W is
-    not a multiple of ALIGN), TILE elements in all (a quarter for float64; 16 bytes of input a
-    thread for the depth walk, which keeps three tiles), at least 2 rows (Triton's alignment
-    analysis fails on a one-row tile with hints) and at least a warp of 16-byte vectors: a small
-    plane gets fewer warps rather than narrower vectors."""
+    not a multiple of ALIGN), TILE elements in all (a quarter for float64; for the depth walk,
+    which keeps three tiles, 16 bytes a thread of the wider of input and gradient: float16's
+    gradient, kept in float32, takes 8 elements a thread past 128 registers), at least 2 rows
+    (Triton's alignment analysis fails on a one-row tile with hints) and at least a warp of
+    16-byte vectors: a small plane gets fewer warps rather than narrower vectors."""
+    unit = max(itemsize, grad_itemsize) if walk else itemsize  # the bytes that fill 16 a thread
     block_w = min(max(triton.next_power_of_2(row_span(W)), 16), 128)
-    tile = 128 * 16 // itemsize if walk else TILE // (4 if acc == torch.float64 else 1)
+    tile = 128 * 16 // unit if walk else TILE // (4 if acc == torch.float64 else 1)
     block_h = max(min(tile // block_w, triton.next_power_of_2(H)), 2)
-    block_w = max(block_w, 32 * 16 // itemsize // block_h)
-    return block_h, block_w, max(1, min(NUM_WARPS, block_h * block_w * itemsize // (32 * 16)))
+    block_w = max(block_w, 32 * 16 // unit // block_h)
+    return block_h, block_w, max(1, min(NUM_WARPS, block_h * block_w * unit // (32 * 16)))
 
 
 def row_alignment(W: int) -> int:
@@ -330,7 +336,7 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
             raise ValueError(f"segmentation_loss (triton): spatial sizes must stay below 2**31 - {2 * ALIGN}, "
                              f"got {tuple(spatial)}")
         walk = D > 1 and (H * W) % row_alignment(W) == 0
-        block_h, block_w, num_warps = tile_shape(H, W, walk, x.element_size(), acc)
+        block_h, block_w, num_warps = tile_shape(H, W, walk, x.element_size(), gi.element_size(), acc)
         tiles_w = triton.cdiv(row_span(W), block_w)
         tiles = triton.cdiv(H, block_h) * tiles_w
         programs = (planes // D if walk else planes) * tiles
