@@ -10,13 +10,28 @@ is; PYLOSSES_CPU_ISA=AVX512|AVX2|DEFAULT overrides it (use DEFAULT to build for 
 PYLOSSES_NO_EXTENSION=1 installs the Python package alone: the Makefile uses it for the editable
 install and then builds the extension in place (python setup.py build_ext --inplace), which
 ninja redoes incrementally.
+
+Build isolation: the extension is compiled against the torch that is installed, so it needs
+`pip install --no-build-isolation .`; a plain `pip install .` (isolated: no torch in the build
+environment) stops with a message that says so, unless PYLOSSES_NO_EXTENSION=1 asks for the
+pure-Python package, which builds anywhere.
 """
 
 import glob
 import os
+import re
 import shutil
+import sys
 
 from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+NO_EXTENSION = os.environ.get("PYLOSSES_NO_EXTENSION") == "1"
+
+
+def version():
+    with open(os.path.join(ROOT, "pylosses", "_version.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
 
 
 def _cuda_home_hint():
@@ -35,13 +50,6 @@ def _cuda_home_hint():
         os.environ["CUDA_HOME"] = standard
 
 
-_cuda_home_hint()  # before torch.utils.cpp_extension reads it
-
-import torch  # noqa: E402
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-
 ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma", "-mf16c"],
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
@@ -49,7 +57,7 @@ ISA_FLAGS = {
 }
 
 
-def cpu_isa():
+def cpu_isa(torch):
     isa = os.environ.get("PYLOSSES_CPU_ISA") or torch.backends.cpu.get_cpu_capability()
     isa = isa.upper()
     if isa not in ISA_FLAGS:  # e.g. ZVECTOR, VSX: the portable build
@@ -57,58 +65,103 @@ def cpu_isa():
     return isa
 
 
-def want_cuda():
+def want_cuda(torch, cuda_home):
     if os.environ.get("USE_CUDA") == "0":
         return False, "USE_CUDA=0"
     if os.environ.get("FORCE_CUDA") == "1":
-        if torch.version.cuda is None or CUDA_HOME is None:
+        if torch.version.cuda is None or cuda_home is None:
             raise SystemExit("pylosses: FORCE_CUDA=1 needs a CUDA build of torch and the CUDA toolkit (CUDA_HOME); "
-                             f"torch {torch.__version__} has CUDA {torch.version.cuda}, CUDA_HOME is {CUDA_HOME}")
+                             f"torch {torch.__version__} has CUDA {torch.version.cuda}, CUDA_HOME is {cuda_home}")
         return True, "FORCE_CUDA=1"
-    if torch.cuda.is_available() and CUDA_HOME is not None:
-        return True, f"a GPU and CUDA_HOME={CUDA_HOME} were found"
+    if torch.cuda.is_available() and cuda_home is not None:
+        return True, f"a GPU and CUDA_HOME={cuda_home} were found"
     return False, "no GPU or no CUDA_HOME (set FORCE_CUDA=1 to build the CUDA sources anyway)"
 
 
+def cuda_arch_list(torch):
+    """The architectures to compile for, set explicitly so that the build can say what it holds:
+    TORCH_CUDA_ARCH_LIST when given, else this machine's GPUs', else Hopper (H100, H200), the
+    GPUs we tune for."""
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps) or "9.0"
+    return os.environ["TORCH_CUDA_ARCH_LIST"]
+
+
+def write_build_info(torch, isa, archs):
+    """build/generated-<python>/build_info.h: what csrc/pylosses.cpp reports as pylosses._C's
+    cpu_capability, cuda_archs, cuda_version and torch_version (python -m pylosses shows them)."""
+    folder = os.path.join(ROOT, "build", f"generated-py{sys.version_info[0]}{sys.version_info[1]}")
+    os.makedirs(folder, exist_ok=True)
+    values = {"CPU_CAPABILITY": isa, "CUDA_ARCHS": archs, "CUDA_VERSION": torch.version.cuda or "",
+              "TORCH_VERSION": torch.__version__}
+    text = "// written by setup.py: how pylosses._C was built\n#pragma once\n" + "".join(
+        f'#define PYLOSSES_{key} "{value}"\n' for key, value in values.items())
+    path = os.path.join(folder, "build_info.h")
+    if not os.path.exists(path) or open(path).read() != text:  # unchanged: nothing to recompile
+        with open(path, "w") as f:
+            f.write(text)
+    return folder
+
+
 def extensions():
-    if os.environ.get("PYLOSSES_NO_EXTENSION") == "1":
-        return []
-    isa = cpu_isa()
-    with_cuda, why = want_cuda()
+    if NO_EXTENSION:
+        return [], {}
+    _cuda_home_hint()  # before torch.utils.cpp_extension reads it
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        raise SystemExit(
+            "pylosses: building the extension needs torch, and this build environment has none: pip's build "
+            "isolation hides the torch you installed, which the extension must be compiled against. Run\n"
+            "    pip install --no-build-isolation .\n"
+            "(with torch, setuptools and wheel installed), or, for the pure-Python package (the triton, "
+            "reference, jit and compile backends; no native kernels)\n"
+            "    PYLOSSES_NO_EXTENSION=1 pip install .") from None
+    isa = cpu_isa(torch)
+    with_cuda, why = want_cuda(torch, CUDA_HOME)
+    archs = cuda_arch_list(torch) if with_cuda else ""
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     cu = sorted(glob.glob("csrc/cuda/*.cu")) if with_cuda else []
-    if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        # nothing to detect the architecture from: Hopper (H100, H200), the GPUs we tune for
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
     # (at::vec's conversions trip gcc's maybe-uninitialized in every file that uses them)
     cxx = ["-O3", "-g0", "-fopenmp", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized", *ISA_FLAGS[isa]]
     macros = [("CPU_CAPABILITY", isa), (f"CPU_CAPABILITY_{isa}", None)]
-    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "this machine's GPU")
     print(f"pylosses: building pylosses._C: C++ for CPU ({len(cpp)} files, {isa} vectors)"
-          + (f", CUDA ({len(cu)} files for {arch}: {why})" if with_cuda else f"; no CUDA ({why})"))
+          + (f", CUDA ({len(cu)} files for {archs}: {why})" if with_cuda else f"; no CUDA ({why})"))
     kwargs = dict(
         name="pylosses._C",
         sources=cpp + cu,
+        include_dirs=[write_build_info(torch, isa, archs)],
         define_macros=macros,
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo"]},
         extra_link_args=["-fopenmp"],
     )
+    # the ABI suffix (_C.cpython-312-...so) lets builds for several Pythons lie side by side in a
+    # checkout (CI builds for the GPU machine's Python 3.12 beside the development one)
+    cmdclass = {"build_ext": BuildExtension}
     if with_cuda:
-        return [CUDAExtension(**kwargs)]
+        return [CUDAExtension(**kwargs)], cmdclass
     kwargs["extra_compile_args"] = cxx
-    return [CppExtension(**kwargs)]
+    return [CppExtension(**kwargs)], cmdclass
 
+
+ext_modules, cmdclass = extensions()
+with open(os.path.join(ROOT, "README.md")) as f:
+    long_description = f.read()
 
 setup(
     name="pylosses",
-    version="0.1.0",
+    version=version(),
     description="Fused, hand-written loss kernels for PyTorch: MSE and BCE + total-variation segmentation loss",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
     packages=["pylosses", "pylosses.triton_kernels"],
     package_dir={"pylosses": "pylosses", "pylosses.triton_kernels": "triton_kernels"},
-    ext_modules=extensions(),
-    # the ABI suffix (_C.cpython-312-...so) lets builds for several Pythons lie side by side in a
-    # checkout (CI builds for the GPU machine's Python 3.12 beside the development one)
-    cmdclass={"build_ext": BuildExtension},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     python_requires=">=3.9",
     install_requires=["torch>=2.6"],
+    extras_require={"triton": ["triton"]},
 )

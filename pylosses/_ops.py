@@ -1,10 +1,12 @@
-"""The ops of pylosses: fake kernels (for torch.compile and opcheck) and autograd.
+"""The ops of pylosses: their schemas, fake kernels (for torch.compile and opcheck) and autograd.
 
-Every op comes twice, with one schema (csrc/pylosses.cpp): NAME, implemented by pylosses._C,
-and triton_NAME, implemented here by the Triton kernels of pylosses.triton_kernels. Each loss's
-forward op returns the loss and, when asked, its gradients for grad_output = 1
-(DESIGN §3: the forward pass writes the gradient); the backward of every loss applies
-grad_output with the op loss_backward (on the CPU, a grad_output of exactly 1 needs no pass).
+Every op comes twice, with one schema (SCHEMAS, defined here before anything registers an
+implementation): NAME, implemented by the compiled extension pylosses._C (csrc/cpu, csrc/cuda),
+and triton_NAME, implemented here by the Triton kernels of pylosses.triton_kernels. So the
+Triton backend needs no compiled code: a pure-Python install has it. Each loss's forward op
+returns the loss and, when asked, its gradients for grad_output = 1 (DESIGN §3: the forward
+pass writes the gradient); the backward of every loss applies grad_output with the op
+loss_backward (on the CPU, a grad_output of exactly 1 needs no pass).
 """
 
 import torch
@@ -13,14 +15,37 @@ from torch import Tensor
 from . import reference
 from ._dtypes import saved_grad_dtype
 
-try:
-    from . import _C  # noqa: F401  (loading it registers torch.ops.pylosses.*)
+# Every loss has a forward op that returns the loss and, when asked, its gradients for
+# grad_output = 1; the backward of every loss is loss_backward, which applies grad_output.
+# reduction follows at::Reduction: 0 none, 1 mean, 2 sum.
+SCHEMAS = {
+    "mse_loss_fwd": "(Tensor input, Tensor target, int reduction, bool compute_grad) -> (Tensor, Tensor)",
+    "seg_loss_fwd": "(Tensor input, Tensor target, float alpha, float beta, int spatial_dims, bool from_logits, "
+                    "int reduction, bool compute_grad_input, bool compute_grad_target) -> (Tensor, Tensor, Tensor)",
+    "loss_backward": "(Tensor grad_output, Tensor saved_grad, float scale, ScalarType dtype) -> Tensor",
+}
 
-    EXTENSION_ERROR = None
-except ImportError as error:  # not built: the native backend is unavailable
-    EXTENSION_ERROR = error
+
+def define_ops(namespace: str, prefixes=("",)) -> torch.library.Library:
+    """Define every op of SCHEMAS in `namespace`, once a prefix (the Library must be kept alive:
+    dropping it removes the definitions). The tests define them again for the CUDA kernels
+    built for the CPU (tests/test_cuda_emulation.py)."""
+    library = torch.library.Library(namespace, "DEF")
+    for prefix in prefixes:
+        for name, signature in SCHEMAS.items():
+            library.define(prefix + name + signature)
+    return library
+
 
 PREFIX = {"native": "", "triton": "triton_"}  # a backend's ops: torch.ops.pylosses.<prefix><name>
+_library = define_ops("pylosses", PREFIX.values())
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the CPU and CUDA kernels of the native ops)
+
+    EXTENSION_ERROR = None
+except ImportError as error:  # not built (a pure-Python install): the native backend is unavailable
+    EXTENSION_ERROR = error
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
@@ -165,40 +190,17 @@ def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, 
                                             grad_input, grad_target, check)
 
 
-def _source_tree_triton_kernels() -> None:
-    """Make the folder triton_kernels/ beside this package importable as pylosses.triton_kernels,
-    where pylosses runs from a source checkout that was built in place but never installed
-    (make device-check, on a machine with no package index). An install maps it (setup.py)."""
-    import importlib.util
-    import os
-    import sys
+_register("native")  # without the extension its ops have no kernels, and every call raises
+try:
+    from .triton_kernels import common as triton_common
+    from .triton_kernels import mse as triton_mse
+    from .triton_kernels import segmentation as triton_segmentation
 
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "triton_kernels")
-    init = os.path.join(folder, "__init__.py")
-    if __package__ + ".triton_kernels" in sys.modules or not os.path.isfile(init):
-        return
-    if importlib.util.find_spec(__package__ + ".triton_kernels") is not None:  # installed
-        return
-    spec = importlib.util.spec_from_file_location(__package__ + ".triton_kernels", init,
-                                                  submodule_search_locations=[folder])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-
-
-TRITON_ERROR = EXTENSION_ERROR  # why the triton backend is unavailable (its schemas come with _C)
-if EXTENSION_ERROR is None:
-    _register("native")
-    try:
-        _source_tree_triton_kernels()
-        from .triton_kernels import common as triton_common
-        from .triton_kernels import mse as triton_mse
-        from .triton_kernels import segmentation as triton_segmentation
-    except ImportError as error:  # no Triton
-        TRITON_ERROR = error
-    else:
-        _triton_library = torch.library.Library("pylosses", "IMPL")
-        for _name, _impl in (("mse_loss_fwd", triton_mse.mse_loss_fwd), ("seg_loss_fwd", _triton_seg_loss_fwd),
-                             ("loss_backward", triton_common.loss_backward)):
-            _triton_library.impl("triton_" + _name, _impl, "CompositeExplicitAutograd")
-        _register("triton")
+    TRITON_ERROR = None
+except ImportError as error:  # no Triton: the triton backend is unavailable
+    TRITON_ERROR = error
+else:
+    for _name, _impl in (("mse_loss_fwd", triton_mse.mse_loss_fwd), ("seg_loss_fwd", _triton_seg_loss_fwd),
+                         ("loss_backward", triton_common.loss_backward)):
+        _library.impl("triton_" + _name, _impl, "CompositeExplicitAutograd")
+    _register("triton")

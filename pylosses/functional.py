@@ -27,14 +27,22 @@ _SEG_TARGETS = _FLOATS + (torch.bool, torch.uint8)
 
 # backend="auto": the fastest backends for each device type, fastest first, as the benchmark
 # results (benchmarks/results/) show them. The first available one is used; anything else
-# falls back to "reference" with a one-time warning.
+# falls back to "reference" with a one-time warning that says what is missing.
 FASTEST = {
     "cpu": ("native",),
-    "meta": ("native",),  # shapes and dtypes from the ops' fake kernels, as on every device
-    # the CUDA kernels; triton joins (in its place, if faster) once both have been measured
-    # on a GPU: until then neither has run on one (README, "Not yet run on a GPU")
-    "cuda": ("native",),
+    "meta": ("native", "triton"),  # shapes and dtypes from the ops' fake kernels, as on every device
+    # the CUDA kernels first, then Triton (a pure-Python install has it); their order is to be
+    # set by a GPU measurement: until then neither has run on one (README, "Not yet run on a GPU")
+    "cuda": ("native", "triton"),
 }
+# The benchmark results folder (benchmarks/results/) that FASTEST's GPU order comes from, once
+# a GPU has measured the kernels; python -m pylosses reports it.
+GPU_MEASUREMENT = None
+
+# how to get what a backend lacks, for the messages that say it is missing
+HOW_TO_BUILD = ("build it from a source checkout: pip install --no-build-isolation . (with torch, a C++ compiler "
+                "and, for CUDA tensors, nvcc), or make build")
+HOW_TO_GET_TRITON = "pip install triton (it comes with torch on Linux)"
 
 _warned = set()
 
@@ -54,13 +62,13 @@ def input_checks_enabled() -> bool:
 def _native_reason(device: torch.device) -> str:
     """Why the native backend can't run on `device`, or "" when it can."""
     if _ops.EXTENSION_ERROR is not None:
-        return f"the compiled extension pylosses._C could not be loaded ({_ops.EXTENSION_ERROR})"
+        return f"the compiled extension pylosses._C is not there ({_ops.EXTENSION_ERROR}); {HOW_TO_BUILD}"
     if device.type in ("cpu", "meta"):  # meta: the fake kernels give shapes and dtypes
         return ""
     key = {"cuda": "CUDA"}.get(device.type)
     if key and torch._C._dispatch_has_kernel_for_dispatch_key("pylosses::seg_loss_fwd", key):
         return ""
-    return f"pylosses._C was built without kernels for {device.type} tensors"
+    return f"pylosses._C was built without kernels for {device.type} tensors; to build them, {HOW_TO_BUILD}"
 
 
 def _unavailable_reason(backend: str, device: torch.device) -> str:
@@ -68,7 +76,7 @@ def _unavailable_reason(backend: str, device: torch.device) -> str:
         return _native_reason(device)
     if backend == "triton":
         if _ops.TRITON_ERROR is not None:
-            return f"the Triton kernels could not be loaded ({_ops.TRITON_ERROR})"
+            return f"the Triton kernels could not be loaded ({_ops.TRITON_ERROR}); {HOW_TO_GET_TRITON}"
         if device.type in ("cuda", "meta") or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
             return ""
         return f"Triton runs on cuda tensors (on cpu tensors only under TRITON_INTERPRET=1, for tests), not {device.type}"
@@ -92,15 +100,22 @@ def _pick_backend(backend: str, device: torch.device, numel: int = 1) -> str:
         if reason:
             raise RuntimeError(f"backend={backend!r} is not available for {device.type} tensors: {reason}")
         return backend
+    choice, why = _auto_backend(device)
+    if why and device.type not in _warned:
+        _warned.add(device.type)
+        warnings.warn(f"pylosses: backend='auto' uses 'reference' for {device.type} tensors ({why})", stacklevel=3)
+    return choice
+
+
+def _auto_backend(device: Union[str, torch.device]):
+    """What backend="auto" runs on `device`: (backend, "") or ("reference", why the faster ones
+    are unavailable)."""
+    device = torch.device(device)
     preferred = FASTEST.get(device.type, ())
     for candidate in preferred:
         if not _unavailable_reason(candidate, device):
-            return candidate
-    if device.type not in _warned:
-        _warned.add(device.type)
-        why = "; ".join(f"{b}: {_unavailable_reason(b, device)}" for b in preferred) or "no kernels for this device"
-        warnings.warn(f"pylosses: backend='auto' uses 'reference' for {device.type} tensors ({why})", stacklevel=3)
-    return "reference"
+            return candidate, ""
+    return "reference", "; ".join(f"{b}: {_unavailable_reason(b, device)}" for b in preferred) or "no kernels for this device"
 
 
 # checks -----------------------------------------------------------------------------------

@@ -16,11 +16,11 @@ import torch
 
 from cases import MSE_SHAPES, SEG2D_SHAPES, SEG3D_SHAPES
 
-import pylosses  # noqa: F401  (the native ops)
+import pylosses  # the native ops, and the schemas (pylosses._ops.SCHEMAS)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = [os.path.join(ROOT, "tests", "cuda_emulation", f"{name}.cpp")
-           for name in ("schemas", "mse_loss", "seg_loss", "loss_backward")]
+           for name in ("mse_loss", "seg_loss", "loss_backward")]
 EPS = {torch.float32: 2**-23, torch.float64: 2**-52, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 
 # shapes that also take the vector path (W a multiple of 8) and spread over several blocks
@@ -43,6 +43,9 @@ def junk_memory():
     flag.value = False
 
 
+_LIBRARIES = []
+
+
 @pytest.fixture(scope="module")
 def emulated():
     from torch.utils.cpp_extension import load
@@ -50,6 +53,8 @@ def emulated():
     # one build folder per Python and torch: load() would reuse a build made against other headers
     build = os.path.join(ROOT, "build", f"cuda_emulation-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}")
     os.makedirs(build, exist_ok=True)
+    # pylosses' own schemas, under the emulation's name (kept alive: dropping it drops the ops)
+    _LIBRARIES.append(pylosses._ops.define_ops("pylosses_cuda_emulated"))
     load(name="pylosses_cuda_emulated", sources=SOURCES, build_directory=build, is_python_module=False,
          extra_cflags=["-O1", "-std=c++20", "-Wno-unknown-pragmas"])
     return torch.ops.pylosses_cuda_emulated

@@ -1,6 +1,8 @@
 """make device-check: on a GPU machine (H100 or H200, no network), inside one 10-minute device call:
 
-1. build pylosses._C in place with its CUDA kernels, for this GPU's architecture only, on all cores;
+1. install this checkout (pip install --no-build-isolation --no-deps --no-index -e ., the Python
+   package only: setuptools and wheel are there, no package index is needed) and build
+   pylosses._C in place with its CUDA kernels, for this GPU's architecture only, on all cores;
 2. run the GPU tests (tests/test_gpu.py, every test marked gpu) and tests/test_build.py;
 3. run a short benchmark: both losses, forward and forward+backward, 1M, 16M and 64M elements,
    float32, the providers reference, jit, native and triton (not torch.compile, whose cold
@@ -16,7 +18,7 @@ shrunk to what is left of them; a step past its time has its whole process group
 (SIGTERM, then SIGKILL) whether it prints or not, and is reported as exit status 124. The logs
 are written line by line and the benchmark rewrites its results after every cell.
 
-It uses the python that runs it and installs nothing. On a machine without a GPU it builds (the
+It uses the python that runs it and installs only this checkout, editable. On a machine without a GPU it builds (the
 CUDA sources for sm_90, when nvcc is there) and reports what it would run; --dry-run does only
 the reporting.
 """
@@ -42,7 +44,7 @@ from benchmarks.report import plots, slug  # noqa: E402  (no torch, no pylosses:
 
 # A device call ends at 10 minutes; starting python and torch, and the transfers, need some of them.
 BUDGET_S = 510
-LIMITS_S = {"build": 240, "tests": 240, "benchmark": 180}
+LIMITS_S = {"install": 60, "build": 240, "tests": 240, "benchmark": 180}
 REPORT_S = 30  # kept back from the budget: stopping the last step, the plot and the report
 MIN_STEP_S = 15  # less time than this left: the step is not started, as it could not finish
 GRACE_S = 5  # between SIGTERM and SIGKILL: pytest and torch get to exit cleanly
@@ -124,7 +126,7 @@ def run(cmd, env=None, timeout=None, log=None):
     rc 124 when stopped."""
     print("+ " + shlex.join(cmd), flush=True)
     start = time.monotonic()
-    out = open(log, "w") if log else None
+    out = open(log, "a") if log else None  # (main removes an earlier run's logs; steps may share one)
     # unbuffered: a child killed at its deadline has printed everything it did before
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -383,8 +385,13 @@ def plan(py, folder, build_env, build=True):
         tests += ["-n", "4", "--dist", "loadgroup"]
     if importlib.util.find_spec("pytest_timeout"):
         tests += ["--timeout", str(TEST_TIMEOUT_S)]
-    steps = [Step("build", [py, "setup.py", "build_ext", "--inplace"], os.path.join(folder, "build.log"), build_env,
-                  required=True)] if build else []
+    build_log = os.path.join(folder, "build.log")
+    install = [py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
+               "--disable-pip-version-check", "-e", "."]
+    # (a throwaway machine: its Python may call itself externally managed)
+    steps = [Step("install", install, build_log, {"PYLOSSES_NO_EXTENSION": "1", "PIP_BREAK_SYSTEM_PACKAGES": "1"},
+                  required=True),
+             Step("build", [py, "setup.py", "build_ext", "--inplace"], build_log, build_env, required=True)] if build else []
     return steps + [
         Step("tests", tests, os.path.join(folder, "gpu-tests.log"), {"PYLOSSES_REQUIRE_CUDA": "1"}),
         Step("benchmark", [py, "-m", "benchmarks", *BENCH_ARGS, "--folder", folder],
@@ -441,8 +448,9 @@ def main(argv=None):
         if not shutil.which("nvcc"):
             print("no nvcc here: nothing to build")
             return 0
-        print("building here, as step 1 would (the CUDA sources for sm_90):")
-        rc, _, _ = run(steps[0].cmd, env=build_env, timeout=LIMITS_S["build"])
+        build_step = next(step for step in steps if step.name == "build")
+        print("building here, as the build step would (the CUDA sources for sm_90):")
+        rc, _, _ = run(build_step.cmd, env=build_env, timeout=LIMITS_S["build"])
         return rc
 
     os.makedirs(folder, exist_ok=True)
