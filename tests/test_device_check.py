@@ -51,6 +51,8 @@ def test_dry_run_names_every_step_and_the_budget():
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert "dry run" in out
     assert "FORCE_CUDA=1" in out and "setup.py build_ext --inplace" in out
+    # the checkout is installed offline (no package index there), the Python package only
+    assert "PYLOSSES_NO_EXTENSION=1" in out and "pip install --no-build-isolation --no-deps --no-index" in out
     assert "tests/test_gpu.py" in out and "PYLOSSES_REQUIRE_CUDA=1" in out
     assert "-m benchmarks --device cuda --sizes 1M,16M,64M --dtypes float32" in out
     assert "--providers reference,jit,native,triton" in out  # no cold torch.compile
