@@ -26,6 +26,11 @@ C10_HOST_DEVICE inline T pmax(T a, T b) { return a < b ? b : a; }
 template <typename T>
 C10_HOST_DEVICE inline T psign(T x) { return T(x > T(0)) - T(x < T(0)); }
 
+// Whether t is a hard label, 0 or 1 (t (1 - t) is 0 for nothing else, NaN included). The CPU's
+// overload for vectors asks it of every lane.
+template <typename T>
+C10_HOST_DEVICE inline bool phard(T t) { return t * (T(1) - t) == T(0); }
+
 // x >= 0 ? a : b
 template <typename T>
 C10_HOST_DEVICE inline T pselect_ge0(T x, T a, T b) { return x >= T(0) ? a : b; }

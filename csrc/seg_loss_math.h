@@ -29,12 +29,36 @@ C10_HOST_DEVICE inline T sigmoid(T x) {
   return pselect_ge0(x, T(1), e) / (T(1) + e);
 }
 
-template <typename T, bool kLogits>
+// BCE of probabilities for a hard label (t = 0 or 1) with one log where a soft label takes two:
+// -log q, with q the probability given to the label, p or 1 - p. 1 - p is rounded where
+// p < 1/2; its rounding residue r (exact: Fast2Sum) restores log(1 - p) = log(q) + r to within
+// an ulp, so that a confident p (1e-9 with t = 0) keeps its loss p, as log1p(-p) gives it.
+template <typename T>
+C10_HOST_DEVICE inline T bce_loss_hard(T p, T t) {
+  const T one_minus_p = T(1) - p;
+  const T residue = (T(1) - one_minus_p) - p;
+  const T label = t - T(0.5);
+  const T log_q = plog(pselect_ge0(label, p, one_minus_p)) + pselect_ge0(label, T(0), residue);
+  return T(0) - pmax(log_q, T(kBceLogClamp));
+}
+
+// Which form the BCE of probabilities takes: the two-log form that any label needs, the one-log
+// form of hard labels (bool and uint8 targets), or either, as a test of the labels finds them
+// (the CPU, for a vector of float targets: hard where every lane is). CUDA keeps float targets
+// soft: a per-element branch would hold both forms in its hot loop, and whether that pays for
+// float masks is for a GPU measurement to say.
+enum class Labels { kSoft, kHard, kTested };
+
+// BCE of one element (or vector of them).
+template <typename T, bool kLogits, Labels kLabels = Labels::kSoft>
 C10_HOST_DEVICE inline T bce_loss(T x, T p, T t) {
   if constexpr (kLogits) {
     // the stable form of nn.BCEWithLogitsLoss: max(x, 0) - x t + log(1 + exp(-|x|))
     return pmax(x, T(0)) - x * t + plog1p(pexp(T(0) - pabs(x)));
   } else {
+    if (kLabels == Labels::kHard || (kLabels == Labels::kTested && phard(t))) {
+      return bce_loss_hard(p, t);
+    }
     const T log_p = pmax(plog(p), T(kBceLogClamp));
     const T log_q = pmax(plog1p(T(0) - p), T(kBceLogClamp));
     return (t - T(1)) * log_q - t * log_p;

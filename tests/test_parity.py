@@ -54,3 +54,26 @@ def test_uint8_targets_match_bool():
 def test_compile_backend(loss):
     for reduction in REDUCTIONS:
         check_against_reference(loss, "compile", shapes_for(loss)[1], torch.float32, torch.float32, reduction)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("target_dtype", [torch.float32, torch.bool, torch.uint8], ids=str)
+def test_confident_probabilities_keep_their_small_loss(backend, target_dtype):
+    """Hard labels take BCE's one-log form (log(1 - p) from a rounded 1 - p plus its residue; on
+    the CPU for float targets where a whole vector is hard): a confident probability (1e-9 for
+    label 0, 1 - 2**-24 for label 1) keeps the tiny loss that log1p gives it, and a float target
+    that mixes hard and soft labels within a vector takes each form where it applies."""
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 1, 4, 40)
+    t = torch.rand(shape, generator=g) > 0.5
+    confident = torch.tensor([1e-9, 1e-7, 2**-24, 3e-6]).repeat(40)  # how far p is from its label
+    x = torch.empty(shape)
+    x[0] = torch.where(t[0], 1 - confident.view(1, 4, 40).clamp(min=2**-24), confident.view(1, 4, 40))
+    x[1:] = torch.rand((2, 1, 4, 40), generator=g).clamp(1e-4, 1 - 1e-4)
+    target = t.to(target_dtype)
+    if target_dtype == torch.float32:
+        target[2, 0, :, ::7] = 0.3  # soft labels here and there in the last sample
+    got = pylosses.segmentation_loss(x, target, alpha=1.0, beta=0.0, reduction="none", backend=backend)
+    want = torch.nn.functional.binary_cross_entropy(x.double(), target.double(), reduction="none").mean((1, 2, 3))
+    assert want[0] < 1e-5  # the confident sample's loss is tiny: an absolute error of 6e-8 would show
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=0)

@@ -44,6 +44,10 @@ inline Vec<T> psign(const Vec<T>& x) {
   return x.gt(zero) - x.lt(zero);  // gt/lt give 1 or 0 in each lane
 }
 template <typename T>
+inline bool phard(const Vec<T>& t) {  // in every lane (lanes past a row hold 0)
+  return (t * (Vec<T>(T(1)) - t)).zero_mask() == (1 << Vec<T>::size()) - 1;
+}
+template <typename T>
 inline Vec<T> pselect_ge0(const Vec<T>& x, const Vec<T>& a, const Vec<T>& b) {
   return Vec<T>::blendv(b, a, x >= Vec<T>(T(0)));
 }

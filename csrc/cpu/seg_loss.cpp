@@ -82,7 +82,9 @@ struct SegVecSums {
 
 // Loss sums and input gradient of one row: the stencil and the BCE on acc_t rows. kCheckTarget:
 // keep the targets' range, which must lie in [0, 1] (math::kTargetChecked says when).
-template <typename acc_t, bool kLogits, bool k3D, bool kGrad, bool kCheckTarget>
+// kHardLabels: the targets are masks (bool, uint8), so BCE takes its one-log form throughout;
+// float targets take it a vector at a time, where all its labels are hard.
+template <typename acc_t, bool kLogits, bool k3D, bool kGrad, bool kCheckTarget, bool kHardLabels>
 void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int64_t W,
              const SegParams<acc_t>& prm, SegVecSums<acc_t>& sums, acc_t* grad) {
   using V = Vec<acc_t>;
@@ -100,7 +102,8 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
       t_min = at::vec::minimum(t_min, tv);
       t_max = at::vec::maximum(t_max, tv);
     }
-    accumulate<kTail>(bce, math::bce_loss<V, kLogits>(xv, p, tv), lanes);
+    constexpr auto kLabels = kHardLabels ? math::Labels::kHard : math::Labels::kTested;
+    accumulate<kTail>(bce, math::bce_loss<V, kLogits, kLabels>(xv, p, tv), lanes);
     accumulate<kTail>(tv_w, math::tv_loss(left, p), lanes);
     accumulate<kTail>(tv_h, math::tv_loss(up, p), lanes);
     V front;
@@ -227,7 +230,7 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
         const acc_t* x = kLogits ? load_row(input + offset, s.x.data(), W) : p;
         const acc_t* t = load_row(target + offset, s.t.data(), W);
         acc_t* g = kGrad ? out_row(grad_in + offset, s.grad.data()) : nullptr;
-        seg_row<acc_t, kLogits, k3D, kGrad, kCheckTarget>(x, nb, t, W, prm, sums, g);
+        seg_row<acc_t, kLogits, k3D, kGrad, kCheckTarget, !is_float_v<target_t>>(x, nb, t, W, prm, sums, g);
         if (kGrad) {
           store_row(g, grad_in + offset, W);
         }

@@ -181,7 +181,8 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
           const acc_t p = p_cur[k], t = static_cast<acc_t>(targets.v[k]);
           const acc_t left = k > 0 ? p_cur[k - 1] : left_edge;
           const acc_t right = k + 1 < kVec ? p_cur[k + 1] : right_edge;
-          sums[0] += math::bce_loss<acc_t, kLogits>(x_cur[k], p, t);
+          constexpr auto kLabels = is_float_v<target_t> ? math::Labels::kSoft : math::Labels::kHard;
+          sums[0] += math::bce_loss<acc_t, kLogits, kLabels>(x_cur[k], p, t);
           sums[1] += math::tv_loss(left, p);
           sums[2] += math::tv_loss(up[k], p);
           sums[3] += math::tv_loss(p_prev[k], p);
