@@ -64,9 +64,16 @@ def _clamped_log(v):
 
 
 @triton.jit
-def _bce_loss(x, p, e, t, LOGITS: tl.constexpr):
+def _bce_loss(x, p, e, t, LOGITS: tl.constexpr, HARD: tl.constexpr):
     if LOGITS:
         return tl.maximum(x, 0.0) - x * t + _log1p(e)
+    elif HARD:
+        # a mask's label is 0 or 1: one log, of the probability given to the label, with the
+        # rounding residue of 1 - p added back (exact), as csrc/seg_loss_math.h's bce_loss_hard
+        one_minus_p = 1.0 - p
+        residue = (1.0 - one_minus_p) - p
+        label = t >= 0.5
+        return -_clamped_log(tl.log(tl.where(label, p, one_minus_p)) + tl.where(label, 0.0, residue))
     else:
         return (t - 1.0) * _clamped_log(_log1p(-p)) - t * _clamped_log(tl.log(p))
 
@@ -153,7 +160,7 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, h, x, p, e, p_
     if GRAD_T:
         gt = alpha_w * _bce_grad_target(x, p, LOGITS)
         tl.store(grad_t_ptr + offs, to_element(gt, grad_t_ptr), mask=mine)
-    bce = _bce_loss(x, p, e, t, LOGITS)
+    bce = _bce_loss(x, p, e, t, LOGITS, t_ptr.dtype.element_ty == tl.uint8)  # (bool targets arrive as uint8)
     if not LOGITS or t_ptr.dtype.element_ty == tl.uint8:
         # a target outside [0, 1] (a 0/255 mask; with probabilities, any float): NaN, where the
         # CPU kernel raises (README); bool targets arrive as uint8 and always pass
