@@ -43,8 +43,10 @@ build: $(EDITABLE)
 	fi
 	$(PY) -c "import pylosses._C"
 
+# PYTEST_ARGS: more pytest arguments (.ci/run's second leg leaves out what it repeats)
+PYTEST_ARGS ?=
 test: build
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: build
 	$(PY) -m benchmarks
