@@ -5,12 +5,13 @@
 Each tree is a source checkout with its extension built in place (`make build`). Two builds of
 one extension cannot share a process (they register the same ops), so each round runs one
 process a tree, in alternating order, and each process times the native segmentation loss
-(forward under no_grad, and forward+backward) for float, bool and uint8 targets: the median of
-10 calls after 2 warm-ups. The table gives the medians over rounds and their ratio. A bool
+(forward under no_grad, and forward+backward) on probabilities and on logits, for float, bool
+and uint8 targets (hard labels): the median of 10 calls after 2 warm-ups. The table gives the medians over rounds and their ratio. A bool
 target takes no range check in any build, so its ratio shows the noise of the machine.
 """
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -29,23 +30,26 @@ def time_tree(tree: str, shape, calls: int = 12) -> dict:
     if not os.path.abspath(pylosses.__file__).startswith(os.path.abspath(tree)):
         raise SystemExit(f"pylosses came from {pylosses.__file__}, not from {tree}")
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(shape, generator=g).clamp_(1e-3, 1 - 1e-3)
+    probs = torch.rand(shape, generator=g).clamp_(1e-3, 1 - 1e-3)
+    logits = torch.randn(shape, generator=g)
     hard = torch.rand(shape, generator=g) > 0.5
+    pylosses.segmentation_loss(probs, hard, backend="native")  # the thread pool starts here, untimed
     medians = {}
-    for kind, target in (("float", hard.float()), ("bool", hard), ("uint8", hard.to(torch.uint8))):
-        for mode in ("forward", "forward+backward"):
-            xi = x.clone().requires_grad_(mode != "forward")
-            times = []
-            for _ in range(calls):
-                xi.grad = None
-                start = time.perf_counter()
-                if mode == "forward":
-                    with torch.no_grad():
-                        pylosses.segmentation_loss(xi, target, backend="native")
-                else:
-                    pylosses.segmentation_loss(xi, target, backend="native").backward()
-                times.append(time.perf_counter() - start)
-            medians[f"{kind} target, {mode}"] = statistics.median(times[2:]) * 1e3
+    forms = (("probabilities", probs), ("logits", logits))
+    targets = (("float", hard.float()), ("bool", hard), ("uint8", hard.to(torch.uint8)))
+    for (form, x), (kind, target), mode in itertools.product(forms, targets, ("forward", "forward+backward")):
+        xi = x.clone().requires_grad_(mode != "forward")
+        times = []
+        for _ in range(calls):
+            xi.grad = None
+            start = time.perf_counter()
+            if mode == "forward":
+                with torch.no_grad():
+                    pylosses.segmentation_loss(xi, target, from_logits=form == "logits", backend="native")
+            else:
+                pylosses.segmentation_loss(xi, target, from_logits=form == "logits", backend="native").backward()
+            times.append(time.perf_counter() - start)
+        medians[f"{form}, {kind} target, {mode}"] = statistics.median(times[2:]) * 1e3
     return medians
 
 

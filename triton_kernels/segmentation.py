@@ -37,9 +37,10 @@ TILE = 1024  # elements a program: 8 a thread (see tile_shape), within 128 regis
 
 @triton.jit
 def _log1p(x):
-    # log(1 + x) as log(u) * x / (u - 1), u = 1 + x (Goldberg): accurate for small x
+    # log(1 + x) as log(u) + r, u = 1 + x rounded and r = x - (u - 1) its exact residue for
+    # |x| <= 1, with no division (csrc/cpu/cpu_common.h's plog1p says why it is accurate)
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+    return tl.log(u) + tl.where(x <= 1.0, x - (u - 1.0), 0.0)
 
 
 @triton.jit

@@ -22,15 +22,17 @@ using Vec = at::vec::Vectorized<T>;
 
 template <typename T>
 inline Vec<T> plog(const Vec<T>& x) { return x.log(); }
-// log(1 + x) as log(u) * x / (u - 1) with u = 1 + x (Goldberg's trick): a few ulps, and several
-// times faster than Sleef's log1p, which dominated the segmentation loss's time.
+// log(1 + x) as log(u) + r with u = 1 + x rounded and r = x - (u - 1) its rounding residue,
+// exact for |x| <= 1 (Fast2Sum): log(u + r) = log(u) + r / u + O(r^2), and r / u differs from r
+// by less than an ulp of the result there (u near 1 where r matters). A few ulps, with no
+// division (Goldberg's log(u) x / (u - 1) takes one) and several times faster than Sleef's
+// log1p. Above 1, log(u) alone is as accurate, and r is left out.
 template <typename T>
 inline Vec<T> plog1p(const Vec<T>& x) {
   const Vec<T> one(T(1));
   const Vec<T> u = one + x;
-  const Vec<T> r = u.log() * (x / (u - one));
-  const Vec<T> at_one = Vec<T>::blendv(r, x, u == one);             // x below u's resolution
-  return Vec<T>::blendv(at_one, u.log(), u == Vec<T>(INFINITY));  // x = inf
+  const Vec<T> r = x - (u - one);
+  return u.log() + Vec<T>::blendv(Vec<T>(T(0)), r, x <= one);
 }
 template <typename T>
 inline Vec<T> pexp(const Vec<T>& x) { return x.exp(); }
