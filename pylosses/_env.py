@@ -9,7 +9,6 @@ import glob
 import json
 import os
 import platform
-import sys
 
 import torch
 
@@ -46,10 +45,10 @@ def _triton() -> dict:
 
 
 def _device(device: str, name: str, **extra) -> dict:
-    auto, why = functional._auto_backend(device)
+    auto = functional._auto_backend(device)
     entry = {"device": device, "name": name, **extra, "backends": functional.available_backends(device), "auto": auto}
-    if why:
-        entry["auto_why"] = why
+    if auto == "reference":
+        entry["auto_why"] = functional._auto_fallback_reason(device)
     return entry
 
 

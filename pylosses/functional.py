@@ -100,22 +100,28 @@ def _pick_backend(backend: str, device: torch.device, numel: int = 1) -> str:
         if reason:
             raise RuntimeError(f"backend={backend!r} is not available for {device.type} tensors: {reason}")
         return backend
-    choice, why = _auto_backend(device)
-    if why and device.type not in _warned:
+    choice = _auto_backend(device)
+    if choice == "reference" and device.type not in _warned:
         _warned.add(device.type)
-        warnings.warn(f"pylosses: backend='auto' uses 'reference' for {device.type} tensors ({why})", stacklevel=3)
+        warnings.warn(f"pylosses: backend='auto' uses 'reference' for {device.type} tensors "
+                      f"({_auto_fallback_reason(device)})", stacklevel=3)
     return choice
 
 
-def _auto_backend(device: Union[str, torch.device]):
-    """What backend="auto" runs on `device`: (backend, "") or ("reference", why the faster ones
-    are unavailable)."""
+def _auto_backend(device: Union[str, torch.device]) -> str:
+    """What backend="auto" runs on `device`: the first available of FASTEST, else "reference"."""
+    device = torch.device(device)
+    for candidate in FASTEST.get(device.type, ()):
+        if not _unavailable_reason(candidate, device):
+            return candidate
+    return "reference"
+
+
+def _auto_fallback_reason(device: Union[str, torch.device]) -> str:
+    """Why backend="auto" falls back to the reference on `device`: what each faster one lacks."""
     device = torch.device(device)
     preferred = FASTEST.get(device.type, ())
-    for candidate in preferred:
-        if not _unavailable_reason(candidate, device):
-            return candidate, ""
-    return "reference", "; ".join(f"{b}: {_unavailable_reason(b, device)}" for b in preferred) or "no kernels for this device"
+    return "; ".join(f"{b}: {_unavailable_reason(b, device)}" for b in preferred) or "no kernels for this device"
 
 
 # checks -----------------------------------------------------------------------------------
