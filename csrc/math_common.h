@@ -18,6 +18,11 @@ C10_HOST_DEVICE inline double pexp(double x) { return ::exp(x); }
 C10_HOST_DEVICE inline float pabs(float x) { return ::fabsf(x); }
 C10_HOST_DEVICE inline double pabs(double x) { return ::fabs(x); }
 
+// 1 / d, where the math needs only a reciprocal (a multiplication follows): the CPU's vectors
+// take an estimate and a Newton step in place of a division.
+template <typename T>
+C10_HOST_DEVICE inline T preciprocal(T d) { return T(1) / d; }
+
 // std::max's rule, written out so that it is usable on the device: a NaN in `a` propagates.
 template <typename T>
 C10_HOST_DEVICE inline T pmax(T a, T b) { return a < b ? b : a; }

@@ -26,7 +26,30 @@ constexpr double kBceGradEps = 1e-12;
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid(T x) {
   const T e = pexp(T(0) - pabs(x));  // never overflows
-  return pselect_ge0(x, T(1), e) / (T(1) + e);
+  return pselect_ge0(x, T(1), e) * preciprocal(T(1) + e);
+}
+
+// log(1 + exp(-|x|)) from e = exp(-|x|) and u = 1 + e, the sigmoid's denominator: log(u) plus
+// u's rounding residue (exact, e <= 1), as accurate as log1p(e) (cpu_common.h's plog1p).
+template <typename T>
+C10_HOST_DEVICE inline T softplus_neg_abs(T e, T u) {
+  return plog(u) + (e - (u - T(1)));
+}
+
+// The sigmoid of a logit and the log(1 + exp(-|x|)) of its BCE, from one exponential.
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid_softplus(T x, T& softplus) {
+  const T e = pexp(T(0) - pabs(x));
+  const T u = T(1) + e;
+  softplus = softplus_neg_abs(e, u);
+  return pselect_ge0(x, T(1), e) * preciprocal(u);
+}
+
+// BCE of a logit, given softplus = log(1 + exp(-|x|)): the stable form of nn.BCEWithLogitsLoss,
+// max(x, 0) - x t + log(1 + exp(-|x|)).
+template <typename T>
+C10_HOST_DEVICE inline T bce_logits_loss(T x, T t, T softplus) {
+  return pmax(x, T(0)) - x * t + softplus;
 }
 
 // BCE of probabilities for a hard label (t = 0 or 1) with one log where a soft label takes two:
@@ -53,8 +76,8 @@ enum class Labels { kSoft, kHard, kTested };
 template <typename T, bool kLogits, Labels kLabels = Labels::kSoft>
 C10_HOST_DEVICE inline T bce_loss(T x, T p, T t) {
   if constexpr (kLogits) {
-    // the stable form of nn.BCEWithLogitsLoss: max(x, 0) - x t + log(1 + exp(-|x|))
-    return pmax(x, T(0)) - x * t + plog1p(pexp(T(0) - pabs(x)));
+    const T e = pexp(T(0) - pabs(x));
+    return bce_logits_loss(x, t, softplus_neg_abs(e, T(1) + e));
   } else {
     if (kLabels == Labels::kHard || (kLabels == Labels::kTested && phard(t))) {
       return bce_loss_hard(p, t);
@@ -71,7 +94,7 @@ C10_HOST_DEVICE inline T bce_grad_input(T p, T t) {
   if constexpr (kLogits) {
     return p - t;
   } else {
-    return (p - t) / pmax((T(1) - p) * p, T(kBceGradEps));
+    return (p - t) * preciprocal(pmax((T(1) - p) * p, T(kBceGradEps)));
   }
 }
 

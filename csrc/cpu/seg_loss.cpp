@@ -57,7 +57,7 @@ struct SegSums {
 
 template <typename acc_t>
 struct SegScratch {
-  std::vector<acc_t> ring, x, t, grad, grad_t;
+  std::vector<acc_t> ring, softplus_ring, x, t, grad, grad_t;
 };
 
 template <typename acc_t>
@@ -68,9 +68,10 @@ struct SegParams {
 
 // Pointers to the probabilities of a row and of its neighbours on the H and D axes (the row
 // itself where a neighbour is missing). p[-1] and p[W] are valid: the ring rows are padded.
+// softplus: the row's log(1 + exp(-|x|)), which the logits form's fill computed with p.
 template <typename acc_t>
 struct Neighbourhood {
-  const acc_t *p, *up, *down, *front, *back;
+  const acc_t *p, *up, *down, *front, *back, *softplus;
 };
 
 template <typename acc_t>
@@ -103,7 +104,11 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
       t_max = at::vec::maximum(t_max, tv);
     }
     constexpr auto kLabels = kHardLabels ? math::Labels::kHard : math::Labels::kTested;
-    accumulate<kTail>(bce, math::bce_loss<V, kLogits, kLabels>(xv, p, tv), lanes);
+    if constexpr (kLogits) {
+      accumulate<kTail>(bce, math::bce_logits_loss(xv, tv, load<kTail>(nb.softplus + i, lanes)), lanes);
+    } else {
+      accumulate<kTail>(bce, math::bce_loss<V, kLogits, kLabels>(xv, p, tv), lanes);
+    }
     accumulate<kTail>(tv_w, math::tv_loss(left, p), lanes);
     accumulate<kTail>(tv_h, math::tv_loss(up, p), lanes);
     V front;
@@ -156,9 +161,10 @@ void seg_row_grad_target(const acc_t* x, const acc_t* p, int64_t W, acc_t alpha,
   });
 }
 
-// The probabilities of one input row into a padded ring row.
+// The probabilities of one input row into a padded ring row, and for logits the softplus
+// terms of their BCE, which come with the sigmoid from one exponential.
 template <typename acc_t, bool kLogits, typename input_t>
-void fill_prob_row(const input_t* src, acc_t* row, int64_t W, SegVecSums<acc_t>& sums) {
+void fill_prob_row(const input_t* src, acc_t* row, acc_t* softplus, int64_t W, SegVecSums<acc_t>& sums) {
   using V = Vec<acc_t>;
   acc_t* p = row + 1;
   const acc_t* x = load_row(src, p, W);  // converted in place, or read straight from the input
@@ -167,7 +173,9 @@ void fill_prob_row(const input_t* src, acc_t* row, int64_t W, SegVecSums<acc_t>&
     constexpr bool kTail = decltype(tail)::value;
     const V v = load<kTail>(x + i, lanes);  // lanes past the row are 0: inside [0, 1]
     if constexpr (kLogits) {
-      store<kTail>(math::sigmoid(v), p + i, lanes);
+      V sp;
+      store<kTail>(math::sigmoid_softplus(v, sp), p + i, lanes);
+      store<kTail>(sp, softplus + i, lanes);
     } else {
       lo = at::vec::minimum(lo, v);  // NaN propagates, and fails the check
       hi = at::vec::maximum(hi, v);
@@ -194,6 +202,7 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
   for_each_chunk<SegScratch<acc_t>>(geo.n_chunks(), [&](int64_t chunk, SegScratch<acc_t>& s) {
     if (s.ring.empty()) {
       s.ring.resize(3 * slab_rows * padded);
+      s.softplus_ring.resize(kLogits ? s.ring.size() : 0);
       s.x.resize(W);
       s.t.resize(W);
       s.grad.resize(W);
@@ -205,12 +214,14 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
     const int64_t h1 = std::min(h0 + geo.rows_per_chunk, H);
     const int64_t lo = std::max<int64_t>(h0 - 1, 0), hi = std::min(h1 + 1, H);  // rows held, with halo
     const auto row_offset = [&](int64_t d, int64_t h) { return ((volume * D + d) * H + h) * W; };
-    const auto ring_row = [&](int64_t d, int64_t h) {
-      return s.ring.data() + ((d % 3) * slab_rows + (h - lo)) * padded;
+    const auto ring_index = [&](int64_t d, int64_t h) { return ((d % 3) * slab_rows + (h - lo)) * padded; };
+    const auto ring_row = [&](int64_t d, int64_t h) { return s.ring.data() + ring_index(d, h); };
+    const auto softplus_row = [&](int64_t d, int64_t h) {
+      return kLogits ? s.softplus_ring.data() + ring_index(d, h) : nullptr;
     };
     const auto fill_slab = [&](int64_t d) {
       for (int64_t h = lo; h < hi; ++h) {
-        fill_prob_row<acc_t, kLogits>(input + row_offset(d, h), ring_row(d, h), W, sums);
+        fill_prob_row<acc_t, kLogits>(input + row_offset(d, h), ring_row(d, h), softplus_row(d, h), W, sums);
       }
     };
     fill_slab(0);
@@ -220,7 +231,7 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
       }
       for (int64_t h = h0; h < h1; ++h) {
         const acc_t* p = ring_row(d, h) + 1;
-        Neighbourhood<acc_t> nb{p, p, p, p, p};
+        Neighbourhood<acc_t> nb{p, p, p, p, p, softplus_row(d, h)};
         if (h > 0) nb.up = ring_row(d, h - 1) + 1;
         if (h < H - 1) nb.down = ring_row(d, h + 1) + 1;
         if (d > 0) nb.front = ring_row(d - 1, h) + 1;
