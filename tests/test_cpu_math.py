@@ -1,7 +1,8 @@
 """The CPU kernels' own float32 log, exp and reciprocal (csrc/cpu/cpu_common.h), which take the
 place of Sleef's and of the division in the segmentation loss, against float64 over every
 float32 of their working ranges (a regular sample where that is billions of values), in units
-in the last place (ulp) of the float32 result. Lanes outside the fast range go to Sleef."""
+in the last place (ulp) of the float32 result, and at the values outside the fast path's range,
+which a slower path inside the same function handles."""
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ def max_ulp_error(name, x, exact):
 CASES = {
     "log of every float32 in [0.5, 2)": ("log", lambda: floats(0.5, 2.0), np.log, 1.35),
     "log of every 127th positive normal": ("log", lambda: floats(np.finfo(np.float32).tiny, np.inf, 127), np.log, 1.25),
-    "log of every 7th subnormal": ("log", lambda: floats(1e-45, np.finfo(np.float32).tiny, 7), np.log, 1.0),
+    "log of every 7th subnormal": ("log", lambda: floats(1e-45, np.finfo(np.float32).tiny, 7), np.log, 1.35),
     "exp of every float32 in (-1, 1), 97th": ("exp", lambda: np.concatenate([floats(0, 1, 97), -floats(0, 1, 97)]),
                                              np.exp, 1.15),
     "exp of every 63rd float32 in [-86, -1] and [1, 88]": (

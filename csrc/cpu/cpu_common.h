@@ -22,10 +22,11 @@ using Vec = at::vec::Vectorized<T>;
 
 // float32 log, exp and reciprocal, several times cheaper than Sleef's (and the division) that
 // ATen calls, at about 1 to 2 ulp where Sleef's are within 1: a log and an exp per element are
-// most of the segmentation loss's time. Any lane outside the plain range (0, a negative, a
-// subnormal, inf, NaN; |x| large for exp) sends its vector to Sleef, so those keep Sleef's
-// results exactly; a row's padded tail lanes (0) do that too. Their accuracy is checked over
-// every float32 of the range by tests/test_cpu_math.py. double keeps Sleef.
+// most of the segmentation loss's time. A vector with a lane outside the plain range (0, a
+// negative, a subnormal, inf, NaN; |x| large for exp; a row's padded tail lanes, 0) takes a
+// longer path that handles them, inline: a call there (to Sleef) would make the compiler keep
+// the kernels' loop-carried sums in memory. tests/test_cpu_math.py checks the error over every
+// float32 of the ranges, and the special values. double keeps Sleef.
 namespace fast {
 // log(x) = n ln 2 + log(1 + r), x = 2^n (1 + r) with 2/3 <= 1 + r < 4/3, and
 // log(1 + r) = r + r^2 P(r): P of degree 7 (a weighted minimax fit, 3e-8 relative on the
@@ -35,9 +36,11 @@ constexpr float kLogP[8] = {-0x1.ffffd6p-2f, 0x1.5554fap-2f,  -0x1.00147ep-2f, 0
 constexpr float kLn2Hi = 0x1.62e4p-1f, kLn2Lo = 0x1.7f7d1cp-20f;
 constexpr int32_t kLogOffset = 0x3f2aaaab;  // the bits of 2/3
 // exp(x) = 2^n exp(r), n = round(x / ln 2), exp(r) = 1 + r + r^2 Q(r), Q of degree 4
-// (3e-9 relative on |r| <= ln(2) / 2); x is in [-86, 88], so 2^n stays a normal scale.
+// (3e-9 relative on |r| <= ln(2) / 2). On [-86, 88], 2^n is one normal float.
 constexpr float kExpQ[5] = {0x1.fffffcp-2f, 0x1.555492p-3f, 0x1.5558f2p-5f, 0x1.1239d0p-7f, 0x1.6a242ap-10f};
 constexpr float kExpMin = -86.f, kExpMax = 88.f;
+// Below this exp(x) rounds to 0 (half the smallest subnormal); above the other, to inf.
+constexpr float kExpZero = -0x1.9fe368p+6f, kExpInf = 0x1.62e430p+6f;  // -103.97, 88.72
 }  // namespace fast
 
 // The bits of a float vector as int32 lanes (ATen's generic cast goes through memory).
@@ -51,17 +54,28 @@ inline Vec<int32_t> bits_of(const Vec<float>& x) {
 #endif
 }
 
-// Whether every lane of a comparison's mask (all bits set, or none) is set.
-inline bool all_lanes(const Vec<float>& mask) { return mask.zero_mask() == 0; }
+// 2^k for integer k in [-126, 127], as a float built from its bits.
+inline Vec<float> pow2(const Vec<int32_t>& k) { return at::vec::cast<float>((k + Vec<int32_t>(127)) << Vec<int32_t>(23)); }
 
-inline Vec<float> plog(const Vec<float>& x) {
+// Whether every lane of a comparison's mask (all bits set, or none) is set.
+template <typename T>
+inline bool all_lanes(const Vec<T>& mask) { return mask.zero_mask() == 0; }
+
+// The mask of the lanes of v inside [0, 1], NaN not: v (1 - v) >= 0. Two operations, where a
+// NaN-propagating minimum and maximum take six, and phard's t (1 - t) is the same product.
+template <typename T>
+inline Vec<T> in_unit_interval(const Vec<T>& v) { return (v * (Vec<T>(T(1)) - v)) >= Vec<T>(T(0)); }
+
+// A mask with every lane set.
+template <typename T>
+inline Vec<T> all_set() { return Vec<T>(T(0)) == Vec<T>(T(0)); }
+
+// log of x in [FLT_MIN, FLT_MAX], exponent e_adjust added to x's own (a scaled subnormal).
+C10_ALWAYS_INLINE Vec<float> log_normal(const Vec<float>& x, const Vec<int32_t>& e_adjust) {
   using F = Vec<float>;
   using I = Vec<int32_t>;
-  if (!all_lanes((x >= F(std::numeric_limits<float>::min())) & (x <= F(std::numeric_limits<float>::max())))) {
-    return x.log();
-  }
   const I bits = bits_of(x) - I(fast::kLogOffset);
-  const F n = at::vec::convert_to_fp_of_same_size<float>(bits >> I(23));  // arithmetic shift
+  const F n = at::vec::convert_to_fp_of_same_size<float>((bits >> I(23)) + e_adjust);  // arithmetic shift
   const F r = at::vec::cast<float>((bits & I(0x007fffff)) + I(fast::kLogOffset)) - F(1.f);  // exact
   const F r2 = r * r, r4 = r2 * r2;
   const auto c = [](int i) { return F(fast::kLogP[i]); };
@@ -72,20 +86,49 @@ inline Vec<float> plog(const Vec<float>& x) {
   return at::vec::fmadd(n, F(fast::kLn2Hi), y);
 }
 
-inline Vec<float> pexp(const Vec<float>& x) {
+inline Vec<float> plog(const Vec<float>& x) {
   using F = Vec<float>;
   using I = Vec<int32_t>;
-  if (!all_lanes((x >= F(fast::kExpMin)) & (x <= F(fast::kExpMax)))) {  // NaN too
-    return x.exp();
+  const F tiny(std::numeric_limits<float>::min()), huge(std::numeric_limits<float>::max());
+  if (all_lanes((x >= tiny) & (x <= huge))) {
+    return log_normal(x, I(0));
   }
-  const F n = (x * F(0x1.715476p+0f)).round();  // x / ln 2, to nearest
-  const F r = at::vec::fmadd(n, F(-fast::kLn2Lo), at::vec::fmadd(n, F(-fast::kLn2Hi), x));
+  // subnormals scaled by 2^24 into the normal range; log(0) = -inf, log(inf) = inf, NaN below 0
+  const F subnormal = x < tiny;
+  const F scaled = F::blendv(x, x * F(0x1p24f), subnormal);
+  F y = log_normal(scaled, bits_of(subnormal) & I(-24));  // the mask's lanes are -1 or 0
+  y = F::blendv(y, F(-std::numeric_limits<float>::infinity()), x == F(0.f));
+  y = F::blendv(y, x, x > huge);
+  return y | (x < F(0.f)) | x.isnan();  // all bits set: NaN
+}
+
+C10_ALWAYS_INLINE Vec<float> exp_poly(const Vec<float>& x, Vec<int32_t>& n) {  // exp(x) / 2^n
+  using F = Vec<float>;
+  const F nf = (x * F(0x1.715476p+0f)).round();  // x / ln 2, to nearest
+  n = at::vec::convert_to_int_of_same_size(nf);
+  const F r = at::vec::fmadd(nf, F(-fast::kLn2Lo), at::vec::fmadd(nf, F(-fast::kLn2Hi), x));
   const auto c = [](int i) { return F(fast::kExpQ[i]); };
   const F r2 = r * r;
   const F q = at::vec::fmadd(at::vec::fmadd(at::vec::fmadd(c(4), r, c(3)), r2, at::vec::fmadd(c(2), r, c(1))), r, c(0));
-  const F y = at::vec::fmadd(q, r2, r) + F(1.f);
-  // times 2^n: n added to the exponent's bits
-  return at::vec::cast<float>(bits_of(y) + (at::vec::convert_to_int_of_same_size(n) << I(23)));
+  return at::vec::fmadd(q, r2, r) + F(1.f);
+}
+
+inline Vec<float> pexp(const Vec<float>& x) {
+  using F = Vec<float>;
+  using I = Vec<int32_t>;
+  I n;
+  if (all_lanes((x >= F(fast::kExpMin)) & (x <= F(fast::kExpMax)))) {  // NaN is not
+    const F y = exp_poly(x, n);
+    return at::vec::cast<float>(bits_of(y) + (n << I(23)));  // times 2^n: n added to the exponent
+  }
+  // 2^n in two factors, each a normal float, so that a subnormal result is rounded once
+  const F clamped = at::vec::minimum(at::vec::maximum(x, F(fast::kExpZero)), F(fast::kExpInf + 1.f));
+  const F y = exp_poly(clamped, n);
+  const I half = n >> I(1);
+  F e = y * pow2(half) * pow2(n - half);
+  e = F::blendv(e, F(0.f), x < F(fast::kExpZero));
+  e = F::blendv(e, F(std::numeric_limits<float>::infinity()), x > F(fast::kExpInf));
+  return e | x.isnan();
 }
 
 // 1 / d within about 1.5 ulp: the hardware's estimate (12 bits; 14 with AVX512) and one Newton
@@ -123,8 +166,10 @@ template <typename T>
 inline Vec<T> pexp(const Vec<T>& x) { return x.exp(); }
 template <typename T>
 inline Vec<T> pabs(const Vec<T>& x) { return x.abs(); }
+// The scalar pmax's rule, lane by lane (a NaN in a propagates, one in b does not): one max
+// instruction (maxps(b, a) returns a where either is NaN), where at::vec::maximum takes three.
 template <typename T>
-inline Vec<T> pmax(const Vec<T>& a, const Vec<T>& b) { return at::vec::maximum(a, b); }
+inline Vec<T> pmax(const Vec<T>& a, const Vec<T>& b) { return at::vec::clamp_min(a, b); }
 template <typename T>
 inline Vec<T> psign(const Vec<T>& x) {
   const Vec<T> zero(T(0));
@@ -150,6 +195,14 @@ template <typename acc_t, typename src_t>
 inline const acc_t* load_row(const src_t* src, acc_t* buf, int64_t n) {
   if constexpr (std::is_same_v<src_t, acc_t>) {
     return src;
+  } else if constexpr (std::is_same_v<src_t, bool> || std::is_same_v<src_t, uint8_t>) {
+    // a loop the compiler vectorises, where at::vec::convert converts a byte at a time; a bool
+    // is read as its byte, nonzero for true (as c10::load reads it)
+    const auto* bytes = reinterpret_cast<const uint8_t*>(src);
+    for (int64_t i = 0; i < n; ++i) {
+      buf[i] = std::is_same_v<src_t, bool> ? acc_t(bytes[i] != 0) : acc_t(bytes[i]);
+    }
+    return buf;
   } else {
     at::vec::convert(src, buf, n);
     return buf;

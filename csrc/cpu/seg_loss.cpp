@@ -77,8 +77,8 @@ struct Neighbourhood {
 template <typename acc_t>
 struct SegVecSums {
   Vec<acc_t> bce{acc_t(0)}, tv_w{acc_t(0)}, tv_h{acc_t(0)}, tv_d{acc_t(0)};
-  Vec<acc_t> p_min{acc_t(0)}, p_max{acc_t(0)};  // range of the probabilities read
-  Vec<acc_t> t_min{acc_t(0)}, t_max{acc_t(0)};  // range of the targets read, where they are checked
+  // lanes whose probabilities, and targets where they are checked, were all inside [0, 1]
+  Vec<acc_t> p_ok = math::all_set<acc_t>(), t_ok = math::all_set<acc_t>();
 };
 
 // Loss sums and input gradient of one row: the stencil and the BCE on acc_t rows. kCheckTarget:
@@ -91,7 +91,7 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
   using V = Vec<acc_t>;
   // local accumulators: through the reference they would live in memory, since any float store
   // may alias a vector
-  V bce = sums.bce, tv_w = sums.tv_w, tv_h = sums.tv_h, tv_d = sums.tv_d, t_min = sums.t_min, t_max = sums.t_max;
+  V bce = sums.bce, tv_w = sums.tv_w, tv_h = sums.tv_h, tv_d = sums.tv_d, t_ok = sums.t_ok;
   for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
     const V p = load<kTail>(nb.p + i, lanes);
@@ -99,9 +99,8 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
     const V up = load<kTail>(nb.up + i, lanes);
     const V tv = load<kTail>(t + i, lanes);
     const V xv = kLogits ? load<kTail>(x + i, lanes) : p;
-    if constexpr (kCheckTarget) {  // lanes past the row are 0: inside [0, 1]; NaN propagates
-      t_min = at::vec::minimum(t_min, tv);
-      t_max = at::vec::maximum(t_max, tv);
+    if constexpr (kCheckTarget) {  // lanes past the row are 0: inside [0, 1]
+      t_ok = t_ok & math::in_unit_interval(tv);
     }
     constexpr auto kLabels = kHardLabels ? math::Labels::kHard : math::Labels::kTested;
     if constexpr (kLogits) {
@@ -131,22 +130,7 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
   sums.tv_w = tv_w;
   sums.tv_h = tv_h;
   sums.tv_d = tv_d;
-  sums.t_min = t_min;
-  sums.t_max = t_max;
-}
-
-// Whether a vector of minima and one of maxima are all inside [0, 1] (NaN is not).
-template <typename acc_t>
-bool in_unit_range(const Vec<acc_t>& lo_v, const Vec<acc_t>& hi_v) {
-  acc_t lo[Vec<acc_t>::size()], hi[Vec<acc_t>::size()];
-  lo_v.store(lo);
-  hi_v.store(hi);
-  for (int64_t i = 0; i < Vec<acc_t>::size(); ++i) {
-    if (!(lo[i] >= 0 && hi[i] <= 1)) {
-      return false;
-    }
-  }
-  return true;
+  sums.t_ok = t_ok;
 }
 
 // alpha * d BCE / d target of one row.
@@ -168,7 +152,7 @@ void fill_prob_row(const input_t* src, acc_t* row, acc_t* softplus, int64_t W, S
   using V = Vec<acc_t>;
   acc_t* p = row + 1;
   const acc_t* x = load_row(src, p, W);  // converted in place, or read straight from the input
-  V lo = sums.p_min, hi = sums.p_max;     // in registers (see seg_row)
+  V ok = sums.p_ok;                       // in registers (see seg_row)
   for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
     const V v = load<kTail>(x + i, lanes);  // lanes past the row are 0: inside [0, 1]
@@ -177,15 +161,13 @@ void fill_prob_row(const input_t* src, acc_t* row, acc_t* softplus, int64_t W, S
       store<kTail>(math::sigmoid_softplus(v, sp), p + i, lanes);
       store<kTail>(sp, softplus + i, lanes);
     } else {
-      lo = at::vec::minimum(lo, v);  // NaN propagates, and fails the check
-      hi = at::vec::maximum(hi, v);
+      ok = ok & math::in_unit_interval(v);  // NaN fails the check
       if (x != p) {
         store<kTail>(v, p + i, lanes);
       }
     }
   });
-  sums.p_min = lo;
-  sums.p_max = hi;
+  sums.p_ok = ok;
   row[0] = p[0];
   row[W + 1] = p[W - 1];
 }
@@ -253,8 +235,8 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
       }
     }
     partials[chunk] = {lane_sum(sums.bce), lane_sum(sums.tv_w), lane_sum(sums.tv_h), lane_sum(sums.tv_d)};
-    out_of_range[chunk] = !kLogits && !in_unit_range(sums.p_min, sums.p_max);
-    target_out_of_range[chunk] = kCheckTarget && !in_unit_range(sums.t_min, sums.t_max);
+    out_of_range[chunk] = !kLogits && !math::all_lanes(sums.p_ok);
+    target_out_of_range[chunk] = kCheckTarget && !math::all_lanes(sums.t_ok);
   });
 }
 
