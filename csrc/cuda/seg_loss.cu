@@ -43,13 +43,20 @@ struct SegArgs {
   acc_t w_bce, w_w, w_h, w_d;     // the gradient's factors (math::SegGradWeights)
 };
 
+// A pack's inputs and probabilities; for logits also the log(1 + exp(-|x|)) of their BCE, from
+// the sigmoid's exponential (where softplus goes unused, the compiler drops its log).
 template <bool kLogits, int kVec, typename input_t, typename acc_t>
-__device__ __forceinline__ void load_probs(const input_t* p, int64_t i, acc_t (&x)[kVec], acc_t (&prob)[kVec]) {
+__device__ __forceinline__ void load_probs(const input_t* p, int64_t i, acc_t (&x)[kVec], acc_t (&prob)[kVec],
+                                           acc_t (&softplus)[kVec]) {
   const auto v = load_pack<kVec>(p, i);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
     x[k] = static_cast<acc_t>(v.v[k]);
-    prob[k] = kLogits ? math::sigmoid(x[k]) : x[k];
+    if constexpr (kLogits) {
+      prob[k] = math::sigmoid_softplus(x[k], softplus[k]);
+    } else {
+      prob[k] = x[k];
+    }
   }
 }
 
@@ -116,13 +123,13 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
     const bool inside = h < a.H && w0 < a.W;  // kVec divides W: a pack is all inside or all out
     const int64_t base = int64_t(volume) * a.D * plane + h * a.W + w0;
 
-    acc_t x_cur[kVec], p_cur[kVec], x_next[kVec], p_next[kVec], p_prev[kVec];
+    acc_t x_cur[kVec], p_cur[kVec], sp_cur[kVec], x_next[kVec], p_next[kVec], sp_next[kVec], p_prev[kVec];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      x_cur[k] = p_cur[k] = acc_t(0);
+      x_cur[k] = p_cur[k] = sp_cur[k] = acc_t(0);
     }
     if (inside) {
-      load_probs<kLogits, kVec>(a.x, base, x_cur, p_cur);
+      load_probs<kLogits, kVec>(a.x, base, x_cur, p_cur, sp_cur);
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
@@ -132,12 +139,13 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
     for (int64_t d = 0; d < a.D; ++d) {
       const int64_t off = base + d * plane;
       if (inside && d + 1 < a.D) {
-        load_probs<kLogits, kVec>(a.x, off + plane, x_next, p_next);
+        load_probs<kLogits, kVec>(a.x, off + plane, x_next, p_next, sp_next);
       } else {  // no back neighbour
 #pragma unroll
         for (int k = 0; k < kVec; ++k) {
           x_next[k] = x_cur[k];
           p_next[k] = p_cur[k];
+          sp_next[k] = sp_cur[k];
         }
       }
       // double-buffered: the buffer written here was last read two steps ago (maybe in the
@@ -154,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
         const acc_t right_edge = w0 + kVec >= a.W ? p_cur[kVec - 1]
                                  : tx + 1 < TX    ? mine[kVec]
                                                   : load_prob<kLogits, input_t, acc_t>(a.x + off + kVec);
-        acc_t up[kVec], down[kVec], unused[kVec];
+        acc_t up[kVec], down[kVec], unused[kVec], unused_sp[kVec];
         if (h == 0) {
 #pragma unroll
           for (int k = 0; k < kVec; ++k) up[k] = p_cur[k];
@@ -162,7 +170,7 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
 #pragma unroll
           for (int k = 0; k < kVec; ++k) up[k] = mine[k - row_len];
         } else {
-          load_probs<kLogits, kVec>(a.x, off - a.W, unused, up);
+          load_probs<kLogits, kVec>(a.x, off - a.W, unused, up, unused_sp);
         }
         if (h == a.H - 1) {
 #pragma unroll
@@ -171,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
 #pragma unroll
           for (int k = 0; k < kVec; ++k) down[k] = mine[k + row_len];
         } else {
-          load_probs<kLogits, kVec>(a.x, off + a.W, unused, down);
+          load_probs<kLogits, kVec>(a.x, off + a.W, unused, down, unused_sp);
         }
         const auto targets = load_pack<kVec>(a.t, off);
         Pack<grad_t, kVec> grads;
@@ -182,7 +190,11 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
           const acc_t left = k > 0 ? p_cur[k - 1] : left_edge;
           const acc_t right = k + 1 < kVec ? p_cur[k + 1] : right_edge;
           constexpr auto kLabels = is_float_v<target_t> ? math::Labels::kSoft : math::Labels::kHard;
-          sums[0] += math::bce_loss<acc_t, kLogits, kLabels>(x_cur[k], p, t);
+          if constexpr (kLogits) {
+            sums[0] += math::bce_logits_loss(x_cur[k], t, sp_cur[k]);
+          } else {
+            sums[0] += math::bce_loss<acc_t, kLogits, kLabels>(x_cur[k], p, t);
+          }
           sums[1] += math::tv_loss(left, p);
           sums[2] += math::tv_loss(up[k], p);
           sums[3] += math::tv_loss(p_prev[k], p);
@@ -217,6 +229,7 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
         p_prev[k] = p_cur[k];
         p_cur[k] = p_next[k];
         x_cur[k] = x_next[k];
+        sp_cur[k] = sp_next[k];
       }
     }
   }

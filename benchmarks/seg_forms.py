@@ -1,0 +1,93 @@
+"""The segmentation loss at one shape in each of its forms, native against eager and torch.compile:
+
+    python -m benchmarks.seg_forms [--shape 16,1,512,512] [--repeats 15] [--device cpu] [--out DIR]
+
+Probabilities and logits, float (0/1 values) and bool targets, forward (no autograd) and
+forward+backward (into input.grad), float32; the providers take turns, call by call, in one run
+(benchmarks.common.median_seconds), and the table gives each median and native's speed-up over
+the others. `make bench` sweeps sizes on one form; this is the table of issue 13's targets.
+It prints Markdown, and with --out writes it to DIR/seg-forms.md.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+import pylosses
+from benchmarks.common import machine, median_seconds
+
+PROVIDERS = ("reference", "compile", "native")
+
+
+def inputs(form: str, target: str, shape, device: str):
+    g = torch.Generator().manual_seed(0)
+    if form == "logits":
+        x = torch.randn(shape, generator=g)
+    else:
+        x = torch.rand(shape, generator=g).clamp_(1e-3, 1 - 1e-3)
+    mask = torch.rand(shape, generator=g) > 0.5
+    t = mask.float() if target == "float" else mask
+    return x.to(device), t.to(device)
+
+
+def steps(form: str, mode: str, x: torch.Tensor, t: torch.Tensor):
+    logits = form == "logits"
+
+    def make(provider):
+        if mode == "forward":
+            def step():
+                with torch.no_grad():
+                    pylosses.segmentation_loss(x, t, from_logits=logits, backend=provider)
+            return step
+        leaf = x.detach().requires_grad_(True)
+
+        def step():
+            leaf.grad = None
+            pylosses.segmentation_loss(leaf, t, from_logits=logits, backend=provider).backward()
+        return step
+    return {p: make(p) for p in PROVIDERS}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.seg_forms", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="16,1,512,512")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    shape = tuple(int(s) for s in args.shape.split(","))
+    info = machine(args.device)
+    try:
+        from pylosses import _C
+        isa = _C.cpu_capability
+    except ImportError:
+        isa = "(no extension built)"
+    lines = [f"Segmentation loss, shape {shape}, float32, alpha 0.7, beta 0.3, mean. Machine: {info['cpu']}, "
+             f"{info['cpu_count']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
+             f"pylosses CPU kernels built for {isa}; {info['date']}. Median of {args.repeats} calls, providers "
+             f"taking turns. Command: `python -m benchmarks.seg_forms --repeats {args.repeats}`.", "",
+             "| form | target | mode | eager ms | compile ms | native ms | vs eager | vs compile |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    for form in ("probabilities", "logits"):
+        for target in ("float", "bool"):
+            x, t = inputs(form, target, shape, args.device)
+            for mode in ("forward", "forward+backward"):
+                med = median_seconds(steps(form, mode, x, t), args.repeats, args.device)
+                ms = {p: 1e3 * s for p, s in med.items()}
+                row = (f"| {form} | {target} | {mode} | {ms['reference']:.2f} | {ms['compile']:.2f} | "
+                       f"{ms['native']:.2f} | {ms['reference'] / ms['native']:.1f}x | "
+                       f"{ms['compile'] / ms['native']:.2f}x |")
+                lines.append(row)
+                print(row, flush=True)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "seg-forms.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
