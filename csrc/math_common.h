@@ -31,6 +31,10 @@ C10_HOST_DEVICE inline T pmax(T a, T b) { return a < b ? b : a; }
 template <typename T>
 C10_HOST_DEVICE inline T psign(T x) { return T(x > T(0)) - T(x < T(0)); }
 
+// sign(a) - sign(b): the TV gradient's term, from the differences on either side of an element.
+template <typename T>
+C10_HOST_DEVICE inline T psign_diff(T a, T b) { return psign(a) - psign(b); }
+
 // Whether t is a hard label, 0 or 1 (t (1 - t) is 0 for nothing else, NaN included). The CPU's
 // overload for vectors asks it of every lane.
 template <typename T>

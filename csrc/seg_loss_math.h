@@ -129,7 +129,7 @@ C10_HOST_DEVICE inline T tv_loss(T prev, T p) { return pabs(p - prev); }
 // d/dp of |p - prev| + |next - p|
 template <typename T>
 C10_HOST_DEVICE inline T tv_grad(T prev, T p, T next) {
-  return psign(p - prev) - psign(next - p);
+  return psign_diff(p - prev, next - p);
 }
 
 // The loss from its sums: bce, and tv[a] the sum of |differences| along axis a (W, H, D), over

@@ -175,6 +175,16 @@ inline Vec<T> psign(const Vec<T>& x) {
   const Vec<T> zero(T(0));
   return x.gt(zero) - x.lt(zero);  // gt/lt give 1 or 0 in each lane
 }
+// sign(a) - sign(b) in float32 from the comparison masks, which are -1 where true as int32
+// lanes: [a > 0] - [a < 0] - [b > 0] + [b < 0] is (a < 0) + (b > 0) - (a > 0) - (b < 0) in
+// masks. Eight operations where two psign take eleven.
+inline Vec<float> psign_diff(const Vec<float>& a, const Vec<float>& b) {
+  const Vec<float> zero(0.f);
+  return at::vec::convert_to_fp_of_same_size<float>((bits_of(a < zero) + bits_of(b > zero)) -
+                                                    (bits_of(a > zero) + bits_of(b < zero)));
+}
+template <typename T>
+inline Vec<T> psign_diff(const Vec<T>& a, const Vec<T>& b) { return psign(a) - psign(b); }
 template <typename T>
 inline bool phard(const Vec<T>& t) {  // in every lane (lanes past a row hold 0)
   return (t * (Vec<T>(T(1)) - t)).zero_mask() == (1 << Vec<T>::size()) - 1;
