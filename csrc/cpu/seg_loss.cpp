@@ -85,7 +85,9 @@ struct SegVecSums {
 // keep the targets' range, which must lie in [0, 1] (math::kTargetChecked says when).
 // kHardLabels: the targets are masks (bool, uint8), so BCE takes its one-log form throughout;
 // float targets take it a vector at a time, where all its labels are hard.
-template <typename acc_t, bool kLogits, bool k3D, bool kGrad, bool kCheckTarget, bool kHardLabels>
+// kStream: grad is the gradient tensor itself (not a row to convert), whose full vectors go
+// past the caches (store_stream): nothing reads them before the backward.
+template <typename acc_t, bool kLogits, bool k3D, bool kGrad, bool kCheckTarget, bool kHardLabels, bool kStream>
 void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int64_t W,
              const SegParams<acc_t>& prm, SegVecSums<acc_t>& sums, acc_t* grad) {
   using V = Vec<acc_t>;
@@ -123,7 +125,11 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
         tv_grad = tv_grad + V(prm.w_d) * math::tv_grad(front, p, load<kTail>(nb.back + i, lanes));
       }
       const V g = V(prm.alpha) * math::bce_grad_input<V, kLogits>(p, tv) + math::prob_grad<V, kLogits>(p) * tv_grad;
-      store<kTail>(g, grad + i, lanes);
+      if constexpr (kStream && !kTail) {
+        store_stream(g, grad + i);
+      } else {
+        store<kTail>(g, grad + i, lanes);
+      }
     }
   });
   sums.bce = bce;
@@ -223,7 +229,8 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
         const acc_t* x = kLogits ? load_row(input + offset, s.x.data(), W) : p;
         const acc_t* t = load_row(target + offset, s.t.data(), W);
         acc_t* g = kGrad ? out_row(grad_in + offset, s.grad.data()) : nullptr;
-        seg_row<acc_t, kLogits, k3D, kGrad, kCheckTarget, !is_float_v<target_t>>(x, nb, t, W, prm, sums, g);
+        constexpr bool kStream = std::is_same_v<saved_grad_t<input_t>, acc_t>;
+        seg_row<acc_t, kLogits, k3D, kGrad, kCheckTarget, !is_float_v<target_t>, kStream>(x, nb, t, W, prm, sums, g);
         if (kGrad) {
           store_row(g, grad_in + offset, W);
         }
@@ -233,6 +240,9 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
           store_row(gt, grad_t + offset, W);
         }
       }
+    }
+    if (kGrad) {
+      stream_fence();
     }
     partials[chunk] = {lane_sum(sums.bce), lane_sum(sums.tv_w), lane_sum(sums.tv_h), lane_sum(sums.tv_d)};
     out_of_range[chunk] = !kLogits && !math::all_lanes(sums.p_ok);
