@@ -1,23 +1,32 @@
 """Segmentation loss alpha * BCE + beta * TV in Triton, in one pass over memory.
 
 The contiguous input is a sequence of planes of H x W, one for each (sample, channel, depth).
-A program owns a tile of BLOCK_H rows x BLOCK_W columns of a plane. Where W is not a multiple
-of ALIGN (16 elements), a tile row starts not at its row's first element but at the multiple
-of ALIGN at or before it, and ends where the next row's tile rows start: the tiles still
-partition the tensor, each element owned once (the lanes before a row's start are the end of
-the row before, or of the plane before, and are computed with their own coordinates), and
+Where rows start at a multiple of ALIGN (16 elements; W a multiple of it, or shorter), a
+program walks: in 2-D, BLOCK_H bands of rows of a plane, a row of each band a step; in 3-D, a
+tile of rows through the depth, a plane a step. The walked axis's neighbour comes from the step
+before or is the step after's element (loaded once, its probability taken once), and each
+difference along it and its sign are taken once for both its elements. A thread holds a row's
+elements in vectors of 16 bytes, which hold their own row neighbours: shifts along a vector are
+register renames (split/join), and only a vector's outer neighbours are loaded, each difference
+and its sign again taken once. Elsewhere (PLANES) a program owns a tile of BLOCK_H rows x
+BLOCK_W columns of a plane and loads its neighbours (shifted by 1, W and H * W: cache hits);
+where W is not a multiple of ALIGN, a tile row starts not at its row's first element but at the
+multiple of ALIGN at or before it, and ends where the next row's tile rows start: the tiles
+still partition the tensor, each element owned once (the lanes before a row's start are the end
+of the row before, or of the plane before, and are computed with their own coordinates), and
 every load and store of the input, the target and the gradients starts 16-byte aligned, so it
-is a vector whatever W is. In 3-D, where every plane's rows start alike (H * W a multiple of
-ALIGN), a program walks its tile through the depth and keeps the slices in front and behind in
-registers; else it loads them. The neighbours in a plane are loads shifted by 1 and W, which
-hit the cache. The logits form takes the sigmoid of each element once and of the neighbours
-whose differences the loss needs (left, above, in front); the gradient needs the other side's
-neighbours only through the sign of a difference of probabilities, which the logits give
-exactly (the sigmoid is strictly increasing).
+is a vector whatever W is. The logits form takes the sigmoid of each element once and of the
+neighbours whose differences the loss needs; the gradient needs the other side's neighbours
+only through the sign of a difference of probabilities, which the logits give exactly (the
+sigmoid is strictly increasing).
+
+The float32 math is built for the instructions it compiles to (issue 13): logs in plain
+arithmetic (libdevice's logf polynomial without the guards the callers do not need), exp(-|x|)
+as one MUFU.EX2, reciprocals as rsqrt squared; float64 takes tl.log, tl.exp and division.
 
 Each program writes partial sums of the loss of its elements, with the weights of the
 reduction applied; sum_groups adds them in a fixed order. A probability outside [0, 1] (or
-NaN) makes its log NaN, and the clamps keep NaN, so such a loss is NaN without a count.
+NaN), and a target outside [0, 1] where torch checks it, make the loss NaN without a count.
 The per-element math is that of csrc/seg_loss_math.h, in Triton.
 """
 
@@ -59,31 +68,35 @@ def _log_f32(x):
 
 
 @triton.jit
-def _log(x):
-    """log x for x in [0, 1] (probabilities, and 1 - p): -inf for 0 (and for a denormal x, as
-    tl.log flushes it on the GPU), NaN for an x outside [0, 1] (or NaN)."""
-    if x.dtype == tl.float64:
-        return tl.where((x >= 0.0) & (x <= 1.0), tl.log(x), float("nan"))
-    i = x.to(tl.int32, bitcast=True)
-    v = tl.where(i < 0x00800000, float("-inf"), _log_f32(x))  # (a negative x too, until the next line)
-    return tl.where(i.to(tl.uint32, bitcast=True) > 0x3F800000, float("nan"), v)
+def _log_prob(x, floor):
+    """log x for x in [0, 1] (a probability, or 1 - p), at least floor (-100: nn.BCELoss's clamp;
+    -inf: none). In float32 the clamp acts only below 2**-126 (log x >= -87.4 above), where a
+    guard sets floor (also for a denormal x, which tl.log flushes to 0 on the GPU). An x outside
+    [0, 1] gives a number: the callers make such a loss NaN."""
+    if x.dtype == tl.float64:  # (if/else: Triton compiles what follows a return too)
+        v = tl.maximum(tl.log(x), floor, propagate_nan=tl.PropagateNan.ALL)
+    else:
+        v = tl.where(x.to(tl.int32, bitcast=True) < 0x00800000, floor, _log_f32(x))
+    return v
+
+
+@triton.jit
+def _soft_logs(p, floor):
+    """(log p, log(1 - p)) for p in [0, 1], at least floor. log(1 - p) is log u + r, u = 1 - p
+    rounded and r = (1 - u) - p its exact rounding residue (Fast2Sum: |p| <= 1), as log1p(-p)
+    with no division (csrc/cpu/cpu_common.h's plog1p says why it is accurate)."""
+    u = 1.0 - p
+    return _log_prob(p, floor), _log_prob(u, floor) + ((1.0 - u) - p)
 
 
 @triton.jit
 def _log_1_2(u):
     """log u for u in [1, 2] (or NaN): no guards needed"""
     if u.dtype == tl.float64:
-        return tl.log(u)
-    return _log_f32(u)
-
-
-@triton.jit
-def _log1p(x):
-    # log(1 + x) as log(u) + r, u = 1 + x rounded and r = x - (u - 1) its exact residue for
-    # |x| <= 1, with no division (csrc/cpu/cpu_common.h's plog1p says why it is accurate);
-    # x in [-1, 0] here (x = -p; NaN outside, by _log)
-    u = 1.0 + x
-    return _log(u) + tl.where(x <= 1.0, x - (u - 1.0), 0.0)
+        v = tl.log(u)
+    else:
+        v = _log_f32(u)
+    return v
 
 
 @triton.jit
@@ -91,9 +104,11 @@ def _recip(v):
     """1 / v for v in [1e-12, 2]: rsqrt squared, two instructions (MUFU.RSQ, a multiply) where
     `/` takes nine (range scaling around MUFU.RCP); within 3 ulp."""
     if v.dtype == tl.float64:
-        return 1.0 / v
-    r = tl.math.rsqrt(v)
-    return r * r
+        r2 = 1.0 / v
+    else:
+        r = tl.math.rsqrt(v)
+        r2 = r * r
+    return r2
 
 
 @triton.jit
@@ -101,8 +116,10 @@ def _exp_neg_abs(x):
     """exp(-|x|): float32's as 2**(-|x| log2 e), one MUFU.EX2 and a multiply; tl.exp adds a guard
     for results below 2**-126 (then 0 here: the loss and probability lose under 2**-126)."""
     if x.dtype == tl.float64:
-        return tl.exp(-tl.abs(x))
-    return tl.exp2(tl.abs(x) * -1.4426950408889634)
+        e = tl.exp(-tl.abs(x))
+    else:
+        e = tl.exp2(tl.abs(x) * -1.4426950408889634)
+    return e
 
 
 @triton.jit
@@ -122,12 +139,12 @@ def _sign(v):
 
 @triton.jit
 def _clamped_log(v):
-    # max(v, -100) as nn.BCELoss, NaN kept: a probability outside [0, 1] makes the loss NaN
+    # max(v, -100) as nn.BCELoss, NaN kept
     return tl.maximum(v, -100.0, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
-def _bce_loss(x, p, e, t, label, bad, LOGITS: tl.constexpr, HARD: tl.constexpr):
+def _bce_loss(x, p, e, t, label, bad, LOGITS: tl.constexpr, HARD: tl.constexpr, GRAD_T: tl.constexpr):
     """BCE of an element; HARD (uint8 and bool targets): label = t != 0, and bad = t > 1 makes
     it NaN (where the CPU kernel raises, README)."""
     if LOGITS:
@@ -150,12 +167,22 @@ def _bce_loss(x, p, e, t, label, bad, LOGITS: tl.constexpr, HARD: tl.constexpr):
         else:
             # nn.BCELoss's clamp at -100 acts only below 2**-126 (log q >= -87.4 above): there,
             # and at 0, a guard sets -100; a q outside [0, 1] (or NaN) makes it NaN
+            q = q + 0.0  # (-0.0, a probability 0, to +0.0 for the test of its bits)
             i = q.to(tl.int32, bitcast=True)
             log_q = tl.where(i < 0x00800000, -100.0, _log_f32(q) + r)
             bad = bad | (i.to(tl.uint32, bitcast=True) > 0x3F800000)
         return tl.where(bad, float("nan"), -log_q)
     else:
-        return (t - 1.0) * _clamped_log(_log1p(-p)) - t * _clamped_log(_log(p))
+        # both logs: with the target's gradient, unclamped for it (-inf at p = 0 and 1, as
+        # nn.BCELoss's) and clamped here; without, clamped by their guards
+        if GRAD_T:
+            log_p, log_q = _soft_logs(p, float("-inf"))
+            log_p, log_q = tl.maximum(log_p, -100.0), tl.maximum(log_q, -100.0)
+        else:
+            log_p, log_q = _soft_logs(p, -100.0)
+        # a probability or target outside [0, 1] (or NaN): NaN, where the CPU kernel raises (README)
+        ok = (p >= 0.0) & (p <= 1.0) & (t >= 0.0) & (t <= 1.0)
+        return tl.where(ok, (t - 1.0) * log_q - t * log_p, float("nan"))
 
 
 @triton.jit
@@ -173,7 +200,8 @@ def _bce_grad_target(x, p, LOGITS: tl.constexpr):
     if LOGITS:
         return -x
     else:
-        return _log1p(-p) - _log(p)
+        log_p, log_q = _soft_logs(p, float("-inf"))
+        return tl.where((p >= 0.0) & (p <= 1.0), log_q - log_p, float("nan"))
 
 
 @triton.jit
@@ -360,10 +388,7 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, t
     if GRAD_T:
         gt = alpha_w * _bce_grad_target(x, p, LOGITS)
         tl.store(grad_t_ptr + offs, to_element(gt, grad_t_ptr), mask=mine)
-    bce = _bce_loss(x, p, e, t, label, bad, LOGITS, HARD)
-    if not LOGITS and not HARD:
-        # a float target outside [0, 1] with probabilities: NaN, where the CPU kernel raises (README)
-        bce = tl.where((t >= 0.0) & (t <= 1.0), bce, float("nan"))
+    bce = _bce_loss(x, p, e, t, label, bad, LOGITS, HARD, GRAD_T)
     return tl.where(mine, alpha_w * bce + loss_w + tv_loss, 0.0)
 
 
@@ -380,6 +405,24 @@ def _column_terms(x_ptr, offs, mine, h, x, p, p_front, x_back, H, W, w_h, w_d, L
         tv += tv_d
         tv_loss += loss_d
     return tv, tv_loss
+
+
+@triton.jit
+def _row_step(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, in_row, w, h, x, p, e, s_up, H, W, alpha_w, w_w, w_h,
+              LOGITS: tl.constexpr, GRAD: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr):
+    """One step of the row walk at row h (offsets here): (its loss, the next row's x, p, e, and
+    the sign of the difference to it, which is that row's s_up)."""
+    mine = in_row & (h < H)
+    has_down = in_row & (h + 1 < H)
+    # (where has_down fails, the next step has nothing of its own: what comes is unused)
+    x_next = tl.load(x_ptr + here + W, mask=has_down).to(ACC)
+    p_next, e_next = _prob_exp(x_next, LOGITS)
+    # the pair (this row, the one below): its loss here, its sign for both rows
+    d = tl.where(has_down, p_next, p) - p
+    s_down = _sign(d)
+    loss = _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, x, p, e, w_h * (s_up - s_down),
+                      w_h * tl.abs(d), W, alpha_w, w_w, LOGITS, GRAD, GRAD_T, ACC)
+    return loss, x_next, p_next, e_next, s_down
 
 
 @triton.jit
@@ -419,7 +462,7 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
                    alpha_w: tl.float64, w_w: tl.float64, w_h: tl.float64, w_d: tl.float64,
                    LOGITS: tl.constexpr, GRAD: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr,
                    DEPTH: tl.constexpr, ALIGN: tl.constexpr, WALK: tl.constexpr, BLOCK_H: tl.constexpr,
-                   BLOCK_W: tl.constexpr, VEC: tl.constexpr):
+                   BLOCK_W: tl.constexpr, VEC: tl.constexpr, BLOCK_STEPS: tl.constexpr):
     """partial[pid, 0] = the weighted loss of this program's lanes of its plane; those of its
     lanes that hold the plane before's last row go to partial[q, 1] of the same tile q of that
     plane; so that a fixed-order sum of the rows of a group's programs is the group's loss.
@@ -457,22 +500,14 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         # logits' sign is the probabilities'
         s_up = _sign(x - _load_value(x_ptr + offs - W64, mine & (h > 0), x, ACC))
         acc = tl.zeros([BLOCK_H, BLOCK_W // VEC, VEC], ACC)
-        for step in range(0, steps):
-            here = offs + step * W64
-            mine = in_row & (h + step < H)
-            has_down = in_row & (h + step + 1 < H)
-            # (where has_down fails, the next step has nothing of its own: what comes is unused)
-            x_next = tl.load(x_ptr + here + W64, mask=has_down).to(ACC)
-            p_next, e_next = _prob_exp(x_next, LOGITS)
-            # the pair (this row, the one below): its loss here, its sign for both rows
-            d = tl.where(has_down, p_next, p) - p
-            s_down = _sign(d)
-            acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, x, p, e, w_h * (s_up - s_down),
-                              w_h * tl.abs(d), W, alpha_w, w_w, LOGITS, GRAD, GRAD_T, ACC)
-            s_up = s_down
-            x = x_next
-            p = p_next
-            e = e_next
+        # BLOCK_STEPS rows a pass (steps is a multiple of it): the next row's values take the
+        # place of the row's without register copies
+        for step in range(0, steps, BLOCK_STEPS):
+            for sub in tl.static_range(BLOCK_STEPS):
+                loss, x, p, e, s_up = _row_step(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs + (step + sub) * W64,
+                                                in_row, w, h + (step + sub), x, p, e, s_up, H, W, alpha_w, w_w, w_h,
+                                                LOGITS, GRAD, GRAD_T, ACC)
+                acc += loss
         tl.store(mine_out, tl.sum(acc))
         tl.store(mine_out + 1, tl.zeros([], ACC))
     elif WALK == DEPTH_WALK:
@@ -620,7 +655,10 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
         block_h, block_w, num_warps = tile_shape(H, W, walk, x.element_size(), gi.element_size(), acc)
         # the bytes of an element that a thread's 16 take (tile_shape)
         unit = max(x.element_size(), gi.element_size()) if walk == DEPTH_WALK else x.element_size()
-        steps = min(ROW_STEPS, triton.cdiv(H, block_h)) if walk == ROW_WALK else 1
+        # rows a pass of the row walk: two where a thread's vector is 4 elements (float32), so
+        # that a pass takes 8 elements a thread as the others do
+        row_pass = 2 if walk == ROW_WALK and x.element_size() == 4 else 1
+        steps = row_pass * triton.cdiv(min(ROW_STEPS, triton.cdiv(H, block_h)), row_pass) if walk == ROW_WALK else 1
         tiles_w = triton.cdiv(row_span(W), block_w)
         tiles = triton.cdiv(H, block_h * steps) * tiles_w
         programs = (planes // D if walk == DEPTH_WALK else planes) * tiles
@@ -634,7 +672,8 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
                 tiles_w, tiles, steps, alpha * inv_n, *weights[::-1],
                 LOGITS=from_logits, GRAD=grad_input, GRAD_T=grad_target, ACC=acc_dtype(input.dtype, target.dtype),
                 DEPTH=D > 1, ALIGN=row_alignment(W), WALK=walk, BLOCK_H=block_h, BLOCK_W=block_w,
-                VEC=row_vector(W, unit) if walk != PLANES and row_alignment(W) == 1 else 1, num_warps=num_warps)
+                VEC=row_vector(W, unit) if walk != PLANES and row_alignment(W) == 1 else 1,
+                BLOCK_STEPS=row_pass, num_warps=num_warps)
         loss = sum_groups(partials, groups).sum(dim=1)
     else:
         loss = torch.full((groups,), float("nan") if mean_like else 0.0, dtype=acc, device=x.device)
