@@ -1,6 +1,7 @@
 """How the Triton launchers launch, as far as a machine without a GPU shows it: on the tensors'
 device, the loss NaN for probabilities outside [0, 1] when nothing checks them (as on a GPU),
-and loss_backward's ways of finding an element's grad_output."""
+loss_backward's ways of finding an element's grad_output, and the segmentation kernel's walks
+against the reference on shapes that take them in full."""
 
 import contextlib
 
@@ -101,10 +102,12 @@ def test_loss_backward_broadcasts_grad_output(backend, n, k):
 
 
 @pytest.mark.parametrize("from_logits", [False, True])
-@pytest.mark.parametrize("shape", [(1, 2, 3, 4, 16), (2, 1, 3, 5, 17), (2, 1, 6, 19)], ids=["walk", "planes", "2d"])
+@pytest.mark.parametrize("shape", [(1, 2, 3, 4, 16), (2, 1, 3, 5, 17), (2, 1, 6, 19), (2, 1, 9, 16)],
+                         ids=["walk", "planes", "2d", "rows"])
 def test_the_loss_does_not_depend_on_the_gradients_asked_for(shape, from_logits):
     """The kernel's variants without gradients (a forward pass under no_grad) compute the loss
-    along another path (the depth walk keeps exp(-|x|) a step there): the same bits."""
+    along another path (the depth walk keeps exp(-|x|) a step there; a float target's logs
+    are clamped in another place): the same bits."""
     from pylosses.triton_kernels.segmentation import seg_loss_fwd
 
     g = torch.Generator().manual_seed(2)
@@ -117,3 +120,24 @@ def test_the_loss_does_not_depend_on_the_gradients_asked_for(shape, from_logits)
         for grads in ((True, False), (True, True), (False, True)):
             with_grads = seg_loss_fwd(x, t, 0.7, 0.3, dims, from_logits, reduction, *grads, False)[0]
             assert torch.equal(plain, with_grads), (reduction, grads)
+
+
+# Shapes that take the walks with several bands, steps, tiles and vector widths (the parity
+# tables' small shapes take them with a step or two): 2-D rows of 48 (vectors of 4 in float32,
+# 8 in bfloat16) over 70 rows (two tiles of 8 bands), rows of 160 (two tiles a row), rows of
+# 24 (vectors of 8 in bfloat16) and of 6 (vectors of 2: a vector never straddles a row's end),
+# and 3-D tiles walked through 5 planes (rows of 32, and of 6).
+WALK_SHAPES = [(2, 1, 70, 48), (1, 2, 19, 160), (1, 1, 37, 24), (2, 1, 19, 6), (1, 2, 5, 9, 32), (1, 1, 5, 3, 6)]
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("dtype,target_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bool),
+                                                (torch.bfloat16, torch.bool)], ids=str)
+@pytest.mark.parametrize("shape", WALK_SHAPES, ids=str)
+def test_the_walks_match_the_reference(shape, dtype, target_dtype, from_logits):
+    from cases import SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, check_against_reference
+
+    loss = {(4, False): SEG, (4, True): SEG_LOGITS, (5, False): SEG3D, (5, True): SEG3D_LOGITS}[
+        (len(shape), from_logits)]
+    for reduction in ("none", "mean"):
+        check_against_reference(loss, "triton", shape, dtype, target_dtype, reduction)
