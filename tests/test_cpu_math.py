@@ -41,7 +41,7 @@ CASES = {
     "exp of every 63rd float32 in [-86, -1] and [1, 88]": (
         "exp", lambda: np.concatenate([floats(-1, -86, 63), floats(1, 88, 63)]), np.exp, 1.15),
     "reciprocal of every 29th float32 in [1e-30, 1e30]": (
-        "reciprocal", lambda: floats(1e-30, 1e30, 29), lambda v: 1 / v, 2.0),
+        "reciprocal", lambda: floats(1e-30, 1e30, 29), lambda v: 1 / v, 0.55),
 }
 
 
@@ -49,6 +49,25 @@ CASES = {
 def test_error_in_ulp(case):
     name, inputs, exact, bound = CASES[case]
     assert max_ulp_error(name, inputs(), exact) <= bound
+
+
+def mean_signed_ulp_error(name, x, exact):
+    y = run(name, x).astype(np.float64)
+    want = exact(x.astype(np.float64))
+    return float(np.mean((y - want) / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)))
+
+
+@pytest.mark.parametrize("name,lo,hi,exact,bound", [
+    ("reciprocal", 1.0, 2.0, lambda v: 1 / v, 0.005),  # the sigmoid's 1 / (1 + e)
+    ("log", 0.5, 2.0, np.log, 0.05),
+    ("exp", -30.0, -0.001, np.exp, 0.05),
+], ids=["reciprocal", "log", "exp"])
+def test_errors_are_not_one_sided(name, lo, hi, exact, bound):
+    """A bias of a fraction of an ulp in every element adds up in a gradient summed over pixels
+    (a conv's weights): one Newton step from the reciprocal's estimate is always below 1 / d, and
+    that moved a 48-step training trajectory (tests/test_training.py) 3x further from the one with
+    a float64 loss than float32's own rounding does. Two steps round correctly but for ties."""
+    assert abs(mean_signed_ulp_error(name, floats(lo, hi, 3), exact)) <= bound
 
 
 def test_log_outside_the_fast_range():
