@@ -72,20 +72,16 @@ C10_HOST_DEVICE inline T bce_loss_hard(T p, T t) {
 // float masks is for a GPU measurement to say.
 enum class Labels { kSoft, kHard, kTested };
 
-// BCE of one element (or vector of them).
-template <typename T, bool kLogits, Labels kLabels = Labels::kSoft>
-C10_HOST_DEVICE inline T bce_loss(T x, T p, T t) {
-  if constexpr (kLogits) {
-    const T e = pexp(T(0) - pabs(x));
-    return bce_logits_loss(x, t, softplus_neg_abs(e, T(1) + e));
-  } else {
-    if (kLabels == Labels::kHard || (kLabels == Labels::kTested && phard(t))) {
-      return bce_loss_hard(p, t);
-    }
-    const T log_p = pmax(plog(p), T(kBceLogClamp));
-    const T log_q = pmax(plog1p(T(0) - p), T(kBceLogClamp));
-    return (t - T(1)) * log_q - t * log_p;
+// BCE of a probability p (one element, or a vector of them). The logits form is
+// bce_logits_loss, from the softplus that the sigmoid's exponential gave.
+template <typename T, Labels kLabels = Labels::kSoft>
+C10_HOST_DEVICE inline T bce_loss(T p, T t) {
+  if (kLabels == Labels::kHard || (kLabels == Labels::kTested && phard(t))) {
+    return bce_loss_hard(p, t);
   }
+  const T log_p = pmax(plog(p), T(kBceLogClamp));
+  const T log_q = pmax(plog1p(T(0) - p), T(kBceLogClamp));
+  return (t - T(1)) * log_q - t * log_p;
 }
 
 // d BCE / d x
@@ -122,11 +118,17 @@ C10_HOST_DEVICE inline T prob_grad(T p) {
 // The total-variation terms of one element along one axis. prev and next are its neighbours
 // on that axis; at either end of the axis the element stands in for the missing neighbour, so
 // the missing difference is 0 and adds nothing to the loss or the gradient.
-// The loss counts each pair once, at its later element: |p - prev|.
+// The loss counts each pair once: |p - prev| at the later element (the CPU), or the same pair
+// as |next - p| at the earlier one (CUDA).
 template <typename T>
 C10_HOST_DEVICE inline T tv_loss(T prev, T p) { return pabs(p - prev); }
 
-// d/dp of |p - prev| + |next - p|
+// The sign of a pair's difference, d|p - prev| / dp; the earlier element of the pair takes its
+// negative. A kernel that walks an axis computes it once and carries it to the next element.
+template <typename T>
+C10_HOST_DEVICE inline T tv_sign(T prev, T p) { return psign(p - prev); }
+
+// d/dp of |p - prev| + |next - p|: tv_sign(prev, p) - tv_sign(p, next)
 template <typename T>
 C10_HOST_DEVICE inline T tv_grad(T prev, T p, T next) {
   return psign_diff(p - prev, next - p);

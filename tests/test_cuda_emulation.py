@@ -124,10 +124,10 @@ def test_segmentation_misaligned_takes_the_scalar_path(emulated):
 # memory (24 KiB an SM; 2 KiB to 16 KiB a block here) does not fit twice: grids of 3 to 6 blocks.
 # A tile is a block's 256 threads of packs: all but the last shape have one tile a volume.
 SPLITS = [
-    # 13 samples, 13 tiles on at most 6 blocks: 3 tiles a block, the last block one tile
+    # float32 packs of 8 (16 KiB, 3 blocks): 13 tiles in runs of 5, the last block 3
     ((13, 1, 8, 32), torch.float32, torch.float32),
-    # 7 samples of 2 tiles, 14 tiles in runs of 3: a block's end meets a sample's end at tiles
-    # 6 and 12 (a row left out), and samples 1, 4 and 5 span two blocks
+    # 7 samples of 2 tiles, 14 tiles in runs of 5: sample 2 spans blocks 0 and 1, and block 1's
+    # end meets sample 4's end at tile 10
     ((7, 2, 40, 16), torch.float32, torch.bool),
     # float64 (packs of 2), 9 samples of 3 tiles in runs of 5
     ((9, 3, 4, 16), torch.float64, torch.float64),
@@ -135,8 +135,8 @@ SPLITS = [
     ((5, 3, 4, 64), torch.bfloat16, torch.bfloat16),
     # 3-D, the scalar path (W = 7): 11 samples, 1 tile each, more samples than blocks
     ((11, 1, 3, 4, 7), torch.float32, torch.float32),
-    # one sample of 90 tiles (W = 600 in 5 tiles of 128 columns, the last part empty; H = 70 in
-    # 9 of 8 rows), 15 a block
+    # one sample of 54 tiles (W = 600 in 3 tiles of 256 columns, the last part empty; H = 70 in
+    # 9 of 8 rows; 2 channels), 18 a block
     ((1, 2, 70, 600), torch.float32, torch.uint8),
 ]
 

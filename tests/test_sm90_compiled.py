@@ -160,6 +160,20 @@ def test_template_args():
     assert sm90_gate.template_args(name) == ["true", "4", "float", "bool"]
 
 
+def test_elements_per_pass_come_from_the_bits_stored():
+    """A pack's stores hold every output it writes: a float16 input's float32 gradient takes two
+    128-bit stores for a pack of 8 (one pass, not two); an unrolled loop stores two packs."""
+    seg_half = ["false", "8", "c10::Half", "bool"]
+    two_stores = ["STG.E.128 desc[UR4][R2.64], R4", "STG.E.128 desc[UR4][R2.64+0x10], R8"]
+    assert sm90_gate.cuda_elements_per_pass("seg", seg_half, 8, two_stores) == 8
+    seg_float = ["false", "4", "float", "bool"]
+    assert sm90_gate.cuda_elements_per_pass("seg", seg_float, 4, two_stores) == 8  # unrolled twice
+    soft = ["false", "4", "float", "float"]  # the input's and the target's gradients
+    assert sm90_gate.cuda_elements_per_pass("seg", soft, 4, two_stores) == 4
+    backward = ["8", "BackwardArgs<c10::BFloat16, float>"]
+    assert sm90_gate.cuda_elements_per_pass("loss_backward", backward, 8, two_stores) == 8
+
+
 def test_a_call_in_the_hot_loop_is_reported():
     body = sm90_gate.parse_sass("""
                 Function : k

@@ -63,8 +63,11 @@ ALLOWED = [
      "element in float32 with bool targets, where issue 13 aimed at 40. Rows of W not a multiple of 16 (odd W) "
      "are tiles without a loop, counted whole: both copies of the tile's code (the tile with the tensor's last "
      "row has its own) over one tile's elements"),
-    ("seg", "instructions", "", "the segmentation loss's per-element math: issue 13 (the instruction floor) sets its target"),
-    ("seg", "calls", "", "the slow path of an IEEE division (extreme operands only); issue 13 replaces the divisions"),
+    ("seg", "instructions", "", "CUDA: the segmentation loss's per-element math, issue 13 (the instruction floor) "
+     "sets its target; float32 is about 97 (probabilities) and 144 (logits) an element with bool targets: the accurate "
+     "logf (about 26 instructions), the TV's four signs and the tile's edges"),
+    *(("seg", "calls", f64, "the slow path of a float64 IEEE division (extreme operands only); float32 takes "
+       "MUFU.RCP and a Newton step, without one") for f64 in ("double", "float64")),  # CUDA's name, Triton's
     ("loss_backward", "instructions", "<1,", "the one-element fallback for pointers that are not 16-byte aligned: "
      "loop overhead on every element; aligned tensors take the vector path"),
 ]
@@ -612,6 +615,28 @@ def cuda_streams(family, targs):
     return (), 0
 
 
+def cuda_output_bytes(family, targs):
+    """Bytes an element of each output a CUDA kernel's hot loop may store: seg, the input's
+    gradient and a float target's (float16's in float32); mse, the loss ("none") and the
+    gradient; loss_backward, the gradient."""
+    names = _TYPES.findall(", ".join(targs))
+    size = [_TYPE_BYTES[t] for t in names]
+    if family == "seg":
+        grad = lambda i: 4 if names[i] == "c10::Half" else size[i]  # noqa: E731
+        return (grad(0),) if targs[3] in ("bool", "unsigned char") else (grad(0), grad(1))
+    if family == "mse":
+        return (size[2], size[3])
+    return (size[1],)
+
+
+def cuda_elements_per_pass(family, targs, vec, hot):
+    """Elements a thread handles in one pass of the hot loop: a pack of vec, times the packs
+    that its stores hold (several where nvcc unrolled the loop)."""
+    stored_bits = sum(access_bits(opcode(t)) for t in hot if opcode(t).startswith("STG"))
+    pack_bits = vec * 8 * sum(cuda_output_bytes(family, targs))
+    return float(vec * max(1, round(stored_bits / pack_bits)))
+
+
 def cuda_variants(so_path):
     functions, resources = read_cubin_like(so_path)
     names = demangle(list(functions))
@@ -632,15 +657,11 @@ def cuda_variants(so_path):
         fill_from_sass(v, instructions, resources.get(mangled, (0, 0, 0, 0)))
         if family != "sum":
             # a pass of the hot loop handles one pack a thread, or several where nvcc unrolled the
-            # loop: counted by its stores, each pack storing one value of each output it writes
-            if family == "seg":  # the input's gradient, and the target's when the target is float
-                outputs = 1 if targs[3] in ("bool", "unsigned char") else 2
-            else:  # mse: the loss ("none") and the gradient; loss_backward: the gradient
-                outputs = 2 if family == "mse" else 1
-            stores = sum(opcode(t).startswith("STG") for t in hot_loop(instructions))
-            v.elements_per_pass = float(vec * max(1, stores // outputs))
-            v.vector_path = v.writes_stream = vec > 1  # every one of them may write the gradient
+            # loop: counted by the bits it stores, a pack storing every output it writes (a
+            # float16 input's gradient is float32: a pack of 8 is two 128-bit stores, one pass)
             read, written = cuda_streams(family, targs)
+            v.elements_per_pass = cuda_elements_per_pass(family, targs, vec, hot_loop(instructions))
+            v.vector_path = v.writes_stream = vec > 1  # every one of them may write the gradient
             v.bytes_per_element = float(sum(read) + written)
             v.load_bits_needed = min(128, vec * max(read) * 8)
             v.store_bits_needed = min(128, vec * written * 8)

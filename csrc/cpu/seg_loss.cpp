@@ -108,7 +108,7 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
     if constexpr (kLogits) {
       accumulate<kTail>(bce, math::bce_logits_loss(xv, tv, load<kTail>(nb.softplus + i, lanes)), lanes);
     } else {
-      accumulate<kTail>(bce, math::bce_loss<V, kLogits, kLabels>(xv, p, tv), lanes);
+      accumulate<kTail>(bce, math::bce_loss<V, kLabels>(p, tv), lanes);
     }
     accumulate<kTail>(tv_w, math::tv_loss(left, p), lanes);
     accumulate<kTail>(tv_h, math::tv_loss(up, p), lanes);

@@ -3,7 +3,8 @@
 // The contiguous input is a sequence of volumes of D x H rows of length W (D = 1 in 2-D), one
 // for each sample and channel. A block owns a tile of TY rows x TX * kVec columns of a volume
 // and walks it through the depth d; each thread owns kVec consecutive elements of a row. The
-// probabilities at d - 1, d and d + 1 stay in registers, so D neighbours come from registers;
+// probabilities at d and d + 1 stay in registers, with the sign of each element's difference
+// with d - 1 (what the gradient needs of it), so D neighbours come from registers;
 // each depth step the block shares its tile's probabilities through shared memory, so the H
 // and W neighbours inside the tile come from there, and only those across the tile's edge are
 // loaded again (from cache: the neighbouring tile reads them too). Every element is read from
@@ -66,12 +67,19 @@ __device__ __forceinline__ acc_t load_prob(const input_t* p) {
   return kLogits ? math::sigmoid(x) : x;
 }
 
+// Elements a thread takes at a time: 8 in float32 arithmetic (one 128-bit load of a 16-bit
+// input, two of a float32 one), 2 in float64. A pack's cost beyond its elements' math (its
+// neighbours at the tile's edges, its addresses, the barrier) is paid once for 8: with 4 a
+// pack, it was a third of the hot loop.
+template <typename acc_t>
+constexpr int kSegVec = std::is_same_v<acc_t, double> ? 2 : 8;
+
 // Blocks of seg_fwd_kernel<., kVec, ...> that a multiprocessor keeps, which __launch_bounds__
-// makes ptxas fit into (65536 / (256 x blocks) registers: 64, 80, 128): the most that each
+// makes ptxas fit into (65536 / (256 x blocks) registers: 64 or 128): the most that each
 // instantiation reaches without spilling (ptxas -v, in the sm_90 cubin; double at 80 spills).
 // Shared memory (2 x 256 x kVec accumulators) allows more.
 template <int kVec, typename acc_t>
-constexpr int kSegBlocksPerSM = std::is_same_v<acc_t, float> ? (kVec == 1 ? 4 : kVec == 4 ? 3 : 2) : 2;
+constexpr int kSegBlocksPerSM = std::is_same_v<acc_t, float> && kVec == 1 ? 4 : 2;
 
 template <int kVec, typename acc_t>
 constexpr size_t kSegSmemBytes = 2 * size_t(kThreads) * kVec * sizeof(acc_t);  // two buffers of a tile
@@ -123,17 +131,15 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
     const bool inside = h < a.H && w0 < a.W;  // kVec divides W: a pack is all inside or all out
     const int64_t base = int64_t(volume) * a.D * plane + h * a.W + w0;
 
-    acc_t x_cur[kVec], p_cur[kVec], sp_cur[kVec], x_next[kVec], p_next[kVec], sp_next[kVec], p_prev[kVec];
+    // s_front: the sign of each element's difference with its front neighbour (d - 1), carried
+    // from the step before (tv_sign; 0 at d = 0, which has no front neighbour)
+    acc_t x_cur[kVec], p_cur[kVec], sp_cur[kVec], x_next[kVec], p_next[kVec], sp_next[kVec], s_front[kVec];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      x_cur[k] = p_cur[k] = sp_cur[k] = acc_t(0);
+      x_cur[k] = p_cur[k] = sp_cur[k] = s_front[k] = acc_t(0);
     }
     if (inside) {
       load_probs<kLogits, kVec>(a.x, base, x_cur, p_cur, sp_cur);
-    }
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      p_prev[k] = p_cur[k];  // d = 0 has no front neighbour
     }
 
     for (int64_t d = 0; d < a.D; ++d) {
@@ -184,20 +190,23 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
         const auto targets = load_pack<kVec>(a.t, off);
         Pack<grad_t, kVec> grads;
         Pack<grad_target_t, kVec> grads_t;
+        // Each pair of neighbours is counted once, at its earlier element (right, down, back),
+        // and the sign of its difference is taken once along W and D: an element's left sign
+        // is the previous one's right sign, its front sign the previous step's back sign.
+        acc_t s_left = math::tv_sign(left_edge, p_cur[0]);
 #pragma unroll
         for (int k = 0; k < kVec; ++k) {
           const acc_t p = p_cur[k], t = static_cast<acc_t>(targets.v[k]);
-          const acc_t left = k > 0 ? p_cur[k - 1] : left_edge;
           const acc_t right = k + 1 < kVec ? p_cur[k + 1] : right_edge;
           constexpr auto kLabels = is_float_v<target_t> ? math::Labels::kSoft : math::Labels::kHard;
           if constexpr (kLogits) {
             sums[0] += math::bce_logits_loss(x_cur[k], t, sp_cur[k]);
           } else {
-            sums[0] += math::bce_loss<acc_t, kLogits, kLabels>(x_cur[k], p, t);
+            sums[0] += math::bce_loss<acc_t, kLabels>(p, t);
           }
-          sums[1] += math::tv_loss(left, p);
-          sums[2] += math::tv_loss(up[k], p);
-          sums[3] += math::tv_loss(p_prev[k], p);
+          sums[1] += math::tv_loss(p, right);
+          sums[2] += math::tv_loss(p, down[k]);
+          sums[3] += math::tv_loss(p, p_next[k]);
           if (!kLogits) {
             sums[4] += (p >= acc_t(0) && p <= acc_t(1)) ? acc_t(0) : acc_t(1);  // NaN counts
           }
@@ -205,9 +214,13 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
             sums[4] += (t >= acc_t(0) && t <= acc_t(1)) ? acc_t(0) : acc_t(1);  // a 0/255 mask counts
           }
           if (a.grad) {  // the same for the whole launch: no divergence
-            const acc_t tv = a.w_w * math::tv_grad(left, p, right) + a.w_h * math::tv_grad(up[k], p, down[k]) +
-                             a.w_d * math::tv_grad(p_prev[k], p, p_next[k]);
+            const acc_t s_right = math::tv_sign(p, right), s_back = math::tv_sign(p, p_next[k]);
+            const acc_t tv = a.w_w * (s_left - s_right) +
+                             a.w_h * (math::tv_sign(up[k], p) - math::tv_sign(p, down[k])) +
+                             a.w_d * (s_front[k] - s_back);
             grads.v[k] = a.w_bce * math::bce_grad_input<acc_t, kLogits>(p, t) + math::prob_grad<acc_t, kLogits>(p) * tv;
+            s_left = s_right;
+            s_front[k] = s_back;
           }
           if constexpr (is_float_v<target_t>) {
             if (a.grad_t) {
@@ -226,7 +239,6 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
       }
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
-        p_prev[k] = p_cur[k];
         p_cur[k] = p_next[k];
         x_cur[k] = x_next[k];
         sp_cur[k] = sp_next[k];
@@ -287,7 +299,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
     using target_t = decltype(t_tag);
     using acc_t = acc_type_t<input_t, target_t>;
     using result_t = promote_t<input_t, std::conditional_t<is_float_v<target_t>, target_t, input_t>>;
-    constexpr int kVec = kVecOf<input_t, acc_t>;
+    constexpr int kVec = kSegVec<acc_t>;
     SegArgs<input_t, target_t> args{};
     args.x = input.const_data_ptr<input_t>();
     args.t = target.const_data_ptr<target_t>();
