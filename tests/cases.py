@@ -1,6 +1,7 @@
 """The tables of cases that the tests run over: one place to add a shape, a dtype or a loss."""
 
 import dataclasses
+import math
 from typing import Callable, Tuple
 
 import torch
@@ -207,6 +208,30 @@ def check_tensors_against_reference(loss, backend, x, t, reduction, seed=0):
         assert mine.dtype == leaf.dtype and mine.shape == leaf.shape
         err, own = error_vs(mine, truth), error_vs(theirs, truth)
         assert err <= tolerance(leaf.dtype, own), f"grad of {name} off by {err:.3g} (torch: {own:.3g})"
+
+
+def check_hard_label_bce(loss, target_dtype, device="cpu"):
+    """The float32 BCE of hard labels element by element, loss(p, target) giving one loss a
+    sample of shape (n, 1, 1, 1) (alpha 1, beta 0, reduction "none"), over p from 1e-9 to 1 away
+    from its label: where p is within 1/8 of its label, float32's relative accuracy (p = 1e-9
+    against label 0 has the loss 1e-9); elsewhere within 2^-22 ln 2 of float64's loss, the bound
+    of CUDA's fast log2 (MUFU.LG2), which the CUDA kernel takes there. Returns the largest error
+    of the second kind."""
+    far = torch.logspace(-9, 0, 400, dtype=torch.float64)  # 1 - q: how far p is from its label
+    edges = [0.0, 0.125, 0.125 - 2**-27, 0.5, 1 - 2**-24, 1e-45]
+    far = torch.cat([far, torch.tensor(edges, dtype=torch.float64)])
+    even = torch.arange(far.numel()) % 2 == 0
+    worst = 0.0
+    for label in (even, ~even):
+        p = torch.where(label, 1 - far, far).float()  # rounded: the loss below is for this p
+        got = loss(p.view(-1, 1, 1, 1).to(device), label.to(target_dtype).view(-1, 1, 1, 1).to(device))
+        want = torch.nn.functional.binary_cross_entropy(p.double(), label.double(), reduction="none")
+        err = (got.double().cpu() - want).abs()
+        near = torch.where(label, 1 - p.double(), p.double()) < 0.125
+        bound = 2 * EPS[torch.float32] * want + torch.where(near, 0.0, 2**-22 * math.log(2))
+        assert (err <= bound).all(), (p[err > bound], err[err > bound])
+        worst = max(worst, float(err[~near].max()))
+    return worst
 
 
 def check_fullgraph_training_step(backend, device, shape):
