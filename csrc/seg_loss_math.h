@@ -25,6 +25,23 @@ constexpr double kBceLogClamp = -100.0;
 // Floor of p (1 - p) in nn.BCELoss's backward.
 constexpr double kBceGradEps = 1e-12;
 
+// log(1 - s) for |s| < 1/8: -s (1 + s/2 + ... + s^7/8), whose first term left out is below
+// |s|^8 / 9 < 2^-27 of the sum; log(1 + e) is log1m_series(-e).
+template <typename T>
+C10_HOST_DEVICE inline T log1m_series(T s) {
+  T c = T(1.0 / 8);
+  for (int k = 7; k >= 1; --k) {
+    c = c * s + T(1.0 / k);
+  }
+  return T(0) - s * c;
+}
+
+// Below this |s|, CUDA's float32 log(1 - s) is log1m_series, exact to float32's rounding; from
+// it on, MUFU.LG2 (plog2_approx), whose error (2^-22 absolute near 1) the result's size, at
+// least log(9/8) = 0.118, keeps below 1.4e-6 relative.
+constexpr double kSeriesBelow = 0.125;
+constexpr double kLn2 = 0.693147180559945309;
+
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid(T x) {
   const T e = pexp(T(0) - pabs(x));  // never overflows
@@ -32,9 +49,16 @@ C10_HOST_DEVICE inline T sigmoid(T x) {
 }
 
 // log(1 + exp(-|x|)) from e = exp(-|x|) and u = 1 + e, the sigmoid's denominator: log(u) plus
-// u's rounding residue (exact, e <= 1), as accurate as log1p(e) (cpu_common.h's plog1p).
+// u's rounding residue (exact, e <= 1), as accurate as log1p(e) (cpu_common.h's plog1p). CUDA
+// in float32: the series where e < 1/8 (|x| > 2.08), so that a confident logit keeps the
+// relative accuracy of its tiny loss, and MUFU.LG2 for the rest.
 template <typename T>
 C10_HOST_DEVICE inline T softplus_neg_abs(T e, T u) {
+#if defined(PYLOSSES_APPROX_LOG2)
+  if constexpr (std::is_same_v<T, float>) {
+    return e < T(kSeriesBelow) ? log1m_series(T(0) - e) : plog2_approx(u) * T(kLn2) + (e - (u - T(1)));
+  }
+#endif
   return plog(u) + (e - (u - T(1)));
 }
 
@@ -54,20 +78,6 @@ C10_HOST_DEVICE inline T bce_logits_loss(T x, T t, T softplus) {
   return pmax(x, T(0)) - x * t + softplus;
 }
 
-// log(1 - s) for 0 <= s < 1/8: -s (1 + s/2 + ... + s^7/8), whose first term left out is below
-// s^8 / 9 < 2^-27 of the sum.
-template <typename T>
-C10_HOST_DEVICE inline T log1m_series(T s) {
-  T c = T(1.0 / 8);
-  for (int k = 7; k >= 1; --k) {
-    c = c * s + T(1.0 / k);
-  }
-  return T(0) - s * c;
-}
-
-// Where log(1 - s) takes log1m_series: below this s the series is exact to float32's rounding.
-constexpr double kLabelSeriesBelow = 0.125;
-
 // BCE of probabilities for a hard label (t = 0 or 1) with one log where a soft label takes two:
 // -log q, with q the probability given to the label, p or 1 - p. 1 - p is rounded where
 // p < 1/2; its rounding residue r (exact: Fast2Sum) restores log(1 - p) = log(q) + r to within
@@ -75,7 +85,7 @@ constexpr double kLabelSeriesBelow = 0.125;
 // CUDA in float32 takes the log from MUFU.LG2 (plog2_approx), whose absolute error near 1 would
 // swamp a confident loss, and the series for those: s = 1 - q - r, the distance of p from its
 // label, is exact where it is below 1/8 (p itself, or 1 - p for p > 7/8). The rest, losses of
-// 0.13 and more, is within 2^-22 ln 2 (about 1.7e-7) absolute, 1.2e-6 relative at worst.
+// 0.13 and more, is within 2^-22 ln 2 (about 1.7e-7) absolute.
 template <typename T>
 C10_HOST_DEVICE inline T bce_loss_hard(T p, T t) {
   const T one_minus_p = T(1) - p;
@@ -86,7 +96,7 @@ C10_HOST_DEVICE inline T bce_loss_hard(T p, T t) {
 #if defined(PYLOSSES_APPROX_LOG2)
   if constexpr (std::is_same_v<T, float>) {
     const T s = pselect_ge0(label, one_minus_p, p);
-    log_q = s < T(kLabelSeriesBelow) ? log1m_series(s) : plog2_approx(q) * T(0.693147180559945309) + r;
+    log_q = s < T(kSeriesBelow) ? log1m_series(s) : plog2_approx(q) * T(kLn2) + r;
   } else
 #endif
   {

@@ -210,26 +210,36 @@ def check_tensors_against_reference(loss, backend, x, t, reduction, seed=0):
         assert err <= tolerance(leaf.dtype, own), f"grad of {name} off by {err:.3g} (torch: {own:.3g})"
 
 
-def check_hard_label_bce(loss, target_dtype, device="cpu"):
-    """The float32 BCE of hard labels element by element, loss(p, target) giving one loss a
-    sample of shape (n, 1, 1, 1) (alpha 1, beta 0, reduction "none"), over p from 1e-9 to 1 away
-    from its label: where p is within 1/8 of its label, float32's relative accuracy (p = 1e-9
-    against label 0 has the loss 1e-9); elsewhere within 2^-22 ln 2 of float64's loss, the bound
-    of CUDA's fast log2 (MUFU.LG2), which the CUDA kernel takes there. Returns the largest error
-    of the second kind."""
-    far = torch.logspace(-9, 0, 400, dtype=torch.float64)  # 1 - q: how far p is from its label
-    edges = [0.0, 0.125, 0.125 - 2**-27, 0.5, 1 - 2**-24, 1e-45]
-    far = torch.cat([far, torch.tensor(edges, dtype=torch.float64)])
-    even = torch.arange(far.numel()) % 2 == 0
+def check_bce_element_by_element(loss, target_dtype, from_logits=False, device="cpu"):
+    """The float32 BCE of hard labels element by element, loss(x, target) giving one loss a
+    sample of shape (n, 1, 1, 1) (alpha 1, beta 0, reduction "none"). Probabilities from 1e-9 to
+    1 away from their label, or logits from 1e-4 to 60 in size: near the label (p within 1/8 of
+    it, or exp(-|x|) below 1/8) float32's relative accuracy (p = 1e-9 against label 0 has the
+    loss 1e-9); elsewhere within 2^-22 ln 2 of float64's loss, the bound of CUDA's fast log2
+    (MUFU.LG2), which the CUDA kernel takes there. Returns the largest error of the second kind."""
+    if from_logits:
+        size = torch.cat([torch.logspace(-4, math.log10(60), 400, dtype=torch.float64),
+                          torch.tensor([0.0, math.log(8), math.log(8) - 1e-6], dtype=torch.float64)])
+    else:  # 1 - q: how far p is from its label
+        size = torch.cat([torch.logspace(-9, 0, 400, dtype=torch.float64),
+                          torch.tensor([0.0, 0.125, 0.125 - 2**-27, 0.5, 1 - 2**-24, 1e-45], dtype=torch.float64)])
+    even = torch.arange(size.numel()) % 2 == 0
     worst = 0.0
     for label in (even, ~even):
-        p = torch.where(label, 1 - far, far).float()  # rounded: the loss below is for this p
-        got = loss(p.view(-1, 1, 1, 1).to(device), label.to(target_dtype).view(-1, 1, 1, 1).to(device))
-        want = torch.nn.functional.binary_cross_entropy(p.double(), label.double(), reduction="none")
+        if from_logits:  # both signs against both labels
+            x = (torch.where(label, size, -size) * (1 if label is even else -1)).float()
+            # the stable form in float64 (torch's own cancels: 0 for x = -40, label 0)
+            x64, t64 = x.double(), label.double()
+            want = x64.clamp(min=0) - x64 * t64 + torch.log1p(torch.exp(-x64.abs()))
+            near = torch.exp(-x64.abs()) < 0.125 * (1 - 2**-20)  # clear of float32 exp's rounding at 1/8
+        else:
+            x = torch.where(label, 1 - size, size).float()  # rounded: the loss below is for this p
+            want = torch.nn.functional.binary_cross_entropy(x.double(), label.double(), reduction="none")
+            near = torch.where(label, 1 - x.double(), x.double()) < 0.125
+        got = loss(x.view(-1, 1, 1, 1).to(device), label.to(target_dtype).view(-1, 1, 1, 1).to(device))
         err = (got.double().cpu() - want).abs()
-        near = torch.where(label, 1 - p.double(), p.double()) < 0.125
-        bound = 2 * EPS[torch.float32] * want + torch.where(near, 0.0, 2**-22 * math.log(2))
-        assert (err <= bound).all(), (p[err > bound], err[err > bound])
+        bound = 4 * EPS[torch.float32] * want + torch.where(near, 0.0, 2**-22 * math.log(2))
+        assert (err <= bound).all(), (x[err > bound], err[err > bound])
         worst = max(worst, float(err[~near].max()))
     return worst
 

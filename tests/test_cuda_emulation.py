@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from cases import MSE_SHAPES, SEG2D_SHAPES, SEG3D_SHAPES, check_hard_label_bce
+from cases import MSE_SHAPES, SEG2D_SHAPES, SEG3D_SHAPES, check_bce_element_by_element
 
 import pylosses  # the native ops, and the schemas (pylosses._ops.SCHEMAS)
 
@@ -184,15 +184,17 @@ def test_segmentation_bad_target_is_nan_per_sample(emulated, target_dtype, bad, 
     assert torch.isnan(loss).tolist() == [False, nan, False]
 
 
+@pytest.mark.parametrize("logits", [False, True], ids=["probabilities", "logits"])
 @pytest.mark.parametrize("target_dtype", [torch.bool, torch.uint8], ids=str)
-def test_hard_label_bce_within_the_approximate_log2s_bound(emulated, target_dtype):
-    """CUDA's float32 BCE of a hard label takes MUFU.LG2, which the emulation runs at its
-    documented worst error (2^-22 absolute in [0.5, 2]), and a series where p is within 1/8 of
-    its label: check_hard_label_bce's bounds hold, and the emulated error shows."""
+def test_bce_within_the_approximate_log2s_bound(emulated, target_dtype, logits):
+    """CUDA's float32 BCE of a hard label (probabilities) and the softplus of a logit take
+    MUFU.LG2, which the emulation runs at its documented worst error (2^-22 absolute in
+    [0.5, 2]), and a series near the label: check_bce_element_by_element's bounds hold, and the
+    emulated error shows."""
     def loss(x, t):
-        return emulated.seg_loss_fwd(x, t, 1.0, 0.0, 2, False, 0, False, False)[0]
+        return emulated.seg_loss_fwd(x, t, 1.0, 0.0, 2, logits, 0, False, False)[0]
 
-    assert check_hard_label_bce(loss, target_dtype) > 2**-23  # the bound is being tested
+    assert check_bce_element_by_element(loss, target_dtype, logits) > 2**-23  # the bound is being tested
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)

@@ -8,7 +8,7 @@ import torch
 import pylosses
 from cases import (CHANNELS_LAST, FLOAT_DTYPES, MISALIGNED, MSE, NON_CONTIGUOUS, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS,
                    SEG3D_TV_ONLY, SEG_BCE_ONLY, SEG_LOGITS, SEG_TV_ONLY, check_against_reference,
-                   check_fullgraph_training_step, check_hard_label_bce, chunked_seg_reference, make_pair, shapes_for,
+                   check_fullgraph_training_step, check_bce_element_by_element, chunked_seg_reference, make_pair, shapes_for,
                    target_dtype_for)
 
 pytestmark = pytest.mark.gpu
@@ -53,15 +53,17 @@ def test_tensors_on_another_gpu(loss, backend):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("logits", [False, True], ids=["probabilities", "logits"])
 @pytest.mark.parametrize("target_dtype", [torch.bool, torch.uint8], ids=str)
-def test_hard_label_bce_element_by_element(backend, target_dtype):
-    """The float32 BCE of hard labels on the GPU within check_hard_label_bce's bounds: CUDA's
-    MUFU.LG2 within its documented error, and the series near the label (the emulation checks
-    the same with that error modelled; this is the hardware)."""
+def test_bce_element_by_element(backend, target_dtype, logits):
+    """The float32 BCE of hard labels on the GPU within check_bce_element_by_element's bounds:
+    CUDA's MUFU.LG2 within its documented error, the series near the label (the emulation
+    checks the same with that error modelled; this is the hardware)."""
     def loss(x, t):
-        return pylosses.segmentation_loss(x, t, alpha=1.0, beta=0.0, reduction="none", backend=backend)
+        return pylosses.segmentation_loss(x, t, alpha=1.0, beta=0.0, from_logits=logits, reduction="none",
+                                          backend=backend)
 
-    check_hard_label_bce(loss, target_dtype, device="cuda")
+    check_bce_element_by_element(loss, target_dtype, logits, device="cuda")
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

@@ -64,7 +64,7 @@ ALLOWED = [
      "are tiles without a loop, counted whole: both copies of the tile's code (the tile with the tensor's last "
      "row has its own) over one tile's elements"),
     ("seg", "instructions", "", "CUDA: the segmentation loss's per-element math, issue 13 (the instruction floor) "
-     "sets its target; float32 is about 90 (probabilities) and 144 (logits) an element with bool targets: the TV's "
+     "sets its target; float32 is about 90 (probabilities) and 138 (logits) an element with bool targets: the TV's "
      "four signs and differences (about 30), the tile's edges, the accurate logs of soft labels and of the logits form"),
     *(("seg", "calls", f64, "the slow path of a float64 IEEE division (extreme operands only); float32 takes "
        "MUFU.RCP and a Newton step, without one") for f64 in ("double", "float64")),  # CUDA's name, Triton's
