@@ -210,18 +210,19 @@ def check_tensors_against_reference(loss, backend, x, t, reduction, seed=0):
         assert err <= tolerance(leaf.dtype, own), f"grad of {name} off by {err:.3g} (torch: {own:.3g})"
 
 
-def check_bce_element_by_element(loss, target_dtype, from_logits=False, device="cpu"):
+def check_bce_element_by_element(loss, target_dtype, from_logits=False, device="cpu", points=400):
     """The float32 BCE of hard labels element by element, loss(x, target) giving one loss a
     sample of shape (n, 1, 1, 1) (alpha 1, beta 0, reduction "none"). Probabilities from 1e-9 to
     1 away from their label, or logits from 1e-4 to 60 in size: near the label (p within 1/8 of
     it, or exp(-|x|) below 1/8) float32's relative accuracy (p = 1e-9 against label 0 has the
     loss 1e-9); elsewhere within 2^-22 ln 2 of float64's loss, the bound of CUDA's fast log2
-    (MUFU.LG2), which the CUDA kernel takes there. Returns the largest error of the second kind."""
+    (MUFU.LG2), which the CUDA kernel takes there. `points` sizes on a log scale, and a few edges.
+    Returns the largest error of the second kind."""
     if from_logits:
-        size = torch.cat([torch.logspace(-4, math.log10(60), 400, dtype=torch.float64),
+        size = torch.cat([torch.logspace(-4, math.log10(60), points, dtype=torch.float64),
                           torch.tensor([0.0, math.log(8), math.log(8) - 1e-6], dtype=torch.float64)])
     else:  # 1 - q: how far p is from its label
-        size = torch.cat([torch.logspace(-9, 0, 400, dtype=torch.float64),
+        size = torch.cat([torch.logspace(-9, 0, points, dtype=torch.float64),
                           torch.tensor([0.0, 0.125, 0.125 - 2**-27, 0.5, 1 - 2**-24, 1e-45], dtype=torch.float64)])
     even = torch.arange(size.numel()) % 2 == 0
     worst = 0.0

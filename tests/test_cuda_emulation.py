@@ -185,16 +185,17 @@ def test_segmentation_bad_target_is_nan_per_sample(emulated, target_dtype, bad, 
 
 
 @pytest.mark.parametrize("logits", [False, True], ids=["probabilities", "logits"])
-@pytest.mark.parametrize("target_dtype", [torch.bool, torch.uint8], ids=str)
-def test_bce_within_the_approximate_log2s_bound(emulated, target_dtype, logits):
+def test_bce_within_the_approximate_log2s_bound(emulated, logits):
     """CUDA's float32 BCE of a hard label (probabilities) and the softplus of a logit take
     MUFU.LG2, which the emulation runs at its documented worst error (2^-22 absolute in
     [0.5, 2]), and a series near the label: check_bce_element_by_element's bounds hold, and the
-    emulated error shows."""
+    emulated error shows. bool targets (uint8 takes the same math; test_gpu runs both), and 64
+    sizes: each is a sample of its own, a block of 256 emulated threads."""
     def loss(x, t):
         return emulated.seg_loss_fwd(x, t, 1.0, 0.0, 2, logits, 0, False, False)[0]
 
-    assert check_bce_element_by_element(loss, target_dtype, logits) > 2**-23  # the bound is being tested
+    worst = check_bce_element_by_element(loss, torch.bool, logits, points=64)
+    assert worst > 2**-23  # the emulated error shows: the bound is being tested
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
