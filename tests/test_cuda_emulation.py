@@ -23,8 +23,9 @@ SOURCES = [os.path.join(ROOT, "tests", "cuda_emulation", f"{name}.cpp")
            for name in ("mse_loss", "seg_loss", "loss_backward")]
 EPS = {torch.float32: 2**-23, torch.float64: 2**-52, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 
-# shapes that also take the vector path (W a multiple of 8) and spread over several blocks
-SEG2D = SEG2D_SHAPES + [(2, 2, 16, 64), (3, 1, 40, 48)]
+# shapes that also take the vector path (W a multiple of 8, and for float32 4: W = 12) and
+# spread over several blocks
+SEG2D = SEG2D_SHAPES + [(2, 2, 16, 64), (3, 1, 40, 48), (2, 1, 6, 12)]
 SEG3D = SEG3D_SHAPES + [(1, 1, 4, 8, 16), (2, 1, 3, 16, 32)]
 MSE = MSE_SHAPES + [(4096,), (3, 1000)]
 

@@ -70,16 +70,17 @@ __device__ __forceinline__ acc_t load_prob(const input_t* p) {
 // Elements a thread takes at a time: 8 in float32 arithmetic (one 128-bit load of a 16-bit
 // input, two of a float32 one), 2 in float64. A pack's cost beyond its elements' math (its
 // neighbours at the tile's edges, its addresses, the barrier) is paid once for 8: with 4 a
-// pack, it was a third of the hot loop.
+// pack, it was a third of the hot loop. float32 input takes packs of 4 where W is a multiple
+// of 4 but not of 8.
 template <typename acc_t>
 constexpr int kSegVec = std::is_same_v<acc_t, double> ? 2 : 8;
 
 // Blocks of seg_fwd_kernel<., kVec, ...> that a multiprocessor keeps, which __launch_bounds__
-// makes ptxas fit into (65536 / (256 x blocks) registers: 64 or 128): the most that each
+// makes ptxas fit into (65536 / (256 x blocks) registers: 64, 80, 128): the most that each
 // instantiation reaches without spilling (ptxas -v, in the sm_90 cubin; double at 80 spills).
 // Shared memory (2 x 256 x kVec accumulators) allows more.
 template <int kVec, typename acc_t>
-constexpr int kSegBlocksPerSM = std::is_same_v<acc_t, float> && kVec == 1 ? 4 : 2;
+constexpr int kSegBlocksPerSM = std::is_same_v<acc_t, float> ? (kVec == 1 ? 4 : kVec == 4 ? 3 : 2) : 2;
 
 template <int kVec, typename acc_t>
 constexpr size_t kSegSmemBytes = 2 * size_t(kThreads) * kVec * sizeof(acc_t);  // two buffers of a tile
@@ -316,9 +317,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
     args.w_d = acc_t(weights.axis[2]);
     const SegFinish<result_t> finish{loss.mutable_data_ptr<result_t>(), n_mean, {extent[0], extent[1], extent[2]},
                                      alpha, beta, mean_like};
-    const bool vectorised = W % kVec == 0 && packs_aligned<kVec>(args.x, args.t, args.grad, args.grad_t);
+    // the pack width: kVec where W and the pointers allow it; for float32 input also 4 (one
+    // 128-bit load), so that a width that is a multiple of 4 but not of 8 keeps a vector path
+    constexpr int kNarrow = kVec128<input_t> < kVec ? kVec128<input_t> : 1;
+    const auto fits = [&](int vec) {
+      return W % vec == 0 && (vec == kVec ? packs_aligned<kVec>(args.x, args.t, args.grad, args.grad_t)
+                                          : packs_aligned<kNarrow>(args.x, args.t, args.grad, args.grad_t));
+    };
+    const int width = fits(kVec) ? kVec : kNarrow > 1 && fits(kNarrow) ? kNarrow : 1;
     dispatch_bool(from_logits, [&](auto logits) {
-      dispatch_vec<kVec>(vectorised, [&](auto vec_tag) {
+      const auto launch = [&](auto vec_tag) {
         constexpr int vec = decltype(vec_tag)::value;
         constexpr auto kernel = &seg_fwd_kernel<decltype(logits)::value, vec, input_t, target_t>;
         constexpr size_t smem = kSegSmemBytes<vec, acc_t>;
@@ -338,7 +346,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
         sum_and_finish<kSums, acc_t>(partials, groups, args.split, finish);
-      });
+      };
+      if (width == kVec) {
+        launch(std::integral_constant<int, kVec>{});
+      } else if (kNarrow > 1 && width == kNarrow) {
+        launch(std::integral_constant<int, kNarrow>{});
+      } else {
+        launch(std::integral_constant<int, 1>{});
+      }
     });
   });
   return {loss, grad_in, grad_t};
