@@ -70,8 +70,8 @@ __device__ __forceinline__ acc_t load_prob(const input_t* p) {
 // Elements a thread takes at a time: 8 in float32 arithmetic (one 128-bit load of a 16-bit
 // input, two of a float32 one), 2 in float64. A pack's cost beyond its elements' math (its
 // neighbours at the tile's edges, its addresses, the barrier) is paid once for 8: with 4 a
-// pack, it was over a quarter of the hot loop (ptxas's sm_90 SASS). float32 input takes packs of 4 where W is a multiple
-// of 4 but not of 8.
+// pack, it was over a quarter of the hot loop (its sm_90 SASS). float32 input takes packs of 4
+// where W is a multiple of 4 but not of 8.
 template <typename acc_t>
 constexpr int kSegVec = std::is_same_v<acc_t, double> ? 2 : 8;
 
