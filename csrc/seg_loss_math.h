@@ -42,6 +42,19 @@ C10_HOST_DEVICE inline T log1m_series(T s) {
 constexpr double kSeriesBelow = 0.125;
 constexpr double kLn2 = 0.693147180559945309;
 
+// log(q + r), where q + r = 1 - s: q rounded, r its rounding residue, and s exact wherever it
+// is below 1/8 (a hard label's probability, 1 + exp(-|x|) with s = -exp(-|x|)). The generic
+// form is log(q) + r; CUDA in float32 takes log1m_series there and MUFU.LG2 elsewhere.
+template <typename T>
+C10_HOST_DEVICE inline T plog1m(T q, T r, T s) {
+#if defined(PYLOSSES_APPROX_LOG2)
+  if constexpr (std::is_same_v<T, float>) {
+    return pabs(s) < T(kSeriesBelow) ? log1m_series(s) : plog2_approx(q) * T(kLn2) + r;
+  }
+#endif
+  return plog(q) + r;
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid(T x) {
   const T e = pexp(T(0) - pabs(x));  // never overflows
@@ -54,12 +67,7 @@ C10_HOST_DEVICE inline T sigmoid(T x) {
 // relative accuracy of its tiny loss, and MUFU.LG2 for the rest.
 template <typename T>
 C10_HOST_DEVICE inline T softplus_neg_abs(T e, T u) {
-#if defined(PYLOSSES_APPROX_LOG2)
-  if constexpr (std::is_same_v<T, float>) {
-    return e < T(kSeriesBelow) ? log1m_series(T(0) - e) : plog2_approx(u) * T(kLn2) + (e - (u - T(1)));
-  }
-#endif
-  return plog(u) + (e - (u - T(1)));
+  return plog1m(u, e - (u - T(1)), T(0) - e);
 }
 
 // The sigmoid of a logit and the log(1 + exp(-|x|)) of its BCE, from one exponential.
@@ -91,17 +99,8 @@ C10_HOST_DEVICE inline T bce_loss_hard(T p, T t) {
   const T one_minus_p = T(1) - p;
   const T residue = (T(1) - one_minus_p) - p;
   const T label = t - T(0.5);
-  const T q = pselect_ge0(label, p, one_minus_p), r = pselect_ge0(label, T(0), residue);
-  T log_q;
-#if defined(PYLOSSES_APPROX_LOG2)
-  if constexpr (std::is_same_v<T, float>) {
-    const T s = pselect_ge0(label, one_minus_p, p);
-    log_q = s < T(kSeriesBelow) ? log1m_series(s) : plog2_approx(q) * T(kLn2) + r;
-  } else
-#endif
-  {
-    log_q = plog(q) + r;
-  }
+  const T log_q = plog1m(pselect_ge0(label, p, one_minus_p), pselect_ge0(label, T(0), residue),
+                         pselect_ge0(label, one_minus_p, p));
   return T(0) - pmax(log_q, T(kBceLogClamp));
 }
 

@@ -8,8 +8,8 @@ import torch
 import pylosses
 from cases import (CHANNELS_LAST, FLOAT_DTYPES, MISALIGNED, MSE, NON_CONTIGUOUS, REDUCTIONS, SEG, SEG3D, SEG3D_LOGITS,
                    SEG3D_TV_ONLY, SEG_BCE_ONLY, SEG_LOGITS, SEG_TV_ONLY, check_against_reference,
-                   check_fullgraph_training_step, check_bce_element_by_element, chunked_seg_reference, make_pair, shapes_for,
-                   target_dtype_for)
+                   check_bce_element_by_element, check_fullgraph_training_step, chunked_seg_reference, make_pair,
+                   shapes_for, target_dtype_for)
 
 pytestmark = pytest.mark.gpu
 HAS_CUDA = torch.cuda.is_available()

@@ -598,35 +598,40 @@ def template_args(demangled):
 _TYPES = re.compile(r"\b(c10::BFloat16|c10::Half|unsigned char|float|double|bool)\b")
 
 
+def _saved_grad_bytes(type_name):
+    """Bytes an element of a saved gradient of that type: float16's is kept in float32."""
+    return 4 if type_name == "c10::Half" else _TYPE_BYTES[type_name]
+
+
+def cuda_output_bytes(family, targs):
+    """Bytes an element of each output a CUDA kernel's hot loop may store: seg, the input's
+    gradient and a float target's; mse, the gradient and the loss ("none"); loss_backward, the
+    gradient. The first is the stream the budget counts as written (cuda_streams)."""
+    names = _TYPES.findall(", ".join(targs))
+    size = [_TYPE_BYTES[t] for t in names]
+    if family == "seg":
+        hard = targs[3] in ("bool", "unsigned char")
+        return tuple(_saved_grad_bytes(names[i]) for i in ((0,) if hard else (0, 1)))
+    if family == "mse":
+        return (size[3], size[2])
+    if family == "loss_backward":
+        return (size[1],)
+    return (0,)
+
+
 def cuda_streams(family, targs):
     """(bytes an element of each stream it reads, bytes an element it writes) of a CUDA kernel instantiation,
     from its operand types: seg<logits, vec, input, target> reads input and target and writes
     input's gradient (float16's in float32); mse<vec, MseArgs<input, target, loss, grad>> reads
     two and writes the gradient (reduction mean); loss_backward<vec, BackwardArgs<saved, out>>
     reads one and writes one."""
-    names = _TYPES.findall(", ".join(targs))
-    size = [_TYPE_BYTES[t] for t in names]
-    if family == "seg":
-        return (size[0], size[1]), 4 if names[0] == "c10::Half" else size[0]
-    if family == "mse":
-        return (size[0], size[1]), size[3]
+    size = [_TYPE_BYTES[t] for t in _TYPES.findall(", ".join(targs))]
+    written = cuda_output_bytes(family, targs)[0]
+    if family in ("seg", "mse"):
+        return (size[0], size[1]), written
     if family == "loss_backward":
-        return (size[0],), size[1]
+        return (size[0],), written
     return (), 0
-
-
-def cuda_output_bytes(family, targs):
-    """Bytes an element of each output a CUDA kernel's hot loop may store: seg, the input's
-    gradient and a float target's (float16's in float32); mse, the loss ("none") and the
-    gradient; loss_backward, the gradient."""
-    names = _TYPES.findall(", ".join(targs))
-    size = [_TYPE_BYTES[t] for t in names]
-    if family == "seg":
-        grad = lambda i: 4 if names[i] == "c10::Half" else size[i]  # noqa: E731
-        return (grad(0),) if targs[3] in ("bool", "unsigned char") else (grad(0), grad(1))
-    if family == "mse":
-        return (size[2], size[3])
-    return (size[1],)
 
 
 def cuda_elements_per_pass(family, targs, vec, hot):
