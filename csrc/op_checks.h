@@ -47,6 +47,34 @@ inline void check_seg_args(const at::Tensor& input, const at::Tensor& target, in
   check_same_device("seg_loss_fwd", input, "input", target, "target");
 }
 
+// region_sums and region_sums_backward: input (B, C, spatial...), target of its shape, mask
+// (bool) of shape (B, 1, spatial...) or the input's, or undefined; mode a math::RegionMode.
+inline void check_region_args(const char* op, const at::Tensor& input, const at::Tensor& target,
+                              const c10::optional<at::Tensor>& mask, int64_t mode) {
+  TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must have a batch and a channel axis, (B, C, spatial...), got shape ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(input.sizes() == target.sizes(), op, ": input and target must have the same shape, got ",
+                    input.sizes(), " and ", target.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op, ": input must be floating point, got ",
+                   input.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(target.scalar_type()) || target.scalar_type() == at::kBool ||
+                       target.scalar_type() == at::kByte,
+                   op, ": target must be floating point, bool or uint8, got ", target.scalar_type());
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (linear), 1 (squared) or 2 (l1), got ", mode);
+  check_same_device(op, input, "input", target, "target");
+  if (mask.has_value() && mask->defined()) {
+    TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, op, ": mask must be bool, got ", mask->scalar_type());
+    bool shape_ok = mask->dim() == input.dim() && mask->size(0) == input.size(0) &&
+                    (mask->size(1) == 1 || mask->size(1) == input.size(1));
+    for (int64_t d = 2; shape_ok && d < input.dim(); ++d) {
+      shape_ok = mask->size(d) == input.size(d);
+    }
+    TORCH_CHECK_VALUE(shape_ok, op, ": mask must have the shape (B, 1, spatial...) or the input's, ", input.sizes(),
+                      ", got ", mask->sizes());
+    check_same_device(op, input, "input", *mask, "mask");
+  }
+}
+
 inline void check_backward_args(const at::Tensor& grad_output, const at::Tensor& saved, at::ScalarType dtype) {
   const int64_t n = saved.numel(), k = grad_output.numel();
   TORCH_CHECK_VALUE((k == 0 && n == 0) || (k > 0 && n % k == 0), "loss_backward: saved_grad has ", n,

@@ -5,6 +5,7 @@
 // x is the input as the user gave it (a probability, or a logit when kLogits), p the
 // probability (x itself, or sigmoid(x)) and t the target as a number in [0, 1].
 #include "math_common.h"
+#include "sigmoid_math.h"
 
 #include <type_traits>
 
@@ -53,12 +54,6 @@ C10_HOST_DEVICE inline T plog1m(T q, T r, T s) {
   }
 #endif
   return plog(q) + r;
-}
-
-template <typename T>
-C10_HOST_DEVICE inline T sigmoid(T x) {
-  const T e = pexp(T(0) - pabs(x));  // never overflows
-  return pselect_ge0(x, T(1), e) * preciprocal(T(1) + e);
 }
 
 // log(1 + exp(-|x|)) from e = exp(-|x|) and u = 1 + e, the sigmoid's denominator: log(u) plus
@@ -148,7 +143,7 @@ C10_HOST_DEVICE inline T bce_grad_target(T x, T p) {
 template <typename T, bool kLogits>
 C10_HOST_DEVICE inline T prob_grad(T p) {
   if constexpr (kLogits) {
-    return p * (T(1) - p);
+    return sigmoid_grad(p);
   } else {
     return T(1);
   }

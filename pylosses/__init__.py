@@ -3,10 +3,17 @@
 from . import reference
 from ._env import collect_env
 from ._version import __version__
-from .functional import available_backends, input_checks_enabled, mse_loss, segmentation_loss, set_input_checks
-from .modules import MSELoss, SegmentationLoss
+from .functional import (available_backends, dice_loss, generalized_dice_loss, input_checks_enabled, mse_loss,
+                         segmentation_loss, set_input_checks, tversky_loss)
+from .modules import DiceLoss, GeneralizedDiceLoss, MSELoss, SegmentationLoss, TverskyLoss
 
 __all__ = [
+    "DiceLoss",
+    "GeneralizedDiceLoss",
+    "TverskyLoss",
+    "dice_loss",
+    "generalized_dice_loss",
+    "tversky_loss",
     "MSELoss",
     "SegmentationLoss",
     "available_backends",

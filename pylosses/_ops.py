@@ -23,6 +23,13 @@ SCHEMAS = {
     "seg_loss_fwd": "(Tensor input, Tensor target, float alpha, float beta, int spatial_dims, bool from_logits, "
                     "int reduction, bool compute_grad_input, bool compute_grad_target) -> (Tensor, Tensor, Tensor)",
     "loss_backward": "(Tensor grad_output, Tensor saved_grad, float scale, ScalarType dtype) -> Tensor",
+    # The region losses (Dice, Tversky, generalised Dice) are functions of a few sums over each
+    # (sample, channel): region_sums gives them, (B, C, 4) in float32 (float64 for float64), and
+    # region_sums_backward the gradient of the elements from the gradient of those sums.
+    # reference.py turns the sums into the loss, for every backend (csrc/region_loss_math.h).
+    "region_sums": "(Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode) -> Tensor",
+    "region_sums_backward": "(Tensor grad_sums, Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode, "
+                            "bool grad_input, bool grad_target) -> (Tensor, Tensor)",
 }
 
 
@@ -109,6 +116,43 @@ def segmentation_loss(
     return loss
 
 
+def region_sums(backend: str, input: Tensor, target: Tensor, mask, sigmoid: bool, mode: int) -> Tensor:
+    return _op(backend, "region_sums")(input, target, mask, sigmoid, mode)
+
+
+def _region_sums_fake(input, target, mask, sigmoid, mode):
+    dtype = reference.compute_dtype(input, target)
+    return input.new_empty((input.shape[0], input.shape[1], reference.REGION_SUMS), dtype=dtype)
+
+
+def _region_sums_backward_fake(grad_sums, input, target, mask, sigmoid, mode, grad_input, grad_target):
+    return (input.new_empty(input.shape if grad_input else (0,)),
+            target.new_empty(target.shape if grad_target else (0,)))
+
+
+def _region_setup_context(ctx, inputs, output):
+    input, target, mask, sigmoid, mode = inputs
+    ctx.save_for_backward(input, target, mask)
+    ctx.sigmoid, ctx.mode = sigmoid, mode
+    ctx.set_materialize_grads(False)
+
+
+def _make_region_backward(backward_op):
+    def backward(ctx, grad_sums):
+        input, target, mask = ctx.saved_tensors
+        if grad_sums is None:
+            return None, None, None, None, None
+        want_input, want_target = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_input, grad_target = backward_op(grad_sums.contiguous(), input, target, mask, ctx.sigmoid, ctx.mode,
+                                              want_input, want_target)
+        grads = [grad_input if want_input else None, grad_target if want_target else None]
+        if torch.is_grad_enabled():  # create_graph=True: differentiating these again raises
+            grads = [None if g is None else _NoDoubleBackward.apply(g, input, target) for g in grads]
+        return grads[0], grads[1], None, None, None
+
+    return backward
+
+
 def _mse_loss_fwd_fake(input, target, reduction, compute_grad):
     loss_shape = input.shape if reduction == _NONE else ()
     dtype = torch.promote_types(input.dtype, target.dtype)
@@ -182,6 +226,11 @@ def _register(backend: str) -> None:
     backward = _make_backward(_op(backend, "loss_backward"))
     for name in ("mse_loss_fwd", "seg_loss_fwd"):
         torch.library.register_autograd(f"pylosses::{prefix}{name}", backward, setup_context=_setup_context)
+    torch.library.register_fake(f"pylosses::{prefix}region_sums", _region_sums_fake)
+    torch.library.register_fake(f"pylosses::{prefix}region_sums_backward", _region_sums_backward_fake)
+    torch.library.register_autograd(f"pylosses::{prefix}region_sums",
+                                    _make_region_backward(_op(backend, "region_sums_backward")),
+                                    setup_context=_region_setup_context)
 
 
 def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target):

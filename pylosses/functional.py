@@ -11,14 +11,15 @@ import math
 import numbers
 import os
 import warnings
-from typing import Callable, List, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from . import _ops, reference
 
-__all__ = ["mse_loss", "segmentation_loss", "available_backends", "set_input_checks", "input_checks_enabled"]
+__all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "generalized_dice_loss", "available_backends",
+           "set_input_checks", "input_checks_enabled"]
 
 BACKENDS = ("auto", "native", "triton", "reference", "jit", "compile")
 REDUCTIONS = tuple(_ops.REDUCTIONS)  # "none", "mean", "sum"
@@ -240,3 +241,200 @@ def _reference_variant(name: str, backend: str) -> Callable:
     if backend == "compile":
         return reference.compiled(name)
     return getattr(reference, name)
+
+
+# region losses ----------------------------------------------------------------------------
+#
+# MONAI's DiceLoss, TverskyLoss and GeneralizedDiceLoss (monai.losses 1.6): the same arguments
+# in the same order, defaults and meaning, plus mask and backend (README, "Region losses").
+# The kernels give each (sample, channel)'s sums (op region_sums); reference.*_from_sums turns
+# them into the loss on every backend.
+
+_NOT_YET = "pylosses' region losses do not support {} yet (the multi-class issue adds it)"
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _check_region_options(to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr, smooth_dr,
+                          **flags) -> str:
+    """Checks what every region loss takes; returns reduction as a plain str (MONAI's
+    LossReduction members are str enums)."""
+    if other_act is not None:
+        raise NotImplementedError("other_act is not supported by pylosses: apply the activation to input before the "
+                                  "loss, or use sigmoid=True")
+    _check_bool("softmax", softmax)
+    _check_bool("to_onehot_y", to_onehot_y)
+    if softmax:
+        raise NotImplementedError(_NOT_YET.format("softmax=True"))
+    if to_onehot_y:
+        raise NotImplementedError(_NOT_YET.format("to_onehot_y=True"))
+    if ignore_index is not None:
+        raise NotImplementedError(_NOT_YET.format("ignore_index") + "; mask=(target != ignore_index) does the same "
+                                  "for a one-channel label map")
+    reduction = getattr(reduction, "value", reduction)
+    _check_options(reduction, backend)
+    _check_weight("smooth_nr", smooth_nr)
+    _check_weight("smooth_dr", smooth_dr)
+    for name, value in flags.items():
+        _check_bool(name, value)
+    return reduction
+
+
+def _check_region_tensors(input, target, mask) -> Optional[Tensor]:
+    """input (B, C, spatial...), target of its shape, mask bool and broadcastable to it: returns
+    the mask as the op takes it, (B, 1, spatial...) or the input's shape, or None."""
+    _check_tensors(input, target, _SEG_TARGETS)
+    if input.dim() < 3:
+        raise ValueError(f"input must be shaped (B, C, spatial...) with at least one spatial axis, "
+                         f"got shape {tuple(input.shape)}")
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a bool torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must have dtype bool (True where a pixel counts), got {mask.dtype}")
+    if mask.device != input.device:
+        raise ValueError(f"mask must be on the input's device, got mask on {mask.device} and input on {input.device}")
+    try:
+        torch.broadcast_shapes(mask.shape, input.shape)
+    except RuntimeError:
+        raise ValueError(f"mask must be broadcastable to the input's shape {tuple(input.shape)}, "
+                         f"got {tuple(mask.shape)}") from None
+    if mask.dim() > input.dim():
+        raise ValueError(f"mask must be broadcastable to the input's shape {tuple(input.shape)} without more "
+                         f"dimensions, got {tuple(mask.shape)}")
+    mask = mask.view((1,) * (input.dim() - mask.dim()) + tuple(mask.shape))
+    channels = 1 if mask.shape[1] == 1 else input.shape[1]
+    return mask.expand((input.shape[0], channels) + tuple(input.shape[2:]))
+
+
+def _foreground_classes(input: Tensor, include_background: bool) -> int:
+    if not include_background and input.shape[1] == 1:
+        warnings.warn("single channel prediction, `include_background=False` ignored.", stacklevel=4)
+    return input.shape[1] - (0 if include_background or input.shape[1] == 1 else 1)
+
+
+def _class_weight(weight) -> Optional[Tensor]:
+    """MONAI's weight argument as a tensor: None, one number for every class, or one a class;
+    never negative (checked where it costs no host sync: not for a weight already on a GPU)."""
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, Sequence, Tensor)):
+        raise TypeError(f"weight must be None, a number, a sequence of numbers or a tensor, got {type(weight).__name__}")
+    w = torch.as_tensor(weight)
+    if not w.is_floating_point():
+        w = w.float()
+    if w.dim() > 1:
+        raise ValueError(f"weight must be a number or one-dimensional, got shape {tuple(w.shape)}")
+    if w.device.type == "cpu" and bool((w < 0).any()):
+        raise ValueError(f"weight must be no less than 0, got {w.tolist()}")
+    return w
+
+
+def _dice_weight(weight, classes: int, device: torch.device) -> Optional[Tensor]:
+    """The class weights for `classes` classes (not counting channel 0 with
+    include_background=False); None for one class, which MONAI weights by nothing."""
+    w = _class_weight(weight)
+    if w is None or classes == 1:
+        return None
+    if w.dim() == 0:
+        w = w.expand(classes)
+    elif w.shape[0] != classes:
+        raise ValueError(f"weight has {w.shape[0]} values for {classes} classes (with include_background=False, the "
+                         f"weight should not include the background class 0)")
+    return w.to(device)
+
+
+def _region_loss(name: str, from_sums: Callable, input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: bool,
+                 mode: int, backend: str, reference_args: tuple, from_sums_args: tuple) -> Tensor:
+    chosen = _pick_backend(backend, input.device, input.numel())
+    if chosen in _ops.PREFIX:
+        if _ops.input_checks and chosen == "native" and input.device.type not in ("cpu", "meta"):
+            reference.check_region_mask(target, mask, any_device=True)
+        out_dtype = reference.region_out_dtype(input, target)
+
+        def fn(input, target, mask):
+            sums = _ops.region_sums(chosen, input, target, mask, sigmoid, mode)
+            return from_sums(sums, mode, *from_sums_args, input.dim() - 2, out_dtype)
+    else:
+        if chosen in ("jit", "compile"):  # (their reference leaves the mask check out, as the segmentation loss's)
+            reference.check_region_mask(target, mask)
+        variant = _reference_variant(name, chosen)
+
+        def fn(input, target, mask):
+            return variant(input, target, mask, *reference_args)
+    return _run(input.device, fn, input, target, mask)
+
+
+def dice_loss(input: Tensor, target: Tensor, include_background: bool = True, to_onehot_y: bool = False,
+              sigmoid: bool = False, softmax: bool = False, other_act: Optional[Callable] = None,
+              squared_pred: bool = False, jaccard: bool = False, reduction: str = "mean", smooth_nr: float = 1e-5,
+              smooth_dr: float = 1e-5, batch: bool = False, weight=None, soft_label: bool = False,
+              ignore_index: Optional[int] = None, mask: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """monai.losses.DiceLoss(...)(input, target) with the same arguments, plus mask and backend.
+
+    input (B, C, spatial...): probabilities, or logits with sigmoid=True; target: the same shape,
+    floating point, bool or uint8 (0/1); mask: bool, broadcastable to the input (e.g.
+    (B, 1, spatial...)), False where a pixel is left out of every sum. softmax, to_onehot_y and
+    ignore_index raise NotImplementedError for now, other_act always.
+    """
+    reduction = _check_region_options(to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr,
+                                      smooth_dr, include_background=include_background, sigmoid=sigmoid,
+                                      squared_pred=squared_pred, jaccard=jaccard, batch=batch, soft_label=soft_label)
+    mask = _check_region_tensors(input, target, mask)
+    w = _dice_weight(weight, _foreground_classes(input, include_background), input.device)
+    mode = reference.region_mode(squared_pred, soft_label)
+    return _region_loss(
+        "dice_loss", reference.dice_from_sums, input, target, mask, sigmoid, mode, backend,
+        (include_background, sigmoid, squared_pred, jaccard, reduction, float(smooth_nr), float(smooth_dr), batch, w,
+         soft_label),
+        (include_background, jaccard, float(smooth_nr), float(smooth_dr), batch, w, reduction))
+
+
+def tversky_loss(input: Tensor, target: Tensor, include_background: bool = True, to_onehot_y: bool = False,
+                 sigmoid: bool = False, softmax: bool = False, other_act: Optional[Callable] = None, alpha: float = 0.5,
+                 beta: float = 0.5, reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                 batch: bool = False, soft_label: bool = False, ignore_index: Optional[int] = None,
+                 mask: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """monai.losses.TverskyLoss(...)(input, target) with the same arguments, plus mask and backend
+    (see dice_loss). reduction="none" gives (B, C), as MONAI's does."""
+    reduction = _check_region_options(to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr,
+                                      smooth_dr, include_background=include_background, sigmoid=sigmoid, batch=batch,
+                                      soft_label=soft_label)
+    _check_weight("alpha", alpha)
+    _check_weight("beta", beta)
+    mask = _check_region_tensors(input, target, mask)
+    _foreground_classes(input, include_background)
+    mode = reference.region_mode(False, soft_label)
+    return _region_loss(
+        "tversky_loss", reference.tversky_from_sums, input, target, mask, sigmoid, mode, backend,
+        (include_background, sigmoid, float(alpha), float(beta), reduction, float(smooth_nr), float(smooth_dr), batch,
+         soft_label),
+        (include_background, float(alpha), float(beta), float(smooth_nr), float(smooth_dr), batch, reduction))
+
+
+W_TYPES = ("square", "simple", "uniform")
+
+
+def generalized_dice_loss(input: Tensor, target: Tensor, include_background: bool = True, to_onehot_y: bool = False,
+                          sigmoid: bool = False, softmax: bool = False, other_act: Optional[Callable] = None,
+                          w_type: str = "square", reduction: str = "mean", smooth_nr: float = 1e-5,
+                          smooth_dr: float = 1e-5, batch: bool = False, soft_label: bool = False,
+                          mask: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """monai.losses.GeneralizedDiceLoss(...)(input, target) with the same arguments, plus mask and
+    backend (see dice_loss)."""
+    reduction = _check_region_options(to_onehot_y, softmax, other_act, None, reduction, backend, smooth_nr, smooth_dr,
+                                      include_background=include_background, sigmoid=sigmoid, batch=batch,
+                                      soft_label=soft_label)
+    w_type = getattr(w_type, "value", w_type)
+    _check_choice("w_type", w_type, W_TYPES)
+    mask = _check_region_tensors(input, target, mask)
+    _foreground_classes(input, include_background)
+    mode = reference.region_mode(False, soft_label)
+    return _region_loss(
+        "generalized_dice_loss", reference.generalized_dice_from_sums, input, target, mask, sigmoid, mode, backend,
+        (include_background, sigmoid, w_type, reduction, float(smooth_nr), float(smooth_dr), batch, soft_label),
+        (include_background, w_type, float(smooth_nr), float(smooth_dr), batch, reduction))

@@ -1,5 +1,7 @@
 """nn.Module wrappers: configuration only; the work is in pylosses.functional."""
 
+from typing import Optional
+
 from torch import Tensor
 from torch.nn.modules.loss import _Loss
 
@@ -53,3 +55,94 @@ class SegmentationLoss(_Loss):
             f"alpha={self.alpha}, beta={self.beta}, from_logits={self.from_logits}, "
             f"spatial_dims={self.spatial_dims}, reduction={self.reduction!r}, backend={self.backend!r}"
         )
+
+
+class _RegionLoss(_Loss):
+    """MONAI's region-loss modules: the same constructor arguments, in the same order; forward
+    takes an optional mask (pylosses.dice_loss)."""
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self._shown)
+
+
+class DiceLoss(_RegionLoss):
+    """monai.losses.DiceLoss, fused (pylosses.dice_loss); the class weights are the buffer
+    class_weight, as MONAI's."""
+
+    _shown = ("include_background", "sigmoid", "squared_pred", "jaccard", "reduction", "smooth_nr", "smooth_dr",
+              "batch", "soft_label", "backend")
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = False, sigmoid: bool = False,
+                 softmax: bool = False, other_act=None, squared_pred: bool = False, jaccard: bool = False,
+                 reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
+                 weight=None, soft_label: bool = False, ignore_index=None, backend: str = "auto") -> None:
+        reduction = F._check_region_options(
+            to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr, smooth_dr,
+            include_background=include_background, sigmoid=sigmoid, squared_pred=squared_pred, jaccard=jaccard,
+            batch=batch, soft_label=soft_label)
+        super().__init__(reduction=reduction)
+        self.include_background, self.sigmoid, self.squared_pred, self.jaccard = (include_background, sigmoid,
+                                                                                  squared_pred, jaccard)
+        self.smooth_nr, self.smooth_dr, self.batch, self.soft_label = float(smooth_nr), float(smooth_dr), batch, soft_label
+        self.backend = backend
+        self.register_buffer("class_weight", F._class_weight(weight))
+
+    def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return F.dice_loss(input, target, include_background=self.include_background, sigmoid=self.sigmoid,
+                           squared_pred=self.squared_pred, jaccard=self.jaccard, reduction=self.reduction,
+                           smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, batch=self.batch,
+                           weight=self.class_weight, soft_label=self.soft_label, mask=mask, backend=self.backend)
+
+
+class TverskyLoss(_RegionLoss):
+    """monai.losses.TverskyLoss, fused (pylosses.tversky_loss)."""
+
+    _shown = ("include_background", "sigmoid", "alpha", "beta", "reduction", "smooth_nr", "smooth_dr", "batch",
+              "soft_label", "backend")
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = False, sigmoid: bool = False,
+                 softmax: bool = False, other_act=None, alpha: float = 0.5, beta: float = 0.5,
+                 reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
+                 soft_label: bool = False, ignore_index=None, backend: str = "auto") -> None:
+        reduction = F._check_region_options(
+            to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr, smooth_dr,
+            include_background=include_background, sigmoid=sigmoid, batch=batch, soft_label=soft_label)
+        F._check_weight("alpha", alpha)
+        F._check_weight("beta", beta)
+        super().__init__(reduction=reduction)
+        self.include_background, self.sigmoid, self.alpha, self.beta = include_background, sigmoid, alpha, beta
+        self.smooth_nr, self.smooth_dr, self.batch, self.soft_label = float(smooth_nr), float(smooth_dr), batch, soft_label
+        self.backend = backend
+
+    def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return F.tversky_loss(input, target, include_background=self.include_background, sigmoid=self.sigmoid,
+                              alpha=self.alpha, beta=self.beta, reduction=self.reduction, smooth_nr=self.smooth_nr,
+                              smooth_dr=self.smooth_dr, batch=self.batch, soft_label=self.soft_label, mask=mask,
+                              backend=self.backend)
+
+
+class GeneralizedDiceLoss(_RegionLoss):
+    """monai.losses.GeneralizedDiceLoss, fused (pylosses.generalized_dice_loss)."""
+
+    _shown = ("include_background", "sigmoid", "w_type", "reduction", "smooth_nr", "smooth_dr", "batch",
+              "soft_label", "backend")
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = False, sigmoid: bool = False,
+                 softmax: bool = False, other_act=None, w_type: str = "square", reduction: str = "mean",
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False, soft_label: bool = False,
+                 backend: str = "auto") -> None:
+        reduction = F._check_region_options(
+            to_onehot_y, softmax, other_act, None, reduction, backend, smooth_nr, smooth_dr,
+            include_background=include_background, sigmoid=sigmoid, batch=batch, soft_label=soft_label)
+        w_type = getattr(w_type, "value", w_type)
+        F._check_choice("w_type", w_type, F.W_TYPES)
+        super().__init__(reduction=reduction)
+        self.include_background, self.sigmoid, self.w_type = include_background, sigmoid, w_type
+        self.smooth_nr, self.smooth_dr, self.batch, self.soft_label = float(smooth_nr), float(smooth_dr), batch, soft_label
+        self.backend = backend
+
+    def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return F.generalized_dice_loss(input, target, include_background=self.include_background,
+                                       sigmoid=self.sigmoid, w_type=self.w_type, reduction=self.reduction,
+                                       smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, batch=self.batch,
+                                       soft_label=self.soft_label, mask=mask, backend=self.backend)

@@ -7,13 +7,14 @@ every backend), only the targets' values, as torch's losses do and beyond (READM
 `scripted` and `compiled` give their torch.jit.script and torch.compile variants.
 """
 
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mse_loss", "segmentation_loss", "scripted", "compiled"]
+__all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "generalized_dice_loss", "region_sums",
+           "scripted", "compiled"]
 
 
 # The targets' errors, as the kernels give them (csrc/seg_loss_math.h has the same texts): torch's
@@ -48,7 +49,7 @@ def check_values(input: Tensor, target: Tensor, from_logits: bool) -> None:
         raise RuntimeError(TARGET_RANGE_MESSAGE)
 
 
-def _compute_dtype(input: Tensor, target: Tensor) -> torch.dtype:
+def compute_dtype(input: Tensor, target: Tensor) -> torch.dtype:
     if input.dtype == torch.float64 or target.dtype == torch.float64:
         return torch.float64
     return torch.float32
@@ -65,7 +66,7 @@ def _reduce(value: Tensor, reduction: str) -> Tensor:
 
 def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """nn.MSELoss, computed in float32 (float64 for float64)."""
-    dtype = _compute_dtype(input, target)
+    dtype = compute_dtype(input, target)
     loss = F.mse_loss(input.to(dtype), target.to(dtype), reduction=reduction)
     return loss.to(torch.promote_types(input.dtype, target.dtype))
 
@@ -85,7 +86,7 @@ def segmentation_loss(
     "sum": the same with sums; "none": the "mean" formula for each sample (dim 0).
     An axis of length 1 has no differences and contributes 0.
     """
-    dtype = _compute_dtype(input, target)
+    dtype = compute_dtype(input, target)
     x = input.to(dtype)
     t = target.to(dtype)
     # A uint8 mask must hold 0 and 1 (a 0/255 mask would give a negative loss): on the CPU an
@@ -120,7 +121,215 @@ def segmentation_loss(
     return loss.to(torch.promote_types(input.dtype, target.dtype))
 
 
-_LOSSES: Dict[str, Callable] = {"mse_loss": mse_loss, "segmentation_loss": segmentation_loss}
+# Region losses ------------------------------------------------------------------------------
+#
+# MONAI's Dice, Tversky and generalised Dice losses (monai.losses 1.6), as functions of a few
+# sums over each (sample, channel)'s pixels: region_sums gives them (the native and triton
+# backends from their kernels, op region_sums), and *_from_sums turns them into the loss with
+# MONAI's own formulas, quirks included (README, "Region losses"). The sums are taken in
+# float32 (float64 for float64) whatever the input dtype.
+
+# The sums (csrc/region_loss_math.h, RegionMode): "linear": sum p t, sum p, sum t; "squared"
+# (squared_pred): sum p t, sum p^2, sum t^2; "l1" (soft_label, MONAI's form from vector norms):
+# sum |p - t|, sum |p|, sum |t|. A fourth sum counts uint8 targets above 1 (a 0/255 mask).
+REGION_MODES = {"linear": 0, "squared": 1, "l1": 2}
+REGION_SUMS = 4
+
+
+def region_mode(squared_pred: bool, soft_label: bool) -> int:
+    """MONAI's compute_tp_fp_fn: its soft-label form from norms for soft_label or squared_pred
+    (where, squared, it equals the plain sums), else the plain sums."""
+    if squared_pred:
+        return 1
+    return 2 if soft_label else 0
+
+
+def region_sums(input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: bool, mode: int) -> Tensor:
+    """The (B, C, 4) sums of each (sample, channel) over the spatial axes; a mask (bool, shaped
+    (B, 1, spatial...) or as the input) removes the pixels where it is False from every sum."""
+    dtype = compute_dtype(input, target)
+    p = input.to(dtype)
+    if sigmoid:
+        p = torch.sigmoid(p)
+    t = target.to(dtype)
+    bad = target > 1 if target.dtype == torch.uint8 else torch.zeros_like(target, dtype=torch.bool)
+    if mask is not None:
+        m = mask.to(dtype)
+        p = p * m
+        t = t * m
+        bad = bad & mask
+    shape: List[int] = [input.shape[0], input.shape[1], -1]
+    if input.numel() == 0 or input.dim() == 2:  # reshape cannot infer -1 for 0 elements
+        n = 1
+        for size in input.shape[2:]:
+            n *= size
+        shape = [input.shape[0], input.shape[1], n]
+    p = p.reshape(shape)
+    t = t.reshape(shape)
+    if mode == 2:
+        s0, s1, s2 = (p - t).abs().sum(2), p.abs().sum(2), t.abs().sum(2)
+    elif mode == 1:
+        s0, s1, s2 = (p * t).sum(2), (p * p).sum(2), (t * t).sum(2)
+    else:
+        s0, s1, s2 = (p * t).sum(2), p.sum(2), t.sum(2)
+    counted = bad.reshape(shape).sum(2).to(dtype).expand_as(s0)
+    return torch.stack([s0, s1, s2, counted], 2)
+
+
+def _foreground(sums: Tensor, include_background: bool) -> Tensor:
+    """MONAI drops channel 0 for include_background=False, unless it is the only one."""
+    if not include_background and sums.shape[1] > 1:
+        return sums[:, 1:]
+    return sums
+
+
+def _tp_fp_fn(sums: Tensor, mode: int):
+    """MONAI's compute_tp_fp_fn from the sums: true positives, false positives, false negatives."""
+    tp = (sums[..., 1] + sums[..., 2] - sums[..., 0]) / 2 if mode == 2 else sums[..., 0]
+    return tp, sums[..., 1] - tp, sums[..., 2] - tp
+
+
+def _nan_if_bad(value: Tensor, sums: Tensor) -> Tensor:
+    """NaN where a uint8 target held anything but 0 and 1 (the CPU raises before this)."""
+    bad = (sums[..., 3] > 0).any()
+    return torch.where(bad, torch.full_like(value, float("nan")), value)
+
+
+def _reduce_region(f: Tensor, reduction: str, spatial_dims: int, broadcastable: bool) -> Tensor:
+    """MONAI's reductions: "none" keeps (B, C) (or what batch=True left), made broadcastable
+    against the input, (B, C, 1, ...), by Dice and generalised Dice, not by Tversky."""
+    if reduction == "mean":
+        return f.mean()
+    if reduction == "sum":
+        return f.sum()
+    if broadcastable:
+        shape: List[int] = list(f.shape[0:2]) + [1] * spatial_dims
+        return f.view(shape)
+    return f
+
+
+def dice_from_sums(sums: Tensor, mode: int, include_background: bool, jaccard: bool, smooth_nr: float,
+                   smooth_dr: float, batch: bool, weight: Optional[Tensor], reduction: str, spatial_dims: int,
+                   out_dtype: torch.dtype) -> Tensor:
+    sums = _foreground(sums, include_background)
+    all_sums = sums
+    if batch:
+        sums = sums.sum(0)
+    tp, fp, fn = _tp_fp_fn(sums, mode)
+    if not jaccard:
+        fp = fp * 0.5
+        fn = fn * 0.5
+    f = 1 - (2 * tp + smooth_nr) / (2 * (tp + fp + fn) + smooth_dr)
+    if weight is not None and sums.shape[-2] != 1:  # MONAI ignores a weight for one class
+        f = f * weight.to(f)
+    f = _reduce_region(_nan_if_bad(f, all_sums), reduction, spatial_dims, True)
+    return f.to(out_dtype)
+
+
+def tversky_from_sums(sums: Tensor, mode: int, include_background: bool, alpha: float, beta: float,
+                      smooth_nr: float, smooth_dr: float, batch: bool, reduction: str, spatial_dims: int,
+                      out_dtype: torch.dtype) -> Tensor:
+    sums = _foreground(sums, include_background)
+    all_sums = sums
+    if batch:
+        sums = sums.sum(0)
+    tp, fp, fn = _tp_fp_fn(sums, mode)
+    score = 1.0 - (tp + smooth_nr) / (tp + alpha * fp + beta * fn + smooth_dr)
+    return _reduce_region(_nan_if_bad(score, all_sums), reduction, spatial_dims, False).to(out_dtype)
+
+
+def generalized_dice_from_sums(sums: Tensor, mode: int, include_background: bool, w_type: str, smooth_nr: float,
+                               smooth_dr: float, batch: bool, reduction: str, spatial_dims: int,
+                               out_dtype: torch.dtype) -> Tensor:
+    sums = _foreground(sums, include_background)
+    all_sums = sums
+    if batch:
+        sums = sums.sum(0)
+    tp, fp, fn = _tp_fp_fn(sums, mode)
+    denominator = 2 * (tp + fp * 0.5 + fn * 0.5)
+    # sum t (sum |t| with soft_label: the same for targets >= 0), in float32 as MONAI takes it
+    # (ground_o.float()): its weights are float32 also for float64 input
+    ground = sums[..., 2].float()
+    if w_type == "simple":
+        w = torch.reciprocal(ground)
+    elif w_type == "square":
+        w = torch.reciprocal(ground * ground)
+    else:
+        w = torch.ones_like(ground)
+    # a class absent from the target (weight inf) takes the largest finite weight, as in MONAI
+    infs = torch.isinf(w)
+    w = torch.where(infs, torch.zeros_like(w), w)
+    if batch:
+        w = w + infs * torch.max(w)
+    else:
+        w = w + infs * torch.max(w, dim=1)[0].unsqueeze(dim=1)
+    dim = 0 if batch else 1
+    numer = 2.0 * (tp * w).sum(dim, keepdim=True) + smooth_nr
+    denom = (denominator * w).sum(dim, keepdim=True) + smooth_dr
+    f = 1.0 - numer / denom
+    return _reduce_region(_nan_if_bad(f, all_sums), reduction, spatial_dims, True).to(out_dtype)
+
+
+def check_region_mask(target: Tensor, mask: Optional[Tensor], any_device: bool = False) -> None:
+    """The CPU's error for a uint8 target that holds anything but 0 and 1 where the mask keeps
+    it (on another device only when any_device: there it is a host sync)."""
+    if target.dtype == torch.uint8 and (any_device or target.device.type == "cpu"):
+        bad = target > 1
+        if mask is not None:
+            bad = bad & mask
+        if bool(bad.any()):
+            raise RuntimeError(_mask_message())
+
+
+def _check_region_target(target: Tensor, mask: Optional[Tensor]) -> None:
+    if not torch.jit.is_scripting():
+        if not torch.compiler.is_compiling():
+            check_region_mask(target, mask)
+
+
+def region_out_dtype(input: Tensor, target: Tensor) -> torch.dtype:
+    """The loss's dtype: torch's result dtype of input and a float target, else the input's."""
+    if target.is_floating_point():
+        return torch.promote_types(input.dtype, target.dtype)
+    return input.dtype
+
+
+def dice_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, include_background: bool = True,
+              sigmoid: bool = False, squared_pred: bool = False, jaccard: bool = False, reduction: str = "mean",
+              smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False, weight: Optional[Tensor] = None,
+              soft_label: bool = False) -> Tensor:
+    """monai.losses.DiceLoss (without softmax, to_onehot_y, other_act, ignore_index), plus a mask."""
+    _check_region_target(target, mask)
+    mode = region_mode(squared_pred, soft_label)
+    return dice_from_sums(region_sums(input, target, mask, sigmoid, mode), mode, include_background, jaccard,
+                          smooth_nr, smooth_dr, batch, weight, reduction, input.dim() - 2, region_out_dtype(input, target))
+
+
+def tversky_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, include_background: bool = True,
+                 sigmoid: bool = False, alpha: float = 0.5, beta: float = 0.5, reduction: str = "mean",
+                 smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
+                 soft_label: bool = False) -> Tensor:
+    """monai.losses.TverskyLoss (without softmax, to_onehot_y, other_act, ignore_index), plus a mask."""
+    _check_region_target(target, mask)
+    mode = region_mode(False, soft_label)
+    return tversky_from_sums(region_sums(input, target, mask, sigmoid, mode), mode, include_background, alpha, beta,
+                             smooth_nr, smooth_dr, batch, reduction, input.dim() - 2, region_out_dtype(input, target))
+
+
+def generalized_dice_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None,
+                          include_background: bool = True, sigmoid: bool = False, w_type: str = "square",
+                          reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                          batch: bool = False, soft_label: bool = False) -> Tensor:
+    """monai.losses.GeneralizedDiceLoss (without softmax, to_onehot_y, other_act), plus a mask."""
+    _check_region_target(target, mask)
+    mode = region_mode(False, soft_label)
+    return generalized_dice_from_sums(region_sums(input, target, mask, sigmoid, mode), mode, include_background,
+                                      w_type, smooth_nr, smooth_dr, batch, reduction, input.dim() - 2,
+                                      region_out_dtype(input, target))
+
+
+_LOSSES: Dict[str, Callable] = {"mse_loss": mse_loss, "segmentation_loss": segmentation_loss, "dice_loss": dice_loss,
+                                "tversky_loss": tversky_loss, "generalized_dice_loss": generalized_dice_loss}
 _scripted: Dict[str, Callable] = {}
 _compiled: Dict[str, Callable] = {}
 

@@ -1,0 +1,68 @@
+#pragma once
+// Per-element math of the region losses (Dice, Tversky, generalised Dice), shared by the CPU and
+// CUDA kernels. T is float or double (CUDA) or an at::vec::Vectorized of them (CPU).
+//
+// A region loss is a function of a few sums over each (sample, channel)'s pixels, so its
+// kernels compute only those sums (op region_sums) and, given the gradient of the loss with
+// respect to them, the gradient of every element (op region_sums_backward); the loss itself,
+// from the sums, is a few operations on (B, C) tensors in pylosses/reference.py, shared by every
+// backend. p is the prediction (the input, or its sigmoid), t the target; a masked-out pixel
+// adds nothing to any sum and gets a zero gradient.
+#include "math_common.h"
+#include "sigmoid_math.h"
+
+namespace pylosses::math {
+
+// Which sums, as MONAI's compute_tp_fp_fn needs them (pylosses/reference.py, REGION_MODES):
+// kLinear: sum p t, sum p, sum t (the plain form); kSquared: sum p t, sum p^2, sum t^2
+// (squared_pred); kL1: sum |p - t|, sum |p|, sum |t| (soft_label, whose true positives are
+// (sum |p| + sum |t| - sum |p - t|) / 2).
+enum class RegionMode : int { kLinear = 0, kSquared = 1, kL1 = 2 };
+// The sums of each (sample, channel): the three of the mode, then the count of targets that are
+// not a 0/1 mask (uint8 targets above 1; 0 for other dtypes), which makes the loss NaN.
+constexpr int kRegionSums = 4;
+
+// One element's terms of the three sums.
+template <RegionMode kMode, typename T>
+C10_HOST_DEVICE inline void region_terms(T p, T t, T& s0, T& s1, T& s2) {
+  if constexpr (kMode == RegionMode::kL1) {
+    s0 = pabs(p - t);
+    s1 = pabs(p);
+    s2 = pabs(t);
+  } else if constexpr (kMode == RegionMode::kSquared) {
+    s0 = p * t;
+    s1 = p * p;
+    s2 = t * t;
+  } else {
+    s0 = p * t;
+    s1 = p;
+    s2 = t;
+  }
+}
+
+// The gradient of g0 s0 + g1 s1 + g2 s2 with respect to an element's p (dp) and t (dt), g the
+// loss's gradient with respect to its (sample, channel)'s sums. |.|'s derivative at 0 is 0, as
+// torch's abs gives it.
+template <RegionMode kMode, typename T>
+C10_HOST_DEVICE inline T region_grad_p(T p, T t, T g0, T g1) {
+  if constexpr (kMode == RegionMode::kL1) {
+    return g0 * psign(p - t) + g1 * psign(p);
+  } else if constexpr (kMode == RegionMode::kSquared) {
+    return g0 * t + T(2) * g1 * p;
+  } else {
+    return g0 * t + g1;
+  }
+}
+
+template <RegionMode kMode, typename T>
+C10_HOST_DEVICE inline T region_grad_t(T p, T t, T g0, T g2) {
+  if constexpr (kMode == RegionMode::kL1) {
+    return g2 * psign(t) - g0 * psign(p - t);
+  } else if constexpr (kMode == RegionMode::kSquared) {
+    return g0 * p + T(2) * g2 * t;
+  } else {
+    return g0 * p + g2;
+  }
+}
+
+}  // namespace pylosses::math

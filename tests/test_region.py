@@ -1,0 +1,282 @@
+"""The region losses (Dice, Tversky, generalised Dice): the reference against MONAI's own classes,
+every backend against the reference, and the API (arguments, errors, the mask)."""
+
+import warnings
+
+import pytest
+import torch
+
+import pylosses
+from pylosses import reference
+
+# (pylosses class, MONAI class name, options): every option of each loss, and combinations
+DICE_OPTIONS = [{}, {"sigmoid": True}, {"sigmoid": True, "squared_pred": True}, {"jaccard": True},
+                {"sigmoid": True, "jaccard": True, "squared_pred": True}, {"include_background": False},
+                {"sigmoid": True, "batch": True}, {"reduction": "none"}, {"reduction": "none", "batch": True},
+                {"reduction": "sum", "sigmoid": True}, {"smooth_nr": 0.0, "smooth_dr": 1e-6},
+                {"weight": [0.2, 0.3, 0.5]}, {"weight": 2.0, "sigmoid": True},
+                {"weight": [1.0, 3.0], "include_background": False, "reduction": "none"},
+                {"soft_label": True}, {"soft_label": True, "sigmoid": True, "jaccard": True, "batch": True},
+                {"soft_label": True, "squared_pred": True}]
+TVERSKY_OPTIONS = [{}, {"sigmoid": True}, {"alpha": 0.3, "beta": 0.7}, {"include_background": False},
+                   {"batch": True, "reduction": "none"}, {"reduction": "none"}, {"reduction": "sum"},
+                   {"soft_label": True, "sigmoid": True}, {"soft_label": True, "batch": True, "alpha": 0.9}]
+GDL_OPTIONS = [{}, {"sigmoid": True}, {"w_type": "simple"}, {"w_type": "uniform"}, {"include_background": False},
+               {"batch": True}, {"reduction": "none"}, {"reduction": "none", "batch": True}, {"reduction": "sum"},
+               {"soft_label": True, "sigmoid": True}]
+CASES = ([("DiceLoss", o) for o in DICE_OPTIONS] + [("TverskyLoss", o) for o in TVERSKY_OPTIONS]
+         + [("GeneralizedDiceLoss", o) for o in GDL_OPTIONS])
+SHAPES = [(2, 3, 8, 7), (3, 3, 5), (2, 3, 4, 5, 6)]
+
+
+def _data(shape, sigmoid, soft, dtype=torch.float64, seed=0, empty_class=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) if sigmoid else \
+        torch.rand(shape, generator=g, dtype=torch.float64)
+    t = torch.rand(shape, generator=g, dtype=torch.float64)
+    t = t if soft else (t > 0.5).double()
+    if empty_class:  # a class absent from a sample's target (generalised Dice's infinite weight)
+        t[0, 1] = 0
+    return x.to(dtype), t.to(dtype)
+
+
+def _case_id(case):
+    name, options = case
+    return name + "-" + "-".join(f"{k}={v}" for k, v in options.items())
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_reference_matches_monai(case):
+    """Values and gradients (input and a soft target) of MONAI's class and of pylosses' with the
+    same arguments, in float64, on 1-D to 3-D inputs, with a class absent from the target."""
+    monai_losses = pytest.importorskip("monai.losses")
+    name, options = case
+    theirs = getattr(monai_losses, name)(**options)
+    ours = getattr(pylosses, name)(**options, backend="reference")
+    for shape in SHAPES:
+        for soft in (False, True):
+            x, t = _data(shape, options.get("sigmoid", False), soft, empty_class=not soft)
+            # MONAI's generalised Dice cannot differentiate its target (its weights are written
+            # in place, and autograd raises); pylosses' can (test_reference_gradcheck)
+            target_grad = name != "GeneralizedDiceLoss"
+            x1, t1 = x.clone().requires_grad_(True), t.clone().requires_grad_(target_grad)
+            x2, t2 = x.clone().requires_grad_(True), t.clone().requires_grad_(target_grad)
+            want = theirs(x1, t1)
+            got = ours(x2, t2)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, equal_nan=True)
+            g = torch.rand(want.shape, dtype=torch.float64) + 0.5
+            wrt_ours, wrt_theirs = ((x2, t2), (x1, t1)) if target_grad else ((x2,), (x1,))
+            for mine, truth in zip(torch.autograd.grad(got, wrt_ours, g), torch.autograd.grad(want, wrt_theirs, g)):
+                torch.testing.assert_close(mine, truth, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn", [pylosses.dice_loss, pylosses.tversky_loss, pylosses.generalized_dice_loss])
+def test_reference_gradcheck(fn):
+    """The reference's gradients, for input and target, against finite differences in float64."""
+    x, t = _data((2, 3, 4, 3), True, True)
+    x.requires_grad_(True)
+    t.requires_grad_(True)
+    mask = torch.rand(2, 1, 4, 3, generator=torch.Generator().manual_seed(1)) > 0.3
+    # generalised Dice takes its weights in float32, as MONAI does: a coarser difference quotient
+    # for its target
+    loose = {"eps": 1e-3, "atol": 5e-3, "rtol": 5e-3} if fn is pylosses.generalized_dice_loss else {}
+    assert torch.autograd.gradcheck(lambda a, b: fn(a, b, sigmoid=True, mask=mask, backend="reference"), (x, t),
+                                    **loose)
+
+
+@pytest.mark.parametrize("name", ["DiceLoss", "TverskyLoss", "GeneralizedDiceLoss"])
+def test_single_channel_quirks_match_monai(name):
+    """One channel: include_background=False is ignored with MONAI's warning; Dice ignores its
+    class weight."""
+    monai_losses = pytest.importorskip("monai.losses")
+    x, t = _data((2, 1, 6, 6), True, False)
+    options = {"include_background": False, "sigmoid": True}
+    if name == "DiceLoss":
+        options["weight"] = 3.0
+    with pytest.warns(UserWarning, match="single channel prediction"):
+        want = getattr(monai_losses, name)(**options)(x, t)
+    with pytest.warns(UserWarning, match="single channel prediction"):
+        got = getattr(pylosses, name)(**options, backend="reference")(x, t)
+    torch.testing.assert_close(got, want)
+
+
+def test_float_losses_match_monai_in_float32():
+    monai_losses = pytest.importorskip("monai.losses")
+    x, t = _data((2, 3, 16, 16), True, False, dtype=torch.float32)
+    for name in ("DiceLoss", "TverskyLoss", "GeneralizedDiceLoss"):
+        want = getattr(monai_losses, name)(sigmoid=True)(x, t)
+        got = getattr(pylosses, name)(sigmoid=True)(x, t)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# every backend against the reference --------------------------------------------------------
+
+BACKENDS = [b for b in ("native", "triton", "jit", "compile") if b in pylosses.available_backends("cpu")]
+FUNCTIONS = [(pylosses.dice_loss, {"sigmoid": True}), (pylosses.dice_loss, {"squared_pred": True, "batch": True}),
+             (pylosses.dice_loss, {"soft_label": True, "sigmoid": True, "reduction": "none"}),
+             (pylosses.dice_loss, {"jaccard": True, "weight": [1.0, 2.0, 0.5], "reduction": "sum"}),
+             (pylosses.tversky_loss, {"sigmoid": True, "alpha": 0.3, "beta": 0.7, "reduction": "none"}),
+             (pylosses.tversky_loss, {"include_background": False, "soft_label": True}),
+             (pylosses.generalized_dice_loss, {"sigmoid": True}),
+             (pylosses.generalized_dice_loss, {"w_type": "simple", "batch": True, "reduction": "none"})]
+
+
+def _fn_id(case):
+    fn, options = case
+    return fn.__name__ + "-" + "-".join(f"{k}={v}" for k, v in options.items())
+
+
+def _check_backend(fn, options, backend, shape, dtype, target_dtype, mask=None, seed=0):
+    sigmoid = options.get("sigmoid", False)
+    x, t = _data(shape, sigmoid, target_dtype.is_floating_point, seed=seed)
+    x = x.to(dtype).requires_grad_(True)
+    t = t.to(target_dtype)
+    if t.is_floating_point():
+        t.requires_grad_(True)
+    exact_x = x.detach().double().requires_grad_(True)
+    exact_t = t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t
+    got = fn(x, t, **options, mask=mask, backend=backend)
+    want = fn(exact_x, exact_t, **options, mask=mask, backend="reference")
+    assert got.shape == want.shape
+    assert got.dtype == reference.region_out_dtype(x, t)
+    tol = 1e-12 if dtype == torch.float64 and target_dtype in (torch.float64, torch.bool, torch.uint8) else 2e-5
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    wrt, wrt64 = ([x, t], [exact_x, exact_t]) if t.requires_grad else ([x], [exact_x])
+    g = torch.rand(want.shape, dtype=torch.float64) + 0.5
+    mine = torch.autograd.grad(got, wrt, g.to(got.dtype))
+    truth = torch.autograd.grad(want, wrt64, g)
+    for a, b, leaf in zip(mine, truth, wrt):
+        assert a.dtype == leaf.dtype
+        rtol = {torch.float16: 4e-3, torch.bfloat16: 3e-2}.get(a.dtype, tol)
+        torch.testing.assert_close(a.double(), b, rtol=rtol, atol=rtol * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", FUNCTIONS, ids=_fn_id)
+def test_backends_match_reference(case, backend):
+    fn, options = case
+    for shape in [(2, 3, 8, 7), (2, 3, 4, 5, 6), (1, 3, 37)]:
+        _check_backend(fn, options, backend, shape, torch.float64, torch.float64)
+    if backend in ("native", "triton"):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for target_dtype in (torch.float32, torch.bool, torch.uint8):
+                _check_backend(fn, options, backend, (2, 3, 6, 9), dtype, target_dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_removes_pixels(backend):
+    """A mask gives the loss of the kept pixels alone: the same as zeroing input and target there
+    in the probability form (every sum's term is 0 for p = t = 0), for a (B, 1, ...) and a full
+    mask, with a zero gradient where it is False."""
+    x, t = _data((2, 3, 6, 7), False, True)
+    g = torch.Generator().manual_seed(3)
+    for mask in (torch.rand(2, 1, 6, 7, generator=g) > 0.4, torch.rand(2, 3, 6, 7, generator=g) > 0.4,
+                 torch.rand(6, 7, generator=g) > 0.4):
+        for fn in (pylosses.dice_loss, pylosses.tversky_loss, pylosses.generalized_dice_loss):
+            xg = x.clone().requires_grad_(True)
+            got = fn(xg, t, mask=mask, backend=backend)
+            zeroed = fn(x * mask, t * mask, backend="reference")
+            torch.testing.assert_close(got, zeroed, rtol=1e-12, atol=1e-12)
+            grad, = torch.autograd.grad(got, xg)
+            assert (grad[~mask.expand_as(x)] == 0).all()
+            assert (grad[mask.expand_as(x)] != 0).any()
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("native", "triton")])
+def test_empty_and_degenerate(backend):
+    """No samples: mean NaN, sum 0, none empty (as MONAI); an empty plane: every sum 0."""
+    x, t = torch.rand(0, 3, 4, 4), torch.rand(0, 3, 4, 4)
+    assert torch.isnan(pylosses.dice_loss(x, t, backend=backend))
+    assert pylosses.dice_loss(x, t, reduction="sum", backend=backend) == 0
+    assert pylosses.dice_loss(x, t, reduction="none", backend=backend).shape == (0, 3, 1, 1)
+    x, t = torch.rand(2, 3, 0, 4), torch.rand(2, 3, 0, 4)
+    want = pylosses.dice_loss(x, t, backend="reference")
+    torch.testing.assert_close(pylosses.dice_loss(x, t, backend=backend), want)
+
+
+def test_uint8_mask_targets_are_checked():
+    x = torch.rand(2, 1, 4, 4)
+    t = (torch.rand(2, 1, 4, 4) > 0.5).to(torch.uint8) * 255
+    for backend in [b for b in BACKENDS if b != "triton"] + ["reference"]:
+        with pytest.raises(RuntimeError, match="must hold only 0 and 1"):
+            pylosses.dice_loss(x, t, backend=backend)
+    # where a mask leaves the 255s out, they are not an error
+    ok = pylosses.dice_loss(x, t.clamp(max=1), backend="reference")
+    assert torch.isfinite(ok)
+
+
+# the API ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [pylosses.DiceLoss, pylosses.TverskyLoss, pylosses.GeneralizedDiceLoss])
+@pytest.mark.parametrize("bad, error, match", [
+    ({"softmax": True}, NotImplementedError, "softmax"),
+    ({"to_onehot_y": True}, NotImplementedError, "to_onehot_y"),
+    ({"other_act": torch.tanh}, NotImplementedError, "other_act"),
+    ({"reduction": "avg"}, ValueError, "reduction"),
+    ({"backend": "cuda"}, ValueError, "backend"),
+    ({"sigmoid": 1}, TypeError, "sigmoid"),
+    ({"smooth_nr": float("nan")}, ValueError, "smooth_nr"),
+])
+def test_bad_arguments_name_themselves(cls, bad, error, match):
+    with pytest.raises(error, match=match):
+        cls(**bad)
+
+
+def test_bad_tensors_and_options():
+    x, t = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    cases = [
+        (lambda: pylosses.dice_loss(x, t[:, :2]), ValueError, "same shape"),
+        (lambda: pylosses.dice_loss(x[:, :, 0, 0], t[:, :, 0, 0]), ValueError, "spatial"),
+        (lambda: pylosses.dice_loss(x, t.int()), TypeError, "target"),
+        (lambda: pylosses.dice_loss(x, t, mask=torch.ones(2, 3, 4, 4)), TypeError, "mask"),
+        (lambda: pylosses.dice_loss(x, t, mask=torch.ones(2, 2, 4, 4, dtype=torch.bool)), ValueError, "mask"),
+        (lambda: pylosses.dice_loss(x, t, weight=[1.0, 2.0]), ValueError, "weight"),
+        (lambda: pylosses.dice_loss(x, t, weight=[1.0, -2.0, 1.0]), ValueError, "weight"),
+        (lambda: pylosses.dice_loss(x, t, ignore_index=0), NotImplementedError, "ignore_index"),
+        (lambda: pylosses.generalized_dice_loss(x, t, w_type="cube"), ValueError, "w_type"),
+        (lambda: pylosses.tversky_loss(x, t, alpha="0.5"), TypeError, "alpha"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+
+
+def test_module_is_a_drop_in_for_monai():
+    """The same positional arguments, MONAI's class_weight buffer (moves with .to(), is in the
+    state dict), the reduction enum MONAI uses, and what the module shows of itself."""
+    monai = pytest.importorskip("monai")
+    ours = pylosses.DiceLoss(True, False, True, weight=[1.0, 2.0, 3.0])
+    theirs = monai.losses.DiceLoss(True, False, True, weight=[1.0, 2.0, 3.0])
+    assert set(ours.state_dict()) == set(theirs.state_dict()) == {"class_weight"}
+    ours.load_state_dict(theirs.state_dict())
+    x, t = _data((2, 3, 5, 5), True, False, dtype=torch.float32)
+    torch.testing.assert_close(ours(x, t), theirs(x, t))
+    enum = pylosses.DiceLoss(reduction=monai.utils.LossReduction.SUM)
+    assert enum.reduction == "sum" and "sum" in repr(enum)
+
+
+def test_fullgraph_compile_of_a_model_with_a_region_loss():
+    """torch.compile(fullgraph=True) traces the op, its epilogue and its backward: no graph break."""
+    if "native" not in pylosses.available_backends("cpu"):
+        pytest.skip("pylosses._C is not built")
+    model = torch.nn.Conv2d(1, 2, 3, padding=1)
+    criterion = pylosses.DiceLoss(sigmoid=True, backend="native")
+    image, target = torch.rand(2, 1, 8, 8), torch.rand(2, 2, 8, 8) > 0.5
+    mask = torch.rand(2, 1, 8, 8) > 0.2
+
+    def step(image, target, mask):
+        return criterion(model(image), target, mask)
+
+    eager = step(image, target, mask)
+    eager.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled = torch.compile(step, fullgraph=True)(image, target, mask)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
