@@ -99,7 +99,7 @@ def measure_cell(loss, mode, dtype, size, args):
     device = args.device
     shape = shape_for(parse_size(size))
     x, t = make_inputs(loss, shape, DTYPES[dtype], device)
-    nbytes = compulsory_bytes(mode, x, t)
+    nbytes = compulsory_bytes(mode, x, t, loss)
     steps = {p: workload(loss, p, mode, x, t) for p in args.providers}
     first = {p: first_call_seconds(step, device) for p, step in steps.items()}  # compiles
     peaks = {p: peak_extra_bytes(step, device) for p, step in steps.items()}

@@ -13,7 +13,7 @@ import torch
 import pylosses
 from benchmarks.report import slug
 
-LOSSES = ("segmentation_loss", "mse_loss")
+LOSSES = ("segmentation_loss", "mse_loss", "dice_loss")
 PROVIDERS = ("reference", "jit", "compile", "native", "triton")  # eager reference first: the baseline
 MODES = ("forward", "forward+backward")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -52,6 +52,8 @@ def loss_fn(loss: str, provider: str) -> Callable:
     """provider's loss(input, target) with the defaults (mean; alpha 0.7, beta 0.3 on probabilities)."""
     if loss == "mse_loss":
         return lambda x, t: pylosses.mse_loss(x, t, backend=provider)
+    if loss == "dice_loss":  # on logits, as MONAI's DiceLoss(sigmoid=True)
+        return lambda x, t: pylosses.dice_loss(x, t, sigmoid=True, backend=provider)
     return lambda x, t: pylosses.segmentation_loss(x, t, backend=provider)
 
 
@@ -60,6 +62,9 @@ def make_inputs(loss: str, shape, dtype=torch.float32, device="cpu", seed=0):
     if loss == "mse_loss":
         x = torch.randn(shape, generator=g, device=device, dtype=dtype)
         t = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    elif loss == "dice_loss":  # logits and a 0/1 mask
+        x = torch.randn(shape, generator=g, device=device, dtype=dtype)
+        t = (torch.rand(shape, generator=g, device=device) > 0.5).to(dtype)
     else:  # probabilities and a 0/1 mask, as a segmentation model and its labels give them
         x = torch.rand(shape, generator=g, device=device, dtype=dtype).clamp_(1e-3, 1 - 1e-3)
         t = (torch.rand(shape, generator=g, device=device) > 0.5).to(dtype)
@@ -85,10 +90,18 @@ def workload(loss: str, provider: str, mode: str, x: torch.Tensor, t: torch.Tens
     return step
 
 
-def compulsory_bytes(mode: str, x: torch.Tensor, t: torch.Tensor) -> int:
-    """Bytes a perfect kernel must move: read input and target, and for backward write the gradient."""
+# Losses whose gradient needs sums over the whole input first (Dice and its relatives): their
+# forward+backward must read input and target twice, once for the sums and once for the gradient.
+TWO_PASS = ("dice_loss",)
+
+
+def compulsory_bytes(mode: str, x: torch.Tensor, t: torch.Tensor, loss: str = "segmentation_loss") -> int:
+    """Bytes a perfect kernel must move: read input and target (twice with backward for a
+    two-pass loss), and for backward write the gradient."""
     read = x.numel() * x.element_size() + t.numel() * t.element_size()
-    return read + (x.numel() * x.element_size() if mode == "forward+backward" else 0)
+    if mode != "forward+backward":
+        return read
+    return read * (2 if loss in TWO_PASS else 1) + x.numel() * x.element_size()
 
 
 def copy_workload(nbytes: int, device="cpu") -> Callable[[], None]:
@@ -242,7 +255,7 @@ def run_benchmark(benchmark, loss: str, provider: str, mode: str, size: str, dty
     benchmark.extra_info.update(
         loss=loss, provider=provider, mode=mode, size=size, shape=list(shape), dtype=dtype,
         device=info.get("gpu", info["cpu"]), torch=info["torch"], triton=info["triton"], cuda=info["cuda"],
-        compulsory_bytes=compulsory_bytes(mode, x, t), first_call_s=first)
+        compulsory_bytes=compulsory_bytes(mode, x, t, loss), first_call_s=first)
 
     def timed():
         step()

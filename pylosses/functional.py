@@ -18,7 +18,8 @@ from torch import Tensor
 
 from . import _ops, reference
 
-__all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "generalized_dice_loss", "available_backends",
+__all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "generalized_dice_loss", "dice_bce_loss",
+           "available_backends",
            "set_input_checks", "input_checks_enabled"]
 
 BACKENDS = ("auto", "native", "triton", "reference", "jit", "compile")
@@ -438,3 +439,84 @@ def generalized_dice_loss(input: Tensor, target: Tensor, include_background: boo
         "generalized_dice_loss", reference.generalized_dice_from_sums, input, target, mask, sigmoid, mode, backend,
         (include_background, sigmoid, w_type, reduction, float(smooth_nr), float(smooth_dr), batch, soft_label),
         (include_background, w_type, float(smooth_nr), float(smooth_dr), batch, reduction))
+
+
+def _check_pos_weight(pos_weight, input: Tensor) -> Optional[Tensor]:
+    """torch's pos_weight: a tensor (or numbers) that broadcasts against the input, by torch's
+    rules (per channel of (B, C, H, W): shape (C, 1, 1))."""
+    if pos_weight is None:
+        return None
+    if isinstance(pos_weight, bool) or not isinstance(pos_weight, (numbers.Real, Sequence, Tensor)):
+        raise TypeError(f"pos_weight must be None, a number, a sequence of numbers or a tensor, "
+                        f"got {type(pos_weight).__name__}")
+    pw = torch.as_tensor(pos_weight, device=input.device)
+    if not pw.is_floating_point():
+        pw = pw.float()
+    try:
+        shape = torch.broadcast_shapes(pw.shape, input.shape)
+    except RuntimeError:
+        shape = None
+    if shape != input.shape:
+        raise ValueError(f"pos_weight must broadcast against the input's shape {tuple(input.shape)} (for one weight "
+                         f"a channel: shape (C, 1, ...)), got {tuple(pw.shape)}")
+    return pw
+
+
+def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True, squared_pred: bool = False,
+                  jaccard: bool = False, reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
+                  batch: bool = False, weight=None, soft_label: bool = False, lambda_dice: float = 1.0,
+                  lambda_bce: float = 1.0, lambda_tv: float = 0.0, pos_weight=None, mask: Optional[Tensor] = None,
+                  backend: str = "auto") -> Tensor:
+    """lambda_dice * dice_loss(sigmoid=True) + lambda_bce * BCE with logits (torch's pos_weight)
+    + lambda_tv * total variation of sigmoid(input), on logits (B, C, spatial...).
+
+    The Dice options are dice_loss's; the mask applies to Dice and BCE (BCE's mean is over the
+    pixels it keeps); the total variation is the segmentation loss's, over 2 or 3 spatial axes.
+    reduction: "mean" or "sum" (MONAI's DiceCELoss has no "none"). For one channel and
+    lambda_tv = 0 it is MONAI's DiceCELoss(sigmoid=True) (README, "Region losses").
+    """
+    reduction = _check_region_options(False, False, None, None, reduction, backend, smooth_nr, smooth_dr,
+                                      include_background=include_background, squared_pred=squared_pred,
+                                      jaccard=jaccard, batch=batch, soft_label=soft_label)
+    if reduction == "none":
+        raise ValueError("reduction must be 'mean' or 'sum' for dice_bce_loss (as for MONAI's DiceCELoss), got 'none'")
+    for name, value in (("lambda_dice", lambda_dice), ("lambda_bce", lambda_bce), ("lambda_tv", lambda_tv)):
+        _check_weight(name, value)
+        if value < 0:
+            raise ValueError(f"{name} must be no less than 0, got {value}")
+    mask = _check_region_tensors(input, target, mask)
+    spatial = input.dim() - 2
+    if lambda_tv != 0 and spatial not in (2, 3):
+        raise ValueError(f"lambda_tv needs 2 or 3 spatial axes (the segmentation loss's total variation), "
+                         f"got input of shape {tuple(input.shape)}")
+    pw = _check_pos_weight(pos_weight, input)
+    w = _dice_weight(weight, _foreground_classes(input, include_background), input.device)
+    mode = reference.region_mode(squared_pred, soft_label)
+    chosen = _pick_backend(backend, input.device, input.numel())
+    options = (include_background, squared_pred, jaccard, reduction, float(smooth_nr), float(smooth_dr), batch, w,
+               soft_label)
+    if chosen not in _ops.PREFIX:
+        if chosen in ("jit", "compile"):
+            reference.check_region_mask(target, mask)
+        variant = _reference_variant("dice_bce_loss", chosen)
+        return _run(input.device, lambda *a: variant(*a, *options, float(lambda_dice), float(lambda_bce),
+                                                     float(lambda_tv), pw), input, target, mask)
+
+    # the kernels: Dice from the region ops; BCE and total variation from the segmentation loss's
+    # fused op where it applies (no mask, no pos_weight), else BCE from torch's op
+    def fn(input, target, mask):
+        sums = _ops.region_sums(chosen, input, target, mask, True, mode)
+        out_dtype = reference.region_out_dtype(input, target)
+        loss = lambda_dice * reference.dice_from_sums(sums, mode, include_background, jaccard, float(smooth_nr),
+                                                      float(smooth_dr), batch, w, reduction, spatial, out_dtype)
+        seg_dims = spatial if spatial in (2, 3) else 2  # (with lambda_tv 0, only its BCE counts)
+        if mask is None and pw is None:
+            return loss + _ops.segmentation_loss(chosen, input, target, float(lambda_bce), float(lambda_tv), True,
+                                                 seg_dims, reduction)
+        loss = loss + lambda_bce * reference.masked_bce_with_logits(input, target, mask, pw, reduction)
+        if lambda_tv != 0:
+            loss = loss + _ops.segmentation_loss(chosen, input, target, 0.0, float(lambda_tv), True, seg_dims,
+                                                 reduction)
+        return loss.to(out_dtype)
+
+    return _run(input.device, fn, input, target, mask)

@@ -146,3 +146,41 @@ class GeneralizedDiceLoss(_RegionLoss):
                                        sigmoid=self.sigmoid, w_type=self.w_type, reduction=self.reduction,
                                        smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, batch=self.batch,
                                        soft_label=self.soft_label, mask=mask, backend=self.backend)
+
+
+class DiceBCELoss(_RegionLoss):
+    """lambda_dice * Dice(sigmoid) + lambda_bce * BCE with logits (pos_weight) + lambda_tv * total
+    variation, on logits (pylosses.dice_bce_loss). The class weights (Dice) and pos_weight (BCE)
+    are the buffers class_weight and pos_weight."""
+
+    _shown = ("include_background", "squared_pred", "jaccard", "reduction", "smooth_nr", "smooth_dr", "batch",
+              "soft_label", "lambda_dice", "lambda_bce", "lambda_tv", "backend")
+
+    def __init__(self, include_background: bool = True, squared_pred: bool = False, jaccard: bool = False,
+                 reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
+                 weight=None, soft_label: bool = False, lambda_dice: float = 1.0, lambda_bce: float = 1.0,
+                 lambda_tv: float = 0.0, pos_weight=None, backend: str = "auto") -> None:
+        reduction = F._check_region_options(
+            False, False, None, None, reduction, backend, smooth_nr, smooth_dr, include_background=include_background,
+            squared_pred=squared_pred, jaccard=jaccard, batch=batch, soft_label=soft_label)
+        if reduction == "none":
+            raise ValueError("reduction must be 'mean' or 'sum' for DiceBCELoss (as for MONAI's DiceCELoss), got 'none'")
+        for name, value in (("lambda_dice", lambda_dice), ("lambda_bce", lambda_bce), ("lambda_tv", lambda_tv)):
+            F._check_weight(name, value)
+            if value < 0:
+                raise ValueError(f"{name} must be no less than 0, got {value}")
+        super().__init__(reduction=reduction)
+        self.include_background, self.squared_pred, self.jaccard = include_background, squared_pred, jaccard
+        self.smooth_nr, self.smooth_dr, self.batch, self.soft_label = float(smooth_nr), float(smooth_dr), batch, soft_label
+        self.lambda_dice, self.lambda_bce, self.lambda_tv = lambda_dice, lambda_bce, lambda_tv
+        self.backend = backend
+        self.register_buffer("class_weight", F._class_weight(weight))
+        self.register_buffer("pos_weight", None if pos_weight is None else F._class_weight(pos_weight))
+
+    def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return F.dice_bce_loss(input, target, include_background=self.include_background,
+                               squared_pred=self.squared_pred, jaccard=self.jaccard, reduction=self.reduction,
+                               smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, batch=self.batch,
+                               weight=self.class_weight, soft_label=self.soft_label, lambda_dice=self.lambda_dice,
+                               lambda_bce=self.lambda_bce, lambda_tv=self.lambda_tv, pos_weight=self.pos_weight,
+                               mask=mask, backend=self.backend)

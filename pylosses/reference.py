@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "generalized_dice_loss", "region_sums",
-           "scripted", "compiled"]
+           "dice_bce_loss", "scripted", "compiled"]
 
 
 # The targets' errors, as the kernels give them (csrc/seg_loss_math.h has the same texts): torch's
@@ -71,6 +71,17 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     return loss.to(torch.promote_types(input.dtype, target.dtype))
 
 
+def _add_total_variation(loss: Tensor, p: Tensor, beta: float, spatial_dims: int, reduction: str) -> Tensor:
+    """loss + beta * the total variation of p over its last spatial_dims axes: mean (or sum,
+    or each sample's mean) |p[k+1] - p[k]| along each axis; an axis of length 1 adds nothing."""
+    for axis in range(p.dim() - spatial_dims, p.dim()):
+        n = p.size(axis)
+        if n > 1:
+            diff = (p.narrow(axis, 1, n - 1) - p.narrow(axis, 0, n - 1)).abs()
+            loss = loss + beta * _reduce(diff, reduction)
+    return loss
+
+
 def segmentation_loss(
     input: Tensor,
     target: Tensor,
@@ -106,12 +117,7 @@ def segmentation_loss(
     else:
         p = x
         bce = F.binary_cross_entropy(x, t, reduction="none")
-    loss = alpha * _reduce(bce, reduction)
-    for axis in range(x.dim() - spatial_dims, x.dim()):
-        n = x.size(axis)
-        if n > 1:
-            diff = (p.narrow(axis, 1, n - 1) - p.narrow(axis, 0, n - 1)).abs()
-            loss = loss + beta * _reduce(diff, reduction)
+    loss = _add_total_variation(alpha * _reduce(bce, reduction), p, beta, spatial_dims, reduction)
     bad = torch.zeros((), dtype=torch.bool, device=loss.device)
     if target.dtype == torch.uint8 and (compiling or target.device.type != "cpu"):
         bad = (target > 1).any()
@@ -328,8 +334,43 @@ def generalized_dice_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] 
                                       region_out_dtype(input, target))
 
 
+def masked_bce_with_logits(input: Tensor, target: Tensor, mask: Optional[Tensor], pos_weight: Optional[Tensor],
+                           reduction: str) -> Tensor:
+    """nn.BCEWithLogitsLoss(pos_weight=pos_weight) over the pixels the mask keeps: their mean
+    ("mean"; NaN when it keeps none) or sum ("sum"), in float32 (float64 for float64)."""
+    dtype = compute_dtype(input, target)
+    x = input.to(dtype)
+    pw: Optional[Tensor] = None
+    if pos_weight is not None:
+        pw = pos_weight.to(dtype)
+    bce = F.binary_cross_entropy_with_logits(x, target.to(dtype), pos_weight=pw, reduction="none")
+    if mask is None:
+        return bce.mean() if reduction == "mean" else bce.sum()
+    m = mask.expand_as(bce).to(dtype)
+    total = (bce * m).sum()
+    return total / m.sum() if reduction == "mean" else total
+
+
+def dice_bce_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, include_background: bool = True,
+                  squared_pred: bool = False, jaccard: bool = False, reduction: str = "mean",
+                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
+                  weight: Optional[Tensor] = None, soft_label: bool = False, lambda_dice: float = 1.0,
+                  lambda_bce: float = 1.0, lambda_tv: float = 0.0, pos_weight: Optional[Tensor] = None) -> Tensor:
+    """lambda_dice * DiceLoss(sigmoid=True) + lambda_bce * BCEWithLogits(pos_weight) over the
+    mask's pixels + lambda_tv * the segmentation loss's total variation of sigmoid(input) over
+    the spatial axes (2 or 3 of them; the mask does not apply to it); "mean" or "sum"."""
+    loss = lambda_dice * dice_loss(input, target, mask, include_background, True, squared_pred, jaccard, reduction,
+                                   smooth_nr, smooth_dr, batch, weight, soft_label)
+    loss = loss + lambda_bce * masked_bce_with_logits(input, target, mask, pos_weight, reduction)
+    if lambda_tv != 0:
+        p = torch.sigmoid(input.to(compute_dtype(input, target)))
+        loss = _add_total_variation(loss, p, lambda_tv, input.dim() - 2, reduction)
+    return loss.to(region_out_dtype(input, target))
+
+
 _LOSSES: Dict[str, Callable] = {"mse_loss": mse_loss, "segmentation_loss": segmentation_loss, "dice_loss": dice_loss,
-                                "tversky_loss": tversky_loss, "generalized_dice_loss": generalized_dice_loss}
+                                "tversky_loss": tversky_loss, "generalized_dice_loss": generalized_dice_loss,
+                                "dice_bce_loss": dice_bce_loss}
 _scripted: Dict[str, Callable] = {}
 _compiled: Dict[str, Callable] = {}
 

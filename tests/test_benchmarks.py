@@ -33,6 +33,8 @@ def test_compulsory_bytes_count_the_gradient_only_with_backward():
     x, t = torch.zeros(10), torch.zeros(10, dtype=torch.bool)
     assert compulsory_bytes("forward", x, t) == 40 + 10
     assert compulsory_bytes("forward+backward", x, t) == 40 + 10 + 40
+    # a region loss reads input and target again for its gradient, after the sums
+    assert compulsory_bytes("forward+backward", x, t, "dice_loss") == 2 * (40 + 10) + 40
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -94,7 +96,7 @@ def test_a_run_killed_midway_keeps_every_finished_cell(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"results.json", "results.md"}
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["machine"]["cells"] == 4  # two losses, two modes
+    assert data["machine"]["cells"] == 6  # three losses, two modes
     cells = {(r["loss"], r["mode"]): set() for r in data["results"]}
     for r in data["results"]:
         cells[r["loss"], r["mode"]].add(r["provider"])

@@ -120,7 +120,10 @@ FUNCTIONS = [(pylosses.dice_loss, {"sigmoid": True}), (pylosses.dice_loss, {"squ
              (pylosses.tversky_loss, {"sigmoid": True, "alpha": 0.3, "beta": 0.7, "reduction": "none"}),
              (pylosses.tversky_loss, {"include_background": False, "soft_label": True}),
              (pylosses.generalized_dice_loss, {"sigmoid": True}),
-             (pylosses.generalized_dice_loss, {"w_type": "simple", "batch": True, "reduction": "none"})]
+             (pylosses.generalized_dice_loss, {"w_type": "simple", "batch": True, "reduction": "none"}),
+             (pylosses.dice_bce_loss, {"lambda_tv": 0.3}),
+             (pylosses.dice_bce_loss, {"pos_weight": [2.0, 0.5, 1.5], "lambda_dice": 0.5,
+                                       "reduction": "sum"})]
 
 
 def _fn_id(case):
@@ -129,7 +132,11 @@ def _fn_id(case):
 
 
 def _check_backend(fn, options, backend, shape, dtype, target_dtype, mask=None, seed=0):
-    sigmoid = options.get("sigmoid", False)
+    sigmoid = options.get("sigmoid", False) or fn is pylosses.dice_bce_loss  # (on logits)
+    if fn is pylosses.dice_bce_loss and len(shape) not in (4, 5):
+        options = {**options, "lambda_tv": 0.0}  # total variation over 2 or 3 spatial axes only
+    if "pos_weight" in options:  # one a channel, broadcast over the spatial axes
+        options = {**options, "pos_weight": torch.tensor(options["pos_weight"]).view((-1,) + (1,) * (len(shape) - 2))}
     x, t = _data(shape, sigmoid, target_dtype.is_floating_point, seed=seed)
     x = x.to(dtype).requires_grad_(True)
     t = t.to(target_dtype)
@@ -142,6 +149,8 @@ def _check_backend(fn, options, backend, shape, dtype, target_dtype, mask=None, 
     assert got.shape == want.shape
     assert got.dtype == reference.region_out_dtype(x, t)
     tol = 1e-12 if dtype == torch.float64 and target_dtype in (torch.float64, torch.bool, torch.uint8) else 2e-5
+    if fn is pylosses.generalized_dice_loss:
+        tol = max(tol, 1e-5)  # its weights are float32 (MONAI's), and the target's gradient goes through them
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
     wrt, wrt64 = ([x, t], [exact_x, exact_t]) if t.requires_grad else ([x], [exact_x])
     g = torch.rand(want.shape, dtype=torch.float64) + 0.5
@@ -182,6 +191,40 @@ def test_mask_removes_pixels(backend):
             grad, = torch.autograd.grad(got, xg)
             assert (grad[~mask.expand_as(x)] == 0).all()
             assert (grad[mask.expand_as(x)] != 0).any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dice_bce_mask_and_pos_weight(backend):
+    """Dice + BCE with a mask: the Dice of the kept pixels plus the mean BCE (torch's, with
+    pos_weight) over them, plus the total variation of all of them."""
+    x, t = _data((2, 3, 6, 7), True, False)
+    mask = torch.rand(2, 1, 6, 7, generator=torch.Generator().manual_seed(5)) > 0.4
+    pw = torch.tensor([2.0, 0.5, 1.0]).view(3, 1, 1)
+    got = pylosses.dice_bce_loss(x, t, mask=mask, pos_weight=pw, lambda_tv=0.2, backend=backend)
+    keep = mask.expand_as(x)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")[keep].mean()
+    tv = pylosses.segmentation_loss(x, t, alpha=0.0, beta=0.2, from_logits=True, backend="reference")
+    want = pylosses.dice_loss(x, t, sigmoid=True, mask=mask, backend="reference") + bce + tv
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [{}, {"weight": torch.tensor([2.0]), "reduction": "sum"}, {"lambda_dice": 0.3, "lambda_ce": 2.0},
+                                     {"squared_pred": True, "batch": True, "jaccard": True}])
+def test_dice_bce_is_monai_dice_ce_on_one_channel(options):
+    """MONAI's DiceCELoss(sigmoid=True) on one channel is Dice plus BCE with logits whose
+    pos_weight is its weight: DiceBCELoss with that pos_weight, values and gradients."""
+    monai_losses = pytest.importorskip("monai.losses")
+    theirs = monai_losses.DiceCELoss(sigmoid=True, **options)
+    ours_options = {k: v for k, v in options.items() if k not in ("weight", "lambda_ce")}
+    ours = pylosses.DiceBCELoss(**ours_options, lambda_bce=options.get("lambda_ce", 1.0),
+                                pos_weight=options.get("weight"), backend="reference")
+    for shape in [(2, 1, 8, 7), (2, 1, 4, 5, 6)]:
+        x, t = _data(shape, True, False)
+        x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        want, got = theirs(x1, t), ours(x2, t)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(got, x2)[0], torch.autograd.grad(want, x1)[0],
+                                   rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("native", "triton")])
@@ -237,6 +280,11 @@ def test_bad_tensors_and_options():
         (lambda: pylosses.dice_loss(x, t, ignore_index=0), NotImplementedError, "ignore_index"),
         (lambda: pylosses.generalized_dice_loss(x, t, w_type="cube"), ValueError, "w_type"),
         (lambda: pylosses.tversky_loss(x, t, alpha="0.5"), TypeError, "alpha"),
+        (lambda: pylosses.dice_bce_loss(x, t, reduction="none"), ValueError, "reduction"),
+        (lambda: pylosses.dice_bce_loss(x, t, lambda_bce=-1.0), ValueError, "lambda_bce"),
+        (lambda: pylosses.dice_bce_loss(x[..., 0], t[..., 0], lambda_tv=0.1), ValueError, "lambda_tv"),
+        (lambda: pylosses.dice_bce_loss(x, t, pos_weight=torch.ones(3)), ValueError, "pos_weight"),
+        (lambda: pylosses.DiceBCELoss(lambda_dice=float("inf")), ValueError, "lambda_dice"),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):

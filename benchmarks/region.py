@@ -1,0 +1,97 @@
+"""The region losses at the shapes of their issue, against MONAI's own classes:
+
+    python -m benchmarks.region [--shapes 16,3,256,256 2,4,96,96,96] [--repeats 9] [--device cpu] [--out DIR]
+
+Dice, Tversky and generalised Dice on logits (sigmoid=True) with 0/1 float targets, float32,
+forward (no autograd) and forward+backward (into input.grad); providers: MONAI's class (eager),
+pylosses' reference (eager), torch.compile of that reference, native (and triton on a GPU),
+taking turns call by call in one run (benchmarks.common.median_seconds). The table gives each
+median and native's speed-up over MONAI and over torch.compile. It prints Markdown, and with
+--out writes it to DIR/region.md.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+import pylosses
+from benchmarks.common import machine, median_seconds
+
+LOSSES = {"dice": ("DiceLoss", pylosses.dice_loss), "tversky": ("TverskyLoss", pylosses.tversky_loss),
+          "generalized_dice": ("GeneralizedDiceLoss", pylosses.generalized_dice_loss)}
+
+
+def providers(device: str):
+    have = pylosses.available_backends(device)
+    return [p for p in ("monai", "reference", "compile", "native", "triton")
+            if p == "monai" or (p in have and not (p == "triton" and device == "cpu"))]
+
+
+def inputs(shape, device: str):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    t = (torch.rand(shape, generator=g) > 0.5).float()
+    return x.to(device), t.to(device)
+
+
+def steps(loss: str, mode: str, x: torch.Tensor, t: torch.Tensor, names):
+    import monai.losses
+
+    monai_name, fn = LOSSES[loss]
+    monai_loss = getattr(monai.losses, monai_name)(sigmoid=True)
+
+    def make(provider):
+        call = monai_loss if provider == "monai" else (lambda a, b: fn(a, b, sigmoid=True, backend=provider))
+        if mode == "forward":
+            def step():
+                with torch.no_grad():
+                    call(x, t)
+            return step
+        leaf = x.detach().requires_grad_(True)
+
+        def step():
+            leaf.grad = None
+            call(leaf, t).backward()
+        return step
+    return {p: make(p) for p in names}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.region", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["16,3,256,256", "2,4,96,96,96"])
+    parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    names = providers(args.device)
+    info = machine(args.device)
+    lines = [f"Region losses on logits (sigmoid=True), 0/1 float32 targets, float32, mean. Machine: "
+             f"{info.get('gpu', info['cpu'])}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), "
+             f"torch {info['torch']}; {info['date']}. Median of {args.repeats} calls, providers taking turns. "
+             f"Command: `python -m benchmarks.region --repeats {args.repeats}`.", "",
+             "| loss | shape | mode | " + " | ".join(f"{p} ms" for p in names) + " | vs MONAI | vs compile |",
+             "|---|---|---|" + "---:|" * (len(names) + 2)]
+    print("\n".join(lines), flush=True)
+    for text in args.shapes:
+        shape = tuple(int(s) for s in text.split(","))
+        x, t = inputs(shape, args.device)
+        for loss in args.losses:
+            for mode in ("forward", "forward+backward"):
+                ms = {p: 1e3 * s for p, s in median_seconds(steps(loss, mode, x, t, names), args.repeats,
+                                                               args.device).items()}
+                row = (f"| {loss} | {text} | {mode} | " + " | ".join(f"{ms[p]:.2f}" for p in names) +
+                       f" | {ms['monai'] / ms['native']:.1f}x | {ms['compile'] / ms['native']:.2f}x |")
+                lines.append(row)
+                print(row, flush=True)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "region.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
