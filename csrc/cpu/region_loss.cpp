@@ -254,10 +254,10 @@ C10_ALWAYS_INLINE void row_grads(const acc_t* x, const acc_t* t, const acc_t* m,
   });
 }
 
-// The gradients of the elements [offset, offset + n) of the planes [first, first + planes);
-// per_plane_g: every element's gradients of the sums come from g_at, else the one plane's g.
-// grad_input and grad_target: the tensors, or null where not asked for (grad_target always, for
-// a bool or uint8 target).
+// The gradients of n elements: with kShortPlanes, of the whole planes [first, first + planes),
+// each element's gradients of the sums set out in rows; else of [begin, begin + n) of the one
+// plane first, whose gradients of the sums every vector shares. grad_input and grad_target: the
+// tensors, or null where not asked for (grad_target always, for a bool or uint8 target).
 template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kShortPlanes, typename acc_t, typename input_t,
           typename target_t>
 void region_grad_block(const RegionGeometry& geo, const input_t* input, const target_t* target, const bool* mask,
