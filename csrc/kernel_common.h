@@ -8,6 +8,12 @@
 
 namespace pylosses {
 
+// The error for a uint8 target mask that holds anything but 0 and 1 (the CPU raises it, for the
+// segmentation and the region losses; CUDA, in checking mode). pylosses/reference.py has the
+// same text.
+inline constexpr const char* kMaskMessage =
+    "target masks (uint8 or bool) must hold only 0 and 1; for a 0/255 mask, divide it by 255 or compare it with 0";
+
 // Arithmetic and accumulation type: double for double data, float for everything else.
 template <typename... Ts>
 using acc_type_t = std::conditional_t<(std::is_same_v<Ts, double> || ...), double, float>;

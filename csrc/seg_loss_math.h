@@ -15,11 +15,9 @@ namespace pylosses::math {
 // with logits, uint8 masks only (nn.BCEWithLogitsLoss takes any float target); bool always does.
 template <bool kLogits, bool kFloatTarget, bool kBoolTarget>
 inline constexpr bool kTargetChecked = !kBoolTarget && (!kLogits || !kFloatTarget);
-// The errors (the CPU raises them; CUDA, in checking mode): torch's own for a float target, and
-// one that says what a mask must hold. pylosses/reference.py has the same texts.
+// The error for a float target (the CPU raises it; CUDA, in checking mode): torch's own.
+// pylosses/reference.py has the same text; a uint8 mask's is kMaskMessage (../kernel_common.h).
 inline constexpr const char* kTargetRangeMessage = "all elements of target should be between 0 and 1";
-inline constexpr const char* kMaskMessage =
-    "target masks (uint8 or bool) must hold only 0 and 1; for a 0/255 mask, divide it by 255 or compare it with 0";
 
 // Clamp of the logs in nn.BCELoss, so that p = 0 or 1 gives a finite loss.
 constexpr double kBceLogClamp = -100.0;

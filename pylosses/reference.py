@@ -17,9 +17,9 @@ __all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "genera
            "dice_bce_loss", "scripted", "compiled"]
 
 
-# The targets' errors, as the kernels give them (csrc/seg_loss_math.h has the same texts): torch's
-# own for a float target outside [0, 1] with probabilities (nn.BCELoss checks it), and for a
-# uint8 mask that holds anything but 0 and 1, in either form.
+# The targets' errors, as the kernels give them (csrc/seg_loss_math.h and csrc/kernel_common.h
+# have the same texts): torch's own for a float target outside [0, 1] with probabilities
+# (nn.BCELoss checks it), and for a uint8 mask that holds anything but 0 and 1, in either form.
 def _mask_message() -> str:  # a function: torch.jit.script cannot read a global string
     return "target masks (uint8 or bool) must hold only 0 and 1; for a 0/255 mask, divide it by 255 or compare it with 0"
 

@@ -109,10 +109,13 @@ def test_targets_are_checked_as_torch_checks_them(name, target, kind, bad_probs,
 
 def test_the_kernels_and_the_reference_say_the_same():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "csrc", "seg_loss_math.h")) as f:
-        header = f.read()
-    assert f'"{pylosses.reference.MASK_MESSAGE}"' in header.replace('"\n    "', "")
-    assert f'"{pylosses.reference.TARGET_RANGE_MESSAGE}"' in header
+
+    def header(name):
+        with open(os.path.join(root, "csrc", name)) as f:
+            return f.read().replace('"\n    "', "")
+
+    assert f'"{pylosses.reference.MASK_MESSAGE}"' in header("kernel_common.h")
+    assert f'"{pylosses.reference.TARGET_RANGE_MESSAGE}"' in header("seg_loss_math.h")
 
 
 @needs_native

@@ -314,7 +314,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
   // torch's own messages for nn.BCELoss on the CPU; masks have their own
   TORCH_CHECK(!out_of_range, "all elements of input should be between 0 and 1");
   TORCH_CHECK(!target_out_of_range, at::isFloatingType(target.scalar_type()) ? math::kTargetRangeMessage
-                                                                             : math::kMaskMessage);
+                                                                             : kMaskMessage);
 
   const auto result_dtype = at::promote_types(input.scalar_type(), target.scalar_type());
   const auto result_options = input.options().dtype(result_dtype);

@@ -1,0 +1,476 @@
+// The region losses' sums (op region_sums) and the gradient of the elements from the gradient of
+// those sums (op region_sums_backward) on the CPU: one pass over input, target and mask each.
+//
+// The contiguous input is a sequence of planes, one for each (sample, channel), of S elements.
+// A work item is a chunk of one plane, or, where planes are shorter than a chunk, several whole
+// planes: a few huge planes and many small ones both keep every thread busy. Items are fixed by
+// the shape, each writes its own partial sums, and each plane's partials are summed in order,
+// so the sums have the same bits for any thread count (cpu_common.h).
+#include <torch/library.h>
+
+#include "cpu_common.h"
+#include "../op_checks.h"
+// after cpu_common.h (see there)
+#include "../region_loss_math.h"
+
+namespace pylosses::cpu {
+namespace {
+
+using math::RegionMode;
+using math::kRegionSums;
+
+// Elements of a plane in one work item. A chunk's bookkeeping (its partial sums, a call) is lost
+// in its work from 2^12 elements on (measured: the same time per element from 2^12 to 2^16);
+// short chunks make items enough to share evenly among many threads: (16, 3, 256, 256) makes
+// 384 and (2, 4, 96, 96, 96) 864.
+constexpr int64_t kChunk = 1 << 13;
+constexpr int64_t kBlock = 1 << 11;  // elements converted to acc_t at a time
+// Planes shorter than this are taken several at a time, the vectors running across them (see
+// region_sums_short_planes): one plane's vector accumulators, partial vector and lane sums would
+// cost more than its work.
+constexpr int64_t kShortPlane = 16;
+
+// Calls f(std::integral_constant<RegionMode, mode>{}) for the runtime mode (checked already).
+template <typename F>
+void dispatch_region_mode(int64_t mode, const F& f) {
+  switch (static_cast<RegionMode>(mode)) {
+    case RegionMode::kSquared:
+      return f(std::integral_constant<RegionMode, RegionMode::kSquared>{});
+    case RegionMode::kL1:
+      return f(std::integral_constant<RegionMode, RegionMode::kL1>{});
+    default:
+      return f(std::integral_constant<RegionMode, RegionMode::kLinear>{});
+  }
+}
+
+struct RegionGeometry {
+  int64_t channels = 0, mask_channels = 0;  // mask_channels: 1 (broadcast) or channels
+  int64_t planes = 0, plane_size = 0;       // (sample, channel) pairs, and S
+  int64_t chunks_per_plane = 1;             // partial sums of a plane
+  int64_t planes_per_item = 1;              // more than 1 only with one chunk a plane
+  int64_t n_items = 0;
+  bool short_planes = false;                // plane_size < kShortPlane
+
+  RegionGeometry(const at::Tensor& input, const at::Tensor& mask) {
+    channels = input.size(1);
+    mask_channels = mask.defined() ? mask.size(1) : 0;
+    planes = input.size(0) * channels;
+    plane_size = planes == 0 ? 0 : input.numel() / planes;
+    if (input.numel() == 0) {
+      return;
+    }
+    chunks_per_plane = at::divup(plane_size, kChunk);
+    planes_per_item = chunks_per_plane == 1 ? std::max<int64_t>(1, kChunk / plane_size) : 1;
+    n_items = chunks_per_plane == 1 ? at::divup(planes, planes_per_item) : planes * chunks_per_plane;
+    short_planes = plane_size < kShortPlane;
+  }
+
+  int64_t mask_plane(int64_t plane) const {
+    return mask_channels == 1 ? plane / channels : plane;
+  }
+
+  // The planes [first, last) of an item, with one chunk a plane.
+  std::pair<int64_t, int64_t> planes_of(int64_t item) const {
+    return {item * planes_per_item, std::min(planes, (item + 1) * planes_per_item)};
+  }
+
+  // Calls f(plane, begin, end, slot) for each piece [begin, end) of a plane that the item
+  // covers; slot = plane * chunks_per_plane + chunk indexes the piece's partial sums.
+  template <typename F>
+  void for_each_piece(int64_t item, const F& f) const {
+    if (chunks_per_plane == 1) {
+      const auto [first, last] = planes_of(item);
+      for (int64_t plane = first; plane < last; ++plane) {
+        f(plane, int64_t(0), plane_size, plane);
+      }
+    } else {
+      const int64_t plane = item / chunks_per_plane, chunk = item % chunks_per_plane;
+      f(plane, chunk * kChunk, std::min(plane_size, (chunk + 1) * kChunk), item);
+    }
+  }
+};
+
+template <typename acc_t>
+struct RegionScratch {
+  std::vector<acc_t> x = std::vector<acc_t>(kBlock), t = x, mask = x, grad_input = x, grad_target = x;
+  // short planes: each element's terms (forward), or its plane's gradients of the sums (backward)
+  std::vector<acc_t> per_element[kRegionSums];
+
+  acc_t* row(int k) {
+    if (per_element[k].empty()) {
+      per_element[k].resize(kBlock);
+    }
+    return per_element[k].data();
+  }
+};
+
+// p, and t, as the sums see them: the input or its sigmoid, and both 0 where the mask is.
+template <bool kSigmoid, bool kMasked, typename V>
+C10_ALWAYS_INLINE void region_values(const V& x, V& t, const V& m, V& p, V& p_masked) {
+  p = kSigmoid ? math::sigmoid(x) : x;
+  p_masked = p;
+  if constexpr (kMasked) {
+    p_masked = p * m;
+    t = t * m;
+  }
+}
+
+// A row of n elements of the mask, as 0/1 acc_t, for the planes [first, first + planes) of the
+// input: one mask plane for each, shared by the channels of a sample where the mask broadcasts.
+template <typename acc_t>
+const acc_t* mask_row(const RegionGeometry& geo, const bool* mask, int64_t first, int64_t planes, int64_t begin,
+                      int64_t n, acc_t* buf) {
+  if (planes == 1) {
+    return load_row(mask + geo.mask_plane(first) * geo.plane_size + begin, buf, n);
+  }
+  for (int64_t q = 0; q < planes; ++q) {
+    load_row(mask + geo.mask_plane(first + q) * geo.plane_size, buf + q * geo.plane_size, geo.plane_size);
+  }
+  return buf;
+}
+
+// Hands the terms of a row of n elements to sink(tail, i, lanes, s0, s1, s2, above_one) a vector
+// at a time; above_one: 1 where a target is above 1 (a uint8 mask that holds more than 0 and 1).
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, typename acc_t, typename Sink>
+C10_ALWAYS_INLINE void row_terms(const acc_t* x, const acc_t* t, const acc_t* m, int64_t n, const Sink& sink) {
+  using V = Vec<acc_t>;
+  for_each_vector<acc_t>(n, [&](auto tail, int64_t i, int64_t lanes) {
+    constexpr bool kTail = decltype(tail)::value;
+    V tv = load<kTail>(t + i, lanes);
+    V p, p_masked;
+    region_values<kSigmoid, kMasked>(load<kTail>(x + i, lanes), tv, kMasked ? load<kTail>(m + i, lanes) : V(), p,
+                                     p_masked);
+    V s0, s1, s2;
+    math::region_terms<kMode>(p_masked, tv, s0, s1, s2);
+    sink(tail, i, lanes, s0, s1, s2, kCount ? tv.gt(V(acc_t(1))) : V(acc_t(0)));  // tail lanes of t hold 0
+  });
+}
+
+// The sums of a piece [begin, begin + n) of one plane, into out[0..3].
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, typename acc_t, typename input_t,
+          typename target_t>
+void region_sums_piece(const RegionGeometry& geo, const input_t* input, const target_t* target, const bool* mask,
+                       int64_t plane, int64_t begin, int64_t n, RegionScratch<acc_t>& s, acc_t* out) {
+  using V = Vec<acc_t>;
+  V sum0(acc_t(0)), sum1(acc_t(0)), sum2(acc_t(0)), count(acc_t(0));
+  const int64_t offset = plane * geo.plane_size + begin;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = std::min(kBlock, n - b);
+    const acc_t* x = load_row(input + offset + b, s.x.data(), len);
+    const acc_t* t = load_row(target + offset + b, s.t.data(), len);
+    const acc_t* m = kMasked ? mask_row(geo, mask, plane, 1, begin + b, len, s.mask.data()) : nullptr;
+    row_terms<kMode, kSigmoid, kMasked, kCount>(x, t, m, len, [&](auto tail, int64_t, int64_t lanes, const V& s0,
+                                                                   const V& s1, const V& s2, const V& above_one) {
+      constexpr bool kTail = decltype(tail)::value;
+      accumulate<kTail>(sum0, s0, lanes);
+      accumulate<kTail>(sum1, s1, lanes);
+      accumulate<kTail>(sum2, s2, lanes);
+      if constexpr (kCount) {
+        count = count + above_one;
+      }
+    });
+  }
+  out[0] = lane_sum(sum0);
+  out[1] = lane_sum(sum1);
+  out[2] = lane_sum(sum2);
+  out[3] = lane_sum(count);
+}
+
+// The sums of the short planes [first, last), each into out[plane * 4 ..]: a block of whole
+// planes at a time, its terms a vector at a time into rows, then each plane's summed in order.
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, typename acc_t, typename input_t,
+          typename target_t>
+void region_sums_short_planes(const RegionGeometry& geo, const input_t* input, const target_t* target,
+                              const bool* mask, int64_t first, int64_t last, RegionScratch<acc_t>& s, acc_t* out) {
+  using V = Vec<acc_t>;
+  const int64_t S = geo.plane_size, planes_per_block = kBlock / S;
+  acc_t* terms[kRegionSums] = {s.row(0), s.row(1), s.row(2), kCount ? s.row(3) : nullptr};
+  for (int64_t plane = first; plane < last; plane += planes_per_block) {
+    const int64_t planes = std::min(planes_per_block, last - plane), len = planes * S;
+    const acc_t* x = load_row(input + plane * S, s.x.data(), len);
+    const acc_t* t = load_row(target + plane * S, s.t.data(), len);
+    const acc_t* m = kMasked ? mask_row(geo, mask, plane, planes, 0, len, s.mask.data()) : nullptr;
+    row_terms<kMode, kSigmoid, kMasked, kCount>(x, t, m, len, [&](auto tail, int64_t i, int64_t lanes, const V& s0,
+                                                                   const V& s1, const V& s2, const V& above_one) {
+      constexpr bool kTail = decltype(tail)::value;
+      store<kTail>(s0, terms[0] + i, lanes);
+      store<kTail>(s1, terms[1] + i, lanes);
+      store<kTail>(s2, terms[2] + i, lanes);
+      if constexpr (kCount) {
+        store<kTail>(above_one, terms[3] + i, lanes);
+      }
+    });
+    for (int64_t q = 0; q < planes; ++q) {
+      acc_t sum[kRegionSums] = {0, 0, 0, 0};  // the count stays 0 without kCount
+      for (int64_t j = q * S; j < (q + 1) * S; ++j) {
+        for (int k = 0; k < (kCount ? kRegionSums : 3); ++k) {
+          sum[k] += terms[k][j];
+        }
+      }
+      std::copy_n(sum, kRegionSums, out + (plane + q) * kRegionSums);
+    }
+  }
+}
+
+// Writes the gradients of a row of n elements into grad_input and grad_target (rows of acc_t,
+// either null where not asked for); g_at(tail, i, lanes, g0, g1, g2) gives the gradients of the
+// sums for the vector at i. kStreamInput/kStreamTarget: the row is the gradient tensor itself.
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kStreamInput, bool kStreamTarget, typename acc_t,
+          typename GradSums>
+C10_ALWAYS_INLINE void row_grads(const acc_t* x, const acc_t* t, const acc_t* m, int64_t n, const GradSums& g_at,
+                                 acc_t* grad_input, acc_t* grad_target) {
+  using V = Vec<acc_t>;
+  for_each_vector<acc_t>(n, [&](auto tail, int64_t i, int64_t lanes) {
+    constexpr bool kTail = decltype(tail)::value;
+    const auto put = [&](const V& v, acc_t* row, auto stream) {
+      if constexpr (decltype(stream)::value && !kTail) {
+        store_stream(v, row + i);  // nothing reads the gradient before the optimizer
+      } else {
+        store<kTail>(v, row + i, lanes);
+      }
+    };
+    const V mv = kMasked ? load<kTail>(m + i, lanes) : V();
+    V tv = load<kTail>(t + i, lanes);
+    V p, p_masked, g0, g1, g2;
+    region_values<kSigmoid, kMasked>(load<kTail>(x + i, lanes), tv, mv, p, p_masked);
+    g_at(tail, i, lanes, g0, g1, g2);
+    if (grad_input) {
+      V dp = math::region_grad_p<kMode>(p_masked, tv, g0, g1);
+      if constexpr (kMasked) {
+        dp = dp * mv;
+      }
+      if constexpr (kSigmoid) {
+        dp = dp * math::sigmoid_grad(p);
+      }
+      put(dp, grad_input, std::bool_constant<kStreamInput>{});
+    }
+    if (grad_target) {
+      V dt = math::region_grad_t<kMode>(p_masked, tv, g0, g2);
+      if constexpr (kMasked) {
+        dt = dt * mv;
+      }
+      put(dt, grad_target, std::bool_constant<kStreamTarget>{});
+    }
+  });
+}
+
+// The gradients of n elements: with kShortPlanes, of the whole planes [first, first + planes),
+// each element's gradients of the sums set out in rows; else of [begin, begin + n) of the one
+// plane first, whose gradients of the sums every vector shares. grad_input and grad_target: the
+// tensors, or null where not asked for (grad_target always, for a bool or uint8 target).
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kShortPlanes, typename acc_t, typename input_t,
+          typename target_t>
+void region_grad_block(const RegionGeometry& geo, const input_t* input, const target_t* target, const bool* mask,
+                       const acc_t* grad_sums, int64_t first, int64_t planes, int64_t begin, int64_t n,
+                       input_t* grad_input, target_t* grad_target, RegionScratch<acc_t>& s) {
+  using V = Vec<acc_t>;
+  constexpr bool kStreamInput = std::is_same_v<input_t, acc_t>;
+  constexpr bool kStreamTarget = std::is_same_v<target_t, acc_t>;
+  const int64_t offset = first * geo.plane_size + begin;
+  const acc_t* x = load_row(input + offset, s.x.data(), n);
+  const acc_t* t = load_row(target + offset, s.t.data(), n);
+  const acc_t* m = kMasked ? mask_row(geo, mask, first, planes, begin, n, s.mask.data()) : nullptr;
+  acc_t* gi = grad_input ? out_row(grad_input + offset, s.grad_input.data()) : nullptr;
+  acc_t* gt = nullptr;
+  if constexpr (is_float_v<target_t>) {
+    gt = grad_target ? out_row(grad_target + offset, s.grad_target.data()) : nullptr;
+  }
+  if constexpr (kShortPlanes) {
+    acc_t* g[3] = {s.row(0), s.row(1), s.row(2)};
+    for (int64_t q = 0; q < planes; ++q) {
+      const acc_t* plane_g = grad_sums + (first + q) * kRegionSums;
+      for (int64_t j = q * geo.plane_size; j < (q + 1) * geo.plane_size; ++j) {
+        for (int k = 0; k < 3; ++k) {
+          g[k][j] = plane_g[k];
+        }
+      }
+    }
+    row_grads<kMode, kSigmoid, kMasked, kStreamInput, kStreamTarget>(
+        x, t, m, n,
+        [&](auto tail, int64_t i, int64_t lanes, V& g0, V& g1, V& g2) {
+          constexpr bool kTail = decltype(tail)::value;
+          g0 = load<kTail>(g[0] + i, lanes);
+          g1 = load<kTail>(g[1] + i, lanes);
+          g2 = load<kTail>(g[2] + i, lanes);
+        },
+        gi, gt);
+  } else {
+    const acc_t* g = grad_sums + first * kRegionSums;
+    const V g0_plane(g[0]), g1_plane(g[1]), g2_plane(g[2]);
+    row_grads<kMode, kSigmoid, kMasked, kStreamInput, kStreamTarget>(
+        x, t, m, n,
+        [&](auto, int64_t, int64_t, V& g0, V& g1, V& g2) {
+          g0 = g0_plane;
+          g1 = g1_plane;
+          g2 = g2_plane;
+        },
+        gi, gt);
+  }
+  if (gi) {
+    store_row(gi, grad_input + offset, n);
+  }
+  if constexpr (is_float_v<target_t>) {
+    if (gt) {
+      store_row(gt, grad_target + offset, n);
+    }
+  }
+}
+
+// Calls f(input_t{}, target_t{}, mode, sigmoid, masked) with the last three as compile-time
+// constants.
+template <typename F>
+void dispatch_region(const at::Tensor& input, const at::Tensor& target, int64_t mode, bool sigmoid, bool masked,
+                     const F& f) {
+  dispatch_input_target<true>(input.scalar_type(), target.scalar_type(), [&](auto in_tag, auto t_tag) {
+    dispatch_region_mode(mode, [&](auto mode_tag) {
+      dispatch_bool(sigmoid, [&](auto sigmoid_tag) {
+        dispatch_bool(masked, [&](auto masked_tag) { f(in_tag, t_tag, mode_tag, sigmoid_tag, masked_tag); });
+      });
+    });
+  });
+}
+
+at::ScalarType region_sums_dtype(const at::Tensor& input, const at::Tensor& target) {
+  return input.scalar_type() == at::kDouble || target.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor defined_mask(const std::optional<at::Tensor>& mask) {
+  return mask.has_value() && mask->defined() ? mask->contiguous() : at::Tensor();
+}
+
+// (B, C, 4): per (sample, channel) the mode's three sums and the count of uint8 targets above 1,
+// which (no host sync to avoid on the CPU) raises the mask error instead.
+at::Tensor region_sums_cpu(const at::Tensor& input_, const at::Tensor& target_, const std::optional<at::Tensor>& mask_,
+                           bool sigmoid, int64_t mode) {
+  check_region_args("region_sums", input_, target_, mask_, mode);
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor target = target_.contiguous();
+  const at::Tensor mask = defined_mask(mask_);
+  const RegionGeometry geo(input, mask);
+  at::Tensor sums = at::zeros({input.size(0), input.size(1), kRegionSums},
+                              input.options().dtype(region_sums_dtype(input, target)));
+  if (input.numel() == 0) {
+    return sums;
+  }
+  dispatch_region(input, target, mode, sigmoid, mask.defined(), [&](auto in_tag, auto t_tag, auto mode_tag,
+                                                                    auto sigmoid_tag, auto masked_tag) {
+    using input_t = decltype(in_tag);
+    using target_t = decltype(t_tag);
+    using acc_t = acc_type_t<input_t, target_t>;
+    constexpr RegionMode kMode = decltype(mode_tag)::value;
+    constexpr bool kSigmoid = decltype(sigmoid_tag)::value, kMasked = decltype(masked_tag)::value;
+    constexpr bool kCount = std::is_same_v<target_t, uint8_t>;
+    acc_t* out = sums.mutable_data_ptr<acc_t>();
+    // with one chunk a plane, a piece's sums are its plane's
+    std::vector<acc_t> partials(geo.chunks_per_plane == 1 ? 0 : geo.planes * geo.chunks_per_plane * kRegionSums);
+    acc_t* piece_sums = partials.empty() ? out : partials.data();
+    const input_t* x = input.const_data_ptr<input_t>();
+    const target_t* t = target.const_data_ptr<target_t>();
+    const bool* m = kMasked ? mask.const_data_ptr<bool>() : nullptr;
+    for_each_chunk<RegionScratch<acc_t>>(geo.n_items, [&](int64_t item, RegionScratch<acc_t>& s) {
+      if (geo.short_planes) {
+        const auto [first, last] = geo.planes_of(item);
+        region_sums_short_planes<kMode, kSigmoid, kMasked, kCount>(geo, x, t, m, first, last, s, out);
+        return;
+      }
+      geo.for_each_piece(item, [&](int64_t plane, int64_t begin, int64_t end, int64_t slot) {
+        region_sums_piece<kMode, kSigmoid, kMasked, kCount>(geo, x, t, m, plane, begin, end - begin, s,
+                                                            piece_sums + slot * kRegionSums);
+      });
+    });
+    if (!partials.empty()) {
+      at::parallel_for(0, geo.planes, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane) {
+          for (int64_t chunk = 0; chunk < geo.chunks_per_plane; ++chunk) {  // fixed order
+            const acc_t* piece = piece_sums + (plane * geo.chunks_per_plane + chunk) * kRegionSums;
+            for (int k = 0; k < kRegionSums; ++k) {
+              out[plane * kRegionSums + k] += piece[k];
+            }
+          }
+        }
+      });
+    }
+    if constexpr (kCount) {
+      bool bad = false;
+      for (int64_t plane = 0; plane < geo.planes; ++plane) {
+        bad |= out[plane * kRegionSums + 3] != acc_t(0);
+      }
+      TORCH_CHECK(!bad, kMaskMessage);
+    }
+  });
+  return sums;
+}
+
+// d (sum over (b, c, k) of grad_sums[b, c, k] sums[b, c, k]) / d input and / d target; a tensor
+// of shape (0,) for a gradient not asked for.
+std::tuple<at::Tensor, at::Tensor> region_sums_backward_cpu(const at::Tensor& grad_sums_, const at::Tensor& input_,
+                                                            const at::Tensor& target_,
+                                                            const std::optional<at::Tensor>& mask_, bool sigmoid,
+                                                            int64_t mode, bool grad_input, bool grad_target) {
+  check_region_args("region_sums_backward", input_, target_, mask_, mode);
+  TORCH_CHECK_VALUE(grad_sums_.dim() == 3 && grad_sums_.size(0) == input_.size(0) &&
+                        grad_sums_.size(1) == input_.size(1) && grad_sums_.size(2) == kRegionSums,
+                    "region_sums_backward: grad_sums must have the shape (B, C, ", kRegionSums, ") = (",
+                    input_.size(0), ", ", input_.size(1), ", ", kRegionSums, "), got ", grad_sums_.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_sums_.scalar_type()),
+                   "region_sums_backward: grad_sums must be floating point, got ", grad_sums_.scalar_type());
+  TORCH_CHECK_TYPE(!grad_target || at::isFloatingType(target_.scalar_type()),
+                   "region_sums_backward: a gradient for a ", target_.scalar_type(), " target was asked for");
+  check_same_device("region_sums_backward", input_, "input", grad_sums_, "grad_sums");
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor target = target_.contiguous();
+  const at::Tensor mask = defined_mask(mask_);
+  at::Tensor grad_in = at::empty(grad_input ? input.sizes() : at::IntArrayRef{0}, input.options());
+  at::Tensor grad_t = at::empty(grad_target ? target.sizes() : at::IntArrayRef{0}, target.options());
+  if (input.numel() == 0 || (!grad_input && !grad_target)) {
+    return {grad_in, grad_t};
+  }
+  const at::Tensor g = grad_sums_.to(region_sums_dtype(input, target)).contiguous();
+  const RegionGeometry geo(input, mask);
+  dispatch_region(input, target, mode, sigmoid, mask.defined(), [&](auto in_tag, auto t_tag, auto mode_tag,
+                                                                    auto sigmoid_tag, auto masked_tag) {
+    using input_t = decltype(in_tag);
+    using target_t = decltype(t_tag);
+    using acc_t = acc_type_t<input_t, target_t>;
+    constexpr RegionMode kMode = decltype(mode_tag)::value;
+    constexpr bool kSigmoid = decltype(sigmoid_tag)::value, kMasked = decltype(masked_tag)::value;
+    const input_t* x = input.const_data_ptr<input_t>();
+    const target_t* t = target.const_data_ptr<target_t>();
+    const bool* m = kMasked ? mask.const_data_ptr<bool>() : nullptr;
+    const acc_t* gs = g.const_data_ptr<acc_t>();
+    input_t* gi = grad_input ? grad_in.mutable_data_ptr<input_t>() : nullptr;
+    target_t* gt = nullptr;
+    if constexpr (is_float_v<target_t>) {
+      gt = grad_target ? grad_t.mutable_data_ptr<target_t>() : nullptr;
+    }
+    for_each_chunk<RegionScratch<acc_t>>(geo.n_items, [&](int64_t item, RegionScratch<acc_t>& s) {
+      if (geo.short_planes) {
+        const auto [first, last] = geo.planes_of(item);
+        const int64_t planes_per_block = kBlock / geo.plane_size;
+        for (int64_t plane = first; plane < last; plane += planes_per_block) {
+          const int64_t planes = std::min(planes_per_block, last - plane);
+          region_grad_block<kMode, kSigmoid, kMasked, true>(geo, x, t, m, gs, plane, planes, 0,
+                                                            planes * geo.plane_size, gi, gt, s);
+        }
+      } else {
+        geo.for_each_piece(item, [&](int64_t plane, int64_t begin, int64_t end, int64_t) {
+          for (int64_t b = begin; b < end; b += kBlock) {
+            region_grad_block<kMode, kSigmoid, kMasked, false>(geo, x, t, m, gs, plane, 1, b,
+                                                               std::min(kBlock, end - b), gi, gt, s);
+          }
+        });
+      }
+      stream_fence();
+    });
+  });
+  return {grad_in, grad_t};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pylosses, CPU, m) {
+  m.impl("region_sums", &region_sums_cpu);
+  m.impl("region_sums_backward", &region_sums_backward_cpu);
+}
+
+}  // namespace pylosses::cpu
