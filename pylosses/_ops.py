@@ -243,6 +243,7 @@ _register("native")  # without the extension its ops have no kernels, and every 
 try:
     from .triton_kernels import common as triton_common
     from .triton_kernels import mse as triton_mse
+    from .triton_kernels import region as triton_region
     from .triton_kernels import segmentation as triton_segmentation
 
     TRITON_ERROR = None
@@ -250,6 +251,7 @@ except ImportError as error:  # no Triton: the triton backend is unavailable
     TRITON_ERROR = error
 else:
     for _name, _impl in (("mse_loss_fwd", triton_mse.mse_loss_fwd), ("seg_loss_fwd", _triton_seg_loss_fwd),
-                         ("loss_backward", triton_common.loss_backward)):
+                         ("loss_backward", triton_common.loss_backward), ("region_sums", triton_region.region_sums),
+                         ("region_sums_backward", triton_region.region_sums_backward)):
         _library.impl("triton_" + _name, _impl, "CompositeExplicitAutograd")
     _register("triton")

@@ -46,12 +46,13 @@ class _Recorder:
 def test_launches_run_under_the_tensors_device(monkeypatch):
     """Triton launches on the current device: every launch of every launcher must happen
     inside torch.cuda.device(<the tensors' device>), here cuda:1 while cuda:0 is current."""
-    from pylosses.triton_kernels import common, mse, segmentation
+    from pylosses.triton_kernels import common, mse, region, segmentation
 
     recorder = _Recorder()
     monkeypatch.setattr(torch.cuda, "device", recorder.device)
     for module, name in ((common, "sum_groups_kernel"), (common, "loss_backward_kernel"), (mse, "mse_fwd_kernel"),
-                         (segmentation, "seg_fwd_kernel")):
+                         (segmentation, "seg_fwd_kernel"), (region, "region_sums_kernel"),
+                         (region, "region_grad_kernel")):
         monkeypatch.setattr(module, name, recorder.kernel(name))
     with FakeTensorMode():  # tensors that say cuda:1, on a machine without one
         x = torch.empty(2, 3, 5, 40, device="cuda:1")
@@ -59,8 +60,13 @@ def test_launches_run_under_the_tensors_device(monkeypatch):
         mse.mse_loss_fwd(x, t, 1, True)
         segmentation.seg_loss_fwd(x, t, 0.7, 0.3, 2, True, 0, True, False, False)
         common.loss_backward(torch.empty(2, device="cuda:1"), x, 1.0, torch.float32)
+        for shape in ((2, 3, 5, 40), (1, 2, 3000)):  # planes as rows of a tile; planes of chunks (and their sum)
+            x, t = torch.empty(shape, device="cuda:1"), torch.empty(shape, device="cuda:1")
+            region.region_sums(x, t, None, True, 0)
+            region.region_sums_backward(torch.empty(*shape[:2], 4, device="cuda:1"), x, t, None, True, 0, True, True)
     names = [name for name, _ in recorder.launches]
-    assert set(names) == {"sum_groups_kernel", "loss_backward_kernel", "mse_fwd_kernel", "seg_fwd_kernel"}, names
+    assert set(names) == {"sum_groups_kernel", "loss_backward_kernel", "mse_fwd_kernel", "seg_fwd_kernel",
+                          "region_sums_kernel", "region_grad_kernel"}, names
     assert all(device == 1 for _, device in recorder.launches), recorder.launches
     assert recorder.current == 0  # and the current device is as it was
 

@@ -50,7 +50,7 @@ INSTRUCTIONS_PER_BYTE = 33.5e12 / 4.3e12  # the memory-bound budget on an H200 (
 # Resident warps per SM that each kernel's launch assumes (at least): the memory-bound kernels
 # need half the SM's warps to hide DRAM latency; the segmentation kernel keeps three rows of
 # state a thread and is sized for a quarter.
-REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8}
+REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8, "region": 32, "region_grad": 32}
 
 # What the gate lets pass, each with its reason: (kernel family, rule, a text the variant holds or
 # "" for every variant, why). The segmentation loss's instruction count is the subject of its own
@@ -70,6 +70,17 @@ ALLOWED = [
        "MUFU.RCP and a Newton step, without one") for f64 in ("double", "float64")),  # CUDA's name, Triton's
     ("loss_backward", "instructions", "<1,", "the one-element fallback for pointers that are not 16-byte aligned: "
      "loop overhead on every element; aligned tensors take the vector path"),
+    ("region", "instructions", "float64 logits", "Triton: float64's sigmoid is libdevice's double exp and a double "
+     "division, about 70 instructions an element of double-precision arithmetic (float32's takes 8); float64 "
+     "checks, float32 and 16-bit floats train"),
+    *((family, "calls", "float64 logits", "Triton: the slow path of the float64 IEEE division of the sigmoid, "
+       "1 / (1 + exp(-|x|)), whose divisor in [1, 2] never takes it") for family in ("region", "region_grad")),
+    ("region", "instructions", "rows", "Triton: planes of at most 256 elements are rows of a tile; a row's four "
+     "sums are added across the threads that hold it and stored, and a sample mask's row is found by a division, "
+     "for the row's few elements: 29 an element with bfloat16 logits, uint8 targets and a sample mask (3 bytes: "
+     "23.4). S not a power of 2 pads the rows to the next one (35 elements in 64 lanes: 80 an element)"),
+    ("region", "vector", "rows S=35", "Triton: planes of fewer than 256 elements, S not a power of 2 nor a multiple "
+     "of 16: a plane starts anywhere, so the rows' loads are scalar (larger planes take aligned blocks after a head)"),
 ]
 
 
@@ -402,13 +413,17 @@ SEG_SHAPES = {  # name: (shape, spatial_dims)
     "3-D": ((2, 1, 6, 32, 64), 3),
 }
 MSE_SIZES = {"n%16=0": (4, 4096), "odd n": (3, 1001)}
+# (B, C, spatial...): planes of chunks, S a multiple of 16 or not (a head before the aligned
+# blocks); planes as rows of a tile, S a power of 2 (16, or 1: no spatial axis) or not
+REGION_SHAPES = {"64x64": (2, 3, 64, 64), "odd S": (2, 3, 33, 45), "rows S=16": (64, 3, 4, 4),
+                 "rows S=1": (256, 3), "rows S=35": (64, 3, 5, 7)}
 
 
 def triton_cases(quick=False):
     """(label, family, call) for every launcher variant the gate compiles: call() launches it."""
     import torch
 
-    from pylosses.triton_kernels import common, mse, segmentation
+    from pylosses.triton_kernels import common, mse, region, segmentation
 
     dtypes = [getattr(torch, d) for d in DTYPE_NAMES]
     cases = []
@@ -474,11 +489,51 @@ def triton_cases(quick=False):
         for size_name in MSE_SIZES:
             backward_case(size_name, saved, out, False)
         backward_case("n%16=0", saved, out, True)
+
+    def region_case(shape_name, dtype, target_kind, sigmoid, mode, mask_kind, grads=None, misaligned=False):
+        """pass 1 (region_sums) where grads is None, else pass 2 for grads input, target or both"""
+        shape = REGION_SHAPES[shape_name]
+        t_dtype = {"float": dtype, "bool": torch.bool, "uint8": torch.uint8}[target_kind]
+        label = (f"{shape_name}{' misaligned' if misaligned else ''} {str(dtype)[6:]} "
+                 f"{'logits' if sigmoid else 'probs'} target {target_kind} {['linear', 'squared', 'l1'][mode]} "
+                 f"mask {mask_kind}{f' grad {grads}' if grads else ''}")
+
+        def call():
+            x, t = _tensor(shape, dtype, misaligned), _tensor(shape, t_dtype, misaligned)
+            mask = None if mask_kind == "none" else _tensor(
+                (shape[0], 1 if mask_kind == "sample" else shape[1], *shape[2:]), torch.bool)
+            if grads is None:
+                region.region_sums(x, t, mask, sigmoid, mode)
+            else:
+                grad_sums = _tensor((*shape[:2], 4), common.acc_torch_dtype(dtype, t_dtype))
+                region.region_sums_backward(grad_sums, x, t, mask, sigmoid, mode, grads != "target", grads != "input")
+
+        cases.append((label, "region", call, not misaligned))
+
+    for dtype in dtypes:
+        region_case("64x64", dtype, "float", False, 0, "none")
+        region_case("64x64", dtype, "bool", True, 1, "sample")
+        region_case("64x64", dtype, "uint8", True, 2, "channel")
+        region_case("64x64", dtype, "float", False, 0, "none", "both")
+        region_case("64x64", dtype, "bool", True, 2, "sample", "input")
+        region_case("64x64", dtype, "float", True, 1, "channel", "both")
+    if not quick:
+        region_case("64x64", torch.float32, "float", False, 2, "none", "target")
+        for dtype in (torch.float32, torch.bfloat16):
+            region_case("odd S", dtype, "float", True, 2, "sample")
+            region_case("odd S", dtype, "float", True, 2, "sample", "both")
+            region_case("rows S=16", dtype, "uint8", True, 0, "sample")
+            region_case("rows S=16", dtype, "float", False, 1, "channel", "both")
+        region_case("rows S=35", torch.float32, "float", True, 1, "channel")
+        region_case("rows S=1", torch.float32, "float", False, 0, "none")
+        region_case("rows S=1", torch.float32, "float", False, 0, "none", "both")
+        region_case("64x64", torch.float32, "float", True, 0, "sample", misaligned=True)
+        region_case("64x64", torch.float32, "float", True, 0, "sample", "both", misaligned=True)
     return cases
 
 
 _TRITON_FAMILY = {"mse_fwd_kernel": "mse", "seg_fwd_kernel": "seg", "loss_backward_kernel": "loss_backward",
-                  "sum_groups_kernel": "sum"}
+                  "sum_groups_kernel": "sum", "region_sums_kernel": "region", "region_grad_kernel": "region_grad"}
 
 
 def _element_bytes(type_name):

@@ -1,5 +1,5 @@
-"""What the Triton kernels of both losses share: the fixed-order sum of per-program partials,
-the backward (applying grad_output), and the dtype and launch helpers.
+"""What the Triton kernels of the losses share: the fixed-order sum of per-program partials,
+the backward (applying grad_output), the sigmoid and its pieces, and the dtype and launch helpers.
 
 Every kernel here computes in float32 (float64 when the data is float64) and indexes with
 int64, so tensors of more than 2**31 elements work. Scalar parameters carry their types
@@ -72,6 +72,43 @@ def to_element(value, ptr):
     if ptr.dtype.element_ty == tl.float16 or ptr.dtype.element_ty == tl.bfloat16:
         return value.to(tl.float32).to(ptr.dtype.element_ty)
     return value.to(ptr.dtype.element_ty)
+
+
+@triton.jit
+def reciprocal(v):
+    """1 / v for v in [1e-12, 2]: rsqrt squared, two instructions (MUFU.RSQ, a multiply) where
+    `/` takes nine (range scaling around MUFU.RCP); within 3 ulp."""
+    if v.dtype == tl.float64:
+        r2 = 1.0 / v
+    else:
+        r = tl.math.rsqrt(v)
+        r2 = r * r
+    return r2
+
+
+@triton.jit
+def exp_neg_abs(x):
+    """exp(-|x|): float32's as 2**(-|x| log2 e), one MUFU.EX2 and a multiply; tl.exp adds a guard
+    for results below 2**-126 (then 0 here: the loss and probability lose under 2**-126)."""
+    if x.dtype == tl.float64:
+        e = tl.exp(-tl.abs(x))
+    else:
+        e = tl.exp2(tl.abs(x) * -1.4426950408889634)
+    return e
+
+
+@triton.jit
+def sigmoid_exp(x):
+    """(sigmoid(x), exp(-|x|)), as csrc/sigmoid_math.h's sigmoid: exp(-|x|) never overflows, and
+    a loss that needs it too (BCE of logits) gets it for free. sigmoid(-inf) is exactly 0."""
+    e = exp_neg_abs(x)
+    return tl.where(x >= 0, 1.0, e) * reciprocal(1.0 + e), e
+
+
+@triton.jit
+def sign(v):
+    """-1, 0 or 1 in v's dtype (0 for NaN): math_common.h's psign"""
+    return (v > 0).to(v.dtype) - (v < 0).to(v.dtype)
 
 
 @triton.jit

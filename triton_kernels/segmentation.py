@@ -37,7 +37,8 @@ import triton.language as tl
 from pylosses._dtypes import saved_grad_dtype
 from pylosses.reference import check_values
 
-from .common import acc_dtype, acc_torch_dtype, launch_device, sum_groups, to_element
+from .common import (acc_dtype, acc_torch_dtype, exp_neg_abs, launch_device, reciprocal, sigmoid_exp, sign,
+                     sum_groups, to_element)
 
 # how a program covers its elements (seg_fwd_kernel's WALK)
 PLANES, DEPTH_WALK, ROW_WALK = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -100,41 +101,12 @@ def _log_1_2(u):
 
 
 @triton.jit
-def _recip(v):
-    """1 / v for v in [1e-12, 2]: rsqrt squared, two instructions (MUFU.RSQ, a multiply) where
-    `/` takes nine (range scaling around MUFU.RCP); within 3 ulp."""
-    if v.dtype == tl.float64:
-        r2 = 1.0 / v
-    else:
-        r = tl.math.rsqrt(v)
-        r2 = r * r
-    return r2
-
-
-@triton.jit
-def _exp_neg_abs(x):
-    """exp(-|x|): float32's as 2**(-|x| log2 e), one MUFU.EX2 and a multiply; tl.exp adds a guard
-    for results below 2**-126 (then 0 here: the loss and probability lose under 2**-126)."""
-    if x.dtype == tl.float64:
-        e = tl.exp(-tl.abs(x))
-    else:
-        e = tl.exp2(tl.abs(x) * -1.4426950408889634)
-    return e
-
-
-@triton.jit
 def _prob_exp(x, LOGITS: tl.constexpr):
     """(the probability, exp(-|x|)): BCE of the logits form needs the exponential too"""
     if LOGITS:
-        e = _exp_neg_abs(x)
-        return tl.where(x >= 0, 1.0, e) * _recip(1.0 + e), e
+        return sigmoid_exp(x)
     else:
         return x, x
-
-
-@triton.jit
-def _sign(v):
-    return (v > 0).to(v.dtype) - (v < 0).to(v.dtype)
 
 
 @triton.jit
@@ -192,7 +164,7 @@ def _bce_grad_input(p, t, label, LOGITS: tl.constexpr, HARD: tl.constexpr):
     else:
         one_minus_p = 1.0 - p
         p_minus_t = tl.where(label, -one_minus_p, p) if HARD else p - t
-        return p_minus_t * _recip(tl.maximum(one_minus_p * p, 1e-12))
+        return p_minus_t * reciprocal(tl.maximum(one_minus_p * p, 1e-12))
 
 
 @triton.jit
@@ -352,7 +324,7 @@ def _shift_out(v, last):
 def _axis(p, p_before, x, x_after, weight):
     """An axis's share of the TV: (its gradient on p, its loss) of an element, from the element
     before it (as a probability) and the one after it (as it is: the sign is the same)."""
-    return weight * (_sign(p - p_before) - _sign(x_after - x)), weight * tl.abs(p - p_before)
+    return weight * (sign(p - p_before) - sign(x_after - x)), weight * tl.abs(p - p_before)
 
 
 @triton.jit
@@ -373,8 +345,8 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, t
         x_last = _last(x)
         x_right = _load_value(x_ptr + _last(offs) + 1, _last(mine) & (_last(w) < W - 1), x_last, ACC)
         d_left = p - _shift_in(p, p_left)
-        s_left = _sign(d_left)
-        tv_w = w_w * (s_left - _shift_out(s_left, _sign(x_right - x_last)))
+        s_left = sign(d_left)
+        tv_w = w_w * (s_left - _shift_out(s_left, sign(x_right - x_last)))
         loss_w = w_w * tl.abs(d_left)
     else:
         # the left neighbour as a probability, the right one (for the sign) as it is
@@ -419,7 +391,7 @@ def _row_step(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, in_row, w, h, x, p, e, s
     p_next, e_next = _prob_exp(x_next, LOGITS)
     # the pair (this row, the one below): its loss here, its sign for both rows
     d = tl.where(has_down, p_next, p) - p
-    s_down = _sign(d)
+    s_down = sign(d)
     loss = _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, x, p, e, w_h * (s_up - s_down),
                       w_h * tl.abs(d), W, alpha_w, w_w, LOGITS, GRAD, GRAD_T, ACC)
     return loss, x_next, p_next, e_next, s_down
@@ -498,7 +470,7 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         p, e = _prob_exp(x, LOGITS)
         # the sign of p - p_up at a band's first row (the pair's loss is the band above's): the
         # logits' sign is the probabilities'
-        s_up = _sign(x - _load_value(x_ptr + offs - W64, mine & (h > 0), x, ACC))
+        s_up = sign(x - _load_value(x_ptr + offs - W64, mine & (h > 0), x, ACC))
         acc = tl.zeros([BLOCK_H, BLOCK_W // VEC, VEC], ACC)
         # BLOCK_STEPS rows a pass (steps is a multiple of it): the next row's values take the
         # place of the row's without register copies
@@ -536,10 +508,10 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
             p_next, e_next = _prob_exp(x_next, LOGITS)
             # BCE's exp(-|x|) comes with the sigmoid; with gradients to write, keeping it a step
             # would take the walk past 128 registers, so it is taken again
-            e_here = _exp_neg_abs(x) if GRAD or GRAD_T else e
+            e_here = exp_neg_abs(x) if GRAD or GRAD_T else e
             # the pair (this plane, the one behind): its loss here, its sign for both planes
             d_back = tl.where(has_back, p_next, p) - p
-            s_back = _sign(d_back)
+            s_back = sign(d_back)
             tv, tv_loss = _column_terms(x_ptr, here, mine, h, x, p, p, x, H, W, w_h, w_d, LOGITS, ACC, False)
             acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, x, p, e_here,
                               tv + w_d * (s_front - s_back), tv_loss + w_d * tl.abs(d_back), W, alpha_w, w_w,
