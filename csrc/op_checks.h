@@ -75,6 +75,24 @@ inline void check_region_args(const char* op, const at::Tensor& input, const at:
   }
 }
 
+// region_sums_backward: the region arguments, grad_sums of shape (B, C, 4), and a target gradient
+// only for a floating target.
+inline void check_region_backward_args(const at::Tensor& grad_sums, const at::Tensor& input, const at::Tensor& target,
+                                       const c10::optional<at::Tensor>& mask, int64_t mode, bool grad_target) {
+  constexpr const char* op = "region_sums_backward";
+  check_region_args(op, input, target, mask, mode);
+  constexpr int64_t kSums = 4;  // math::kRegionSums
+  TORCH_CHECK_VALUE(grad_sums.dim() == 3 && grad_sums.size(0) == input.size(0) && grad_sums.size(1) == input.size(1) &&
+                        grad_sums.size(2) == kSums,
+                    op, ": grad_sums must have the shape (B, C, ", kSums, ") = (", input.size(0), ", ", input.size(1),
+                    ", ", kSums, "), got ", grad_sums.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_sums.scalar_type()), op, ": grad_sums must be floating point, got ",
+                   grad_sums.scalar_type());
+  TORCH_CHECK_TYPE(!grad_target || at::isFloatingType(target.scalar_type()), op, ": a gradient for a ",
+                   target.scalar_type(), " target was asked for");
+  check_same_device(op, input, "input", grad_sums, "grad_sums");
+}
+
 inline void check_backward_args(const at::Tensor& grad_output, const at::Tensor& saved, at::ScalarType dtype) {
   const int64_t n = saved.numel(), k = grad_output.numel();
   TORCH_CHECK_VALUE((k == 0 && n == 0) || (k > 0 && n % k == 0), "loss_backward: saved_grad has ", n,

@@ -8,6 +8,9 @@
 // from the sums, is a few operations on (B, C) tensors in pylosses/reference.py, shared by every
 // backend. p is the prediction (the input, or its sigmoid), t the target; a masked-out pixel
 // adds nothing to any sum and gets a zero gradient.
+#include <cstdint>
+#include <type_traits>
+
 #include "math_common.h"
 #include "sigmoid_math.h"
 
@@ -21,6 +24,20 @@ enum class RegionMode : int { kLinear = 0, kSquared = 1, kL1 = 2 };
 // The sums of each (sample, channel): the three of the mode, then the count of targets that are
 // not a 0/1 mask (uint8 targets above 1; 0 for other dtypes), which makes the loss NaN.
 constexpr int kRegionSums = 4;
+
+// Calls f(std::integral_constant<RegionMode, mode>{}) for the runtime mode (checked already by
+// check_region_args): the kernels take the mode as a template argument. Host code.
+template <typename F>
+void dispatch_region_mode(int64_t mode, const F& f) {
+  switch (static_cast<RegionMode>(mode)) {
+    case RegionMode::kSquared:
+      return f(std::integral_constant<RegionMode, RegionMode::kSquared>{});
+    case RegionMode::kL1:
+      return f(std::integral_constant<RegionMode, RegionMode::kL1>{});
+    default:
+      return f(std::integral_constant<RegionMode, RegionMode::kLinear>{});
+  }
+}
 
 // One element's terms of the three sums.
 template <RegionMode kMode, typename T>

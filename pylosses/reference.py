@@ -150,20 +150,26 @@ def region_mode(squared_pred: bool, soft_label: bool) -> int:
     return 2 if soft_label else 0
 
 
+def _kept(v: Tensor, mask: Tensor) -> Tensor:
+    """v where the mask keeps it, else 0."""
+    return torch.where(mask, v, torch.zeros_like(v))
+
+
 def region_sums(input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: bool, mode: int) -> Tensor:
     """The (B, C, 4) sums of each (sample, channel) over the spatial axes; a mask (bool, shaped
     (B, 1, spatial...) or as the input) removes the pixels where it is False from every sum."""
     dtype = compute_dtype(input, target)
     p = input.to(dtype)
-    if sigmoid:
-        p = torch.sigmoid(p)
     t = target.to(dtype)
     bad = target > 1 if target.dtype == torch.uint8 else torch.zeros_like(target, dtype=torch.bool)
-    if mask is not None:
-        m = mask.to(dtype)
-        p = p * m
-        t = t * m
+    if mask is not None:  # selects, so that NaN or inf under the mask (padding) stays out, gradients too
+        p = _kept(p, mask)
+        t = _kept(t, mask)
         bad = bad & mask
+    if sigmoid:
+        p = torch.sigmoid(p)
+        if mask is not None:
+            p = _kept(p, mask)
     shape: List[int] = [input.shape[0], input.shape[1], -1]
     if input.numel() == 0 or input.dim() == 2:  # reshape cannot infer -1 for 0 elements
         n = 1
@@ -340,15 +346,17 @@ def masked_bce_with_logits(input: Tensor, target: Tensor, mask: Optional[Tensor]
     ("mean"; NaN when it keeps none) or sum ("sum"), in float32 (float64 for float64)."""
     dtype = compute_dtype(input, target)
     x = input.to(dtype)
+    t = target.to(dtype)
     pw: Optional[Tensor] = None
     if pos_weight is not None:
         pw = pos_weight.to(dtype)
-    bce = F.binary_cross_entropy_with_logits(x, target.to(dtype), pos_weight=pw, reduction="none")
     if mask is None:
+        bce = F.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none")
         return bce.mean() if reduction == "mean" else bce.sum()
-    m = mask.expand_as(bce).to(dtype)
-    total = (bce * m).sum()
-    return total / m.sum() if reduction == "mean" else total
+    keep = mask.expand_as(x)
+    bce = F.binary_cross_entropy_with_logits(_kept(x, keep), _kept(t, keep), pos_weight=pw, reduction="none")
+    total = _kept(bce, keep).sum()
+    return total / keep.sum() if reduction == "mean" else total
 
 
 def dice_bce_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, include_background: bool = True,

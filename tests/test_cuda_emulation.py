@@ -1,13 +1,15 @@
 """The CUDA kernels' code, run on the CPU: csrc/cuda/*.cu built as C++ with a small emulation of
 CUDA (csrc/cuda/emulation.h: each block's threads on OS threads, barriers, warp shuffles, shared
-memory) and registered as pylosses_cuda_emulated::*. Each op is compared with the CPU kernel's
-op, which the parity tables hold to the float64 reference, over shapes that take the vector
-and the scalar paths, several blocks, every reduction, both forms, the dtypes and the target
-dtypes. It checks the kernels' logic (tiling, halos, shared memory, reductions, the final
+memory) and registered as pylosses_cuda_emulated::*. Each loss's op is compared with the CPU
+kernel's op, which the parity tables hold to the float64 reference, and the region ops with the
+reference itself (tests/test_region_ops.py's checks), over shapes that take the vector and the
+scalar paths, several blocks, every reduction, mode and mask, both forms, the dtypes and the
+target dtypes. It checks the kernels' logic (tiling, halos, shared memory, reductions, the final
 sums) on a machine without a GPU; it says nothing about their speed, and a real GPU can still
 differ (memory model, compiler): the tests marked gpu run there."""
 
 import ctypes
+import itertools
 import os
 import sys
 
@@ -15,12 +17,15 @@ import pytest
 import torch
 
 from cases import MSE_SHAPES, SEG2D_SHAPES, SEG3D_SHAPES, check_bce_element_by_element
+from test_region_ops import DTYPES as REGION_DTYPES, MODES as REGION_MODES, SHAPES as REGION_SHAPES
+from test_region_ops import _check as _check_region, _inputs as _region_inputs
 
 import pylosses  # the native ops, and the schemas (pylosses._ops.SCHEMAS)
+from pylosses import _ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = [os.path.join(ROOT, "tests", "cuda_emulation", f"{name}.cpp")
-           for name in ("mse_loss", "seg_loss", "loss_backward")]
+           for name in ("mse_loss", "seg_loss", "loss_backward", "region_loss")]
 EPS = {torch.float32: 2**-23, torch.float64: 2**-52, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 
 # shapes that also take the vector path (W a multiple of 8, and for float32 4: W = 12) and
@@ -251,3 +256,139 @@ def test_empty(emulated):
         x = torch.rand(0, 3)
         _close(emulated.mse_loss_fwd(x, x, reduction, True)[0], torch.ops.pylosses.mse_loss_fwd(x, x, reduction, True)[0],
                torch.float32, f"empty mse reduction={reduction}")
+
+
+# The region ops. The emulated device keeps 2 blocks an SM on 3 SMs: grids of up to 6 blocks. A
+# tile is a block pass: 1024 elements in float32 (packs of 4) and on the one-element path (runs
+# of 4), 512 in float64, 2048 for 16-bit inputs; a plane that fits into one is taken by a warp.
+REGION_SPLITS = [
+    (1, 3, 48, 50),  # packs for every dtype: float32 9 tiles in runs of 2 (blocks span planes), float64 15 in 3s
+    (1, 5, 37, 41),  # one element at a time (odd S): 10 tiles in runs of 2, two planes spanning two blocks
+    (7, 9, 4, 4),    # 63 planes of 16 taken by warps: 6 blocks of 11 planes, some warps taking 2
+]
+
+
+@pytest.fixture(scope="module")
+def emulated_region(emulated):
+    """The emulated region_sums as a backend: the native op's fake kernel and autograd, whose
+    backward is the emulated region_sums_backward; test_region_ops' checks then run on it."""
+    for name, fake in (("region_sums", _ops._region_sums_fake), ("region_sums_backward", _ops._region_sums_backward_fake)):
+        torch.library.register_fake(f"pylosses_cuda_emulated::{name}", fake)
+    torch.library.register_autograd("pylosses_cuda_emulated::region_sums",
+                                    _ops._make_region_backward(emulated.region_sums_backward),
+                                    setup_context=_ops._region_setup_context)
+    return emulated.region_sums
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("mask_kind", ["none", "broadcast", "full"])
+@pytest.mark.parametrize("sigmoid", [False, True], ids=["probabilities", "sigmoid"])
+@pytest.mark.parametrize("mode", REGION_MODES)
+def test_region_sums_and_gradients(emulated_region, junk_memory, mode, sigmoid, mask_kind, dtype):
+    """Sums and both gradients against the reference in float64, over test_region_ops' shapes
+    (odd sizes, no spatial axis, empty ones) and more tiles than blocks, with the partials read
+    from junk-filled memory."""
+    for shape in REGION_SHAPES + REGION_SPLITS:
+        _check_region(emulated_region, shape, dtype, dtype, sigmoid, mode, mask_kind)
+
+
+@pytest.mark.parametrize("dtype", REGION_DTYPES, ids=str)
+@pytest.mark.parametrize("target_dtype", [torch.float32, torch.bool, torch.uint8, "same"], ids=str)
+def test_region_dtypes(emulated_region, dtype, target_dtype):
+    """Every input and target dtype, on the one-element path (S = 54), with packs (S = 128, a
+    warp a plane) and with packs over several blocks (S = 2400)."""
+    target_dtype = dtype if target_dtype == "same" else target_dtype
+    for shape in ((2, 3, 6, 9), (2, 3, 8, 16), (1, 2, 48, 50)):
+        for mode, sigmoid in itertools.product(REGION_MODES, (False, True)):
+            _check_region(emulated_region, shape, dtype, target_dtype, sigmoid, mode, "broadcast", seed=mode)
+
+
+def _misaligned(a):
+    """a's values, contiguous, one element into their storage (a pointer that packs do not fit)."""
+    return torch.cat([a.new_zeros(1), a.reshape(-1)])[1:].view(a.shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_region_misaligned_takes_the_one_element_path(emulated, dtype):
+    """The same values with the pointers off the packs' alignment (input, target or mask) give
+    the sums and gradients of the vector path, which test_region_dtypes holds to the reference."""
+    for mask_kind in ("broadcast", "full"):
+        x, t, mask = _region_inputs((1, 3, 48, 64), dtype, torch.float32, True, mask_kind)
+        grad_sums = torch.randn(1, 3, 4)
+        want = emulated.region_sums(x, t, mask, True, 1)
+        want_grads = emulated.region_sums_backward(grad_sums, x, t, mask, True, 1, True, True)
+        for args in ((_misaligned(x), t, mask), (x, _misaligned(t), mask), (x, t, _misaligned(mask))):
+            torch.testing.assert_close(emulated.region_sums(*args, True, 1), want, rtol=1e-5, atol=0)
+            got_grads = emulated.region_sums_backward(grad_sums, *args, True, 1, True, True)
+            for got, expected in zip(got_grads, want_grads):
+                torch.testing.assert_close(got, expected)
+
+
+def test_region_bitwise_deterministic(emulated, junk_memory):
+    for shape in REGION_SPLITS:
+        x, t, mask = _region_inputs(shape, torch.float32, torch.float32, True, "full")
+        grad_sums = torch.randn(shape[0], shape[1], 4)
+        sums = [emulated.region_sums(x, t, mask, True, 2) for _ in range(2)]
+        grads = [emulated.region_sums_backward(grad_sums, x, t, mask, True, 2, True, True) for _ in range(2)]
+        assert torch.equal(*sums), shape
+        for a, b in zip(*grads):
+            assert torch.equal(a, b), shape
+
+
+def test_region_bad_uint8_targets_are_counted(emulated):
+    """A uint8 target above 1 counts in the fourth sum where the mask keeps the pixel (no device
+    assert, no host sync: the loss becomes NaN); a masked-out one does not count."""
+    for shape in ((2, 3, 4, 5), (1, 3, 48, 50), (1, 3, 33, 65)):  # a warp a plane; packs; one element at a time
+        x, t, _ = _region_inputs(shape, torch.float32, torch.uint8, False, "none")
+        t[0, 2, 0, 3] = 255
+        t[0, 1, -1, -1] = 2
+        mask = torch.ones(shape[0], 1, *shape[2:], dtype=torch.bool)
+        sums = emulated.region_sums(x, t, mask, False, 0)
+        assert sums[0, 2, 3] == 1 and sums[0, 1, 3] == 1 and sums[..., 3].sum() == 2, shape
+        mask[0, 0, 0, 3] = False
+        assert emulated.region_sums(x, t, mask, False, 0)[..., 3].sum() == 1, shape
+
+
+def test_region_empty(emulated):
+    for shape in ((0, 3, 4, 4), (2, 2, 0, 3)):
+        for dtype in (torch.float32, torch.float64):
+            x, t = torch.rand(shape, dtype=dtype), torch.rand(shape, dtype=dtype)
+            sums = emulated.region_sums(x, t, None, True, 0)
+            assert sums.dtype == dtype and torch.equal(sums, torch.zeros(shape[0], shape[1], 4, dtype=dtype))
+            grad_x, grad_t = emulated.region_sums_backward(sums, x, t, None, True, 0, True, True)
+            assert grad_x.shape == grad_t.shape == shape and grad_x.dtype == grad_t.dtype == dtype
+
+
+def test_region_opcheck(emulated_region, emulated):
+    x, t = torch.rand(2, 3, 5, 8, requires_grad=True), torch.rand(2, 3, 5, 8, requires_grad=True)
+    mask = torch.rand(2, 1, 5, 8) > 0.5
+    torch.library.opcheck(emulated.region_sums, (x, t, mask, True, 1))
+    torch.library.opcheck(emulated.region_sums, (x.detach().half(), t.detach() > 0.5, None, False, 2))
+    torch.library.opcheck(emulated.region_sums_backward, (torch.randn(2, 3, 4), x.detach(), t.detach(), mask, True, 0,
+                                                          True, True))
+
+
+@pytest.mark.parametrize("case", ["shape", "mask dtype", "mask shape", "mode", "target dtype", "grad_sums shape",
+                                  "target gradient"])
+def test_region_bad_arguments(emulated, case):
+    x, t, mask, mode = torch.rand(2, 3, 4, 5), torch.rand(2, 3, 4, 5), None, 0
+    grad_sums, grad_target = torch.zeros(2, 3, 4), True
+    if case == "shape":
+        t = torch.rand(2, 3, 4, 6)
+    elif case == "mask dtype":
+        mask = torch.ones(2, 1, 4, 5)
+    elif case == "mask shape":
+        mask = torch.ones(2, 2, 4, 5, dtype=torch.bool)
+    elif case == "mode":
+        mode = 3
+    elif case == "target dtype":
+        t = t.int()
+    elif case == "grad_sums shape":
+        grad_sums = torch.zeros(2, 3, 3)
+    else:
+        t = t > 0.5
+    if not case.startswith(("grad", "target gradient")):
+        with pytest.raises((ValueError, TypeError, RuntimeError), match="region_sums: "):
+            emulated.region_sums(x, t, mask, False, mode)
+    with pytest.raises((ValueError, TypeError, RuntimeError), match="region_sums_backward: "):
+        emulated.region_sums_backward(grad_sums, x, t, mask, False, mode, True, grad_target)

@@ -196,6 +196,26 @@ def test_mask_removes_pixels(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_what_the_mask_leaves_out_may_be_nan(backend):
+    """Padding under the mask (NaN or inf in input or target) stays out of the loss and of the
+    gradients, on every loss."""
+    x, t = _data((2, 3, 6, 7), True, True)
+    mask = torch.ones(2, 1, 6, 7, dtype=torch.bool)
+    mask[:, :, -2:] = False
+    x[:, :, -2:] = float("nan")
+    x[0, 0, -1, 0] = float("inf")
+    t[:, :, -2:, 1] = float("nan")
+    for fn, options in ((pylosses.dice_loss, {"sigmoid": True}), (pylosses.tversky_loss, {"soft_label": True}),
+                        (pylosses.generalized_dice_loss, {"sigmoid": True}), (pylosses.dice_bce_loss, {})):
+        xg, tg = x.clone().requires_grad_(True), t.clone().requires_grad_(True)
+        loss = fn(xg, tg, **options, mask=mask, backend=backend)
+        gx, gt = torch.autograd.grad(loss, (xg, tg))
+        assert torch.isfinite(loss), fn.__name__
+        assert torch.isfinite(gx).all() and torch.isfinite(gt).all(), fn.__name__
+        assert (gx[:, :, -2:] == 0).all() and (gt[:, :, -2:] == 0).all(), fn.__name__
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_dice_bce_mask_and_pos_weight(backend):
     """Dice + BCE with a mask: the Dice of the kept pixels plus the mean BCE (torch's, with
     pos_weight) over them, plus the total variation of all of them."""

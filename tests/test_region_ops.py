@@ -1,6 +1,7 @@
 """The region losses' ops, region_sums and region_sums_backward, on every backend against the
 reference's sums (pylosses.reference.region_sums) and their autograd gradients, in float64."""
 
+import functools
 import itertools
 
 import pytest
@@ -44,11 +45,14 @@ def _tolerance(dtype):
 
 
 def _check(backend, shape, dtype, target_dtype, sigmoid, mode, mask_kind, seed=0):
+    """backend: a name in BACKENDS, or an op with region_sums' signature and autograd (the CUDA
+    kernels' emulation, tests/test_cuda_emulation.py)."""
     x, t, mask = _inputs(shape, dtype, target_dtype, sigmoid, mask_kind, seed)
     x.requires_grad_(True)
     t_grad = target_dtype.is_floating_point
     t.requires_grad_(t_grad)
-    sums = _ops.region_sums(backend, x, t, mask, sigmoid, mode)
+    op = backend if callable(backend) else functools.partial(_ops.region_sums, backend)
+    sums = op(x, t, mask, sigmoid, mode)
     # the reference on the same values in float64 (the inputs' rounding is in both)
     x64 = x.detach().double().requires_grad_(True)
     t64 = t.detach().double().requires_grad_(t_grad) if t_grad else t

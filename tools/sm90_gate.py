@@ -50,7 +50,7 @@ INSTRUCTIONS_PER_BYTE = 33.5e12 / 4.3e12  # the memory-bound budget on an H200 (
 # Resident warps per SM that each kernel's launch assumes (at least): the memory-bound kernels
 # need half the SM's warps to hide DRAM latency; the segmentation kernel keeps three rows of
 # state a thread and is sized for a quarter.
-REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8, "region": 32, "region_grad": 32}
+REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8, "region": 32, "region_backward": 32}
 
 # What the gate lets pass, each with its reason: (kernel family, rule, a text the variant holds or
 # "" for every variant, why). The segmentation loss's instruction count is the subject of its own
@@ -74,13 +74,30 @@ ALLOWED = [
      "division, about 70 instructions an element of double-precision arithmetic (float32's takes 8); float64 "
      "checks, float32 and 16-bit floats train"),
     *((family, "calls", "float64 logits", "Triton: the slow path of the float64 IEEE division of the sigmoid, "
-       "1 / (1 + exp(-|x|)), whose divisor in [1, 2] never takes it") for family in ("region", "region_grad")),
+       "1 / (1 + exp(-|x|)), whose divisor in [1, 2] never takes it") for family in ("region", "region_backward")),
     ("region", "instructions", "rows", "Triton: planes of at most 256 elements are rows of a tile; a row's four "
      "sums are added across the threads that hold it and stored, and a sample mask's row is found by a division, "
      "for the row's few elements: 29 an element with bfloat16 logits, uint8 targets and a sample mask (3 bytes: "
      "23.4). S not a power of 2 pads the rows to the next one (35 elements in 64 lanes: 80 an element)"),
     ("region", "vector", "rows S=35", "Triton: planes of fewer than 256 elements, S not a power of 2 nor a multiple "
      "of 16: a plane starts anywhere, so the rows' loads are scalar (larger planes take aligned blocks after a head)"),
+    # CUDA region sums (region) and their backward (region_backward): <vec, mode, sigmoid, input, target>
+    *((family, "instructions", f"true, c10::{half}", "CUDA, the sigmoid of a 16-bit input: math::sigmoid (shared with "
+       "the CPU and the segmentation kernel: CUDA's accurate expf, MUFU.RCP and a Newton step, a select) is about 15 "
+       "instructions an element, where a 16-bit input with a bool or uint8 target has a budget of 23.4 (the sums) or "
+       "39 (the backward): the sums take 30 to 37 an element (predicted 64% to 78% of copy bandwidth), the backward "
+       "32 to 51 (92% or more); float32 inputs, and every dtype without the sigmoid, pass")
+      for family in ("region", "region_backward") for half in ("Half", "BFloat16")),
+    *((family, rule, f"true, {f64}", why) for family in ("region", "region_backward")
+      for f64 in ("double,", "float, double>", "c10::Half, double>", "c10::BFloat16, double>")
+      for rule, why in (("instructions", "CUDA, float64 arithmetic with the sigmoid: a float64 exp and IEEE division "
+                         "are about 85 of the 105 to 139 instructions an element (predicted 62% of copy bandwidth or "
+                         "more); without the sigmoid float64 takes 15 to 50"),
+                        ("calls", "the slow path of the float64 IEEE division in the sigmoid (extreme operands "
+                         "only); float32 takes MUFU.RCP and a Newton step, without one"))),
+    ("region_backward", "vector", "(RegionMode)0, false", "CUDA, linear sums without the sigmoid and a bool or uint8 "
+     "target: the input's gradient g0 t + g1 does not depend on the input, which the kernel then does not read, and "
+     "the widest stream it reads is the target's, a byte an element"),
 ]
 
 
@@ -533,7 +550,7 @@ def triton_cases(quick=False):
 
 
 _TRITON_FAMILY = {"mse_fwd_kernel": "mse", "seg_fwd_kernel": "seg", "loss_backward_kernel": "loss_backward",
-                  "sum_groups_kernel": "sum", "region_sums_kernel": "region", "region_grad_kernel": "region_grad"}
+                  "sum_groups_kernel": "sum", "region_sums_kernel": "region", "region_grad_kernel": "region_backward"}
 
 
 def _element_bytes(type_name):
@@ -626,7 +643,8 @@ def demangle(names):
     return dict(zip(names, done.splitlines()))
 
 
-_CUDA_FAMILY = (("seg_fwd", "seg"), ("mse", "mse"), ("loss_backward", "loss_backward"), ("sum_and_finish", "sum"))
+_CUDA_FAMILY = (("seg_fwd", "seg"), ("mse", "mse"), ("loss_backward", "loss_backward"), ("sum_and_finish", "sum"),
+                ("region_sums_backward", "region_backward"), ("region_sums", "region"))
 _TYPE_BYTES = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "bool": 1, "unsigned char": 1}
 
 
@@ -661,12 +679,17 @@ def _saved_grad_bytes(type_name):
 def cuda_output_bytes(family, targs):
     """Bytes an element of each output a CUDA kernel's hot loop may store: seg, the input's
     gradient and a float target's; mse, the gradient and the loss ("none"); loss_backward, the
-    gradient. The first is the stream the budget counts as written (cuda_streams)."""
+    gradient; region_backward, the input's and a float target's gradients, in their own dtypes;
+    region (the sums), nothing. The first is the stream the budget counts as written (cuda_streams)."""
     names = _TYPES.findall(", ".join(targs))
     size = [_TYPE_BYTES[t] for t in names]
     if family == "seg":
         hard = targs[3] in ("bool", "unsigned char")
         return tuple(_saved_grad_bytes(names[i]) for i in ((0,) if hard else (0, 1)))
+    if family == "region_backward":
+        return tuple(size[:1] if names[1] in ("bool", "unsigned char") else size[:2])
+    if family == "region":
+        return ()
     if family == "mse":
         return (size[3], size[2])
     if family == "loss_backward":
@@ -679,10 +702,13 @@ def cuda_streams(family, targs):
     from its operand types: seg<logits, vec, input, target> reads input and target and writes
     input's gradient (float16's in float32); mse<vec, MseArgs<input, target, loss, grad>> reads
     two and writes the gradient (reduction mean); loss_backward<vec, BackwardArgs<saved, out>>
-    reads one and writes one."""
+    reads one and writes one; region_sums<vec, mode, sigmoid, input, target> reads input and
+    target, and region_sums_backward writes the input's gradient too. Each region kernel holds
+    its loop twice, with and without a mask: the gate judges the larger, the masked one, against
+    the budget of the smaller, the unmasked one's bytes (so that both are within it)."""
     size = [_TYPE_BYTES[t] for t in _TYPES.findall(", ".join(targs))]
-    written = cuda_output_bytes(family, targs)[0]
-    if family in ("seg", "mse"):
+    written = next(iter(cuda_output_bytes(family, targs)), 0)
+    if family in ("seg", "mse", "region", "region_backward"):
         return (size[0], size[1]), written
     if family == "loss_backward":
         return (size[0],), written
@@ -691,10 +717,14 @@ def cuda_streams(family, targs):
 
 def cuda_elements_per_pass(family, targs, vec, hot):
     """Elements a thread handles in one pass of the hot loop: a pack of vec, times the packs
-    that its stores hold (several where nvcc unrolled the loop)."""
-    stored_bits = sum(access_bits(opcode(t)) for t in hot if opcode(t).startswith("STG"))
-    pack_bits = vec * 8 * sum(cuda_output_bytes(family, targs))
-    return float(vec * max(1, round(stored_bits / pack_bits)))
+    that its stores hold (several where nvcc unrolled the loop); for a kernel that stores
+    nothing an element (region), the packs that its loads hold."""
+    written = sum(cuda_output_bytes(family, targs))
+    access = "STG" if written else "LDG"
+    bits = sum(access_bits(opcode(t)) for t in hot if opcode(t).startswith(access))
+    # region: the hot loop is the masked one (cuda_streams), which loads the mask's byte too
+    pack_bits = vec * 8 * (written or sum(cuda_streams(family, targs)[0]) + _TYPE_BYTES["bool"])
+    return float(vec * max(1, round(bits / pack_bits)))
 
 
 def cuda_variants(so_path):
@@ -708,7 +738,7 @@ def cuda_variants(so_path):
         if family is None:
             continue
         targs = template_args(pretty)
-        short = [re.sub(r"pylosses::cuda::\(anonymous namespace\)::", "", a) for a in targs]
+        short = [re.sub(r"pylosses::(cuda::\(anonymous namespace\)|math)::", "", a) for a in targs]
         v = Variant("cuda", family, kernel, "<" + ", ".join(short) + ">")
         v.threads = 256  # kThreads, every kernel (csrc/cuda/cuda_common.cuh)
         vec = next((int(a) for a in targs if a.isdigit()), 1)
@@ -721,7 +751,8 @@ def cuda_variants(so_path):
             # float16 input's gradient is float32: a pack of 8 is two 128-bit stores, one pass)
             read, written = cuda_streams(family, targs)
             v.elements_per_pass = cuda_elements_per_pass(family, targs, vec, hot_loop(instructions))
-            v.vector_path = v.writes_stream = vec > 1  # every one of them may write the gradient
+            v.vector_path = vec > 1
+            v.writes_stream = vec > 1 and written > 0  # every one of them that writes may write the gradient
             v.bytes_per_element = float(sum(read) + written)
             v.load_bits_needed = min(128, vec * max(read) * 8)
             v.store_bits_needed = min(128, vec * written * 8)

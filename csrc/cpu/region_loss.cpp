@@ -30,19 +30,6 @@ constexpr int64_t kBlock = 1 << 11;  // elements converted to acc_t at a time
 // cost more than its work.
 constexpr int64_t kShortPlane = 16;
 
-// Calls f(std::integral_constant<RegionMode, mode>{}) for the runtime mode (checked already).
-template <typename F>
-void dispatch_region_mode(int64_t mode, const F& f) {
-  switch (static_cast<RegionMode>(mode)) {
-    case RegionMode::kSquared:
-      return f(std::integral_constant<RegionMode, RegionMode::kSquared>{});
-    case RegionMode::kL1:
-      return f(std::integral_constant<RegionMode, RegionMode::kL1>{});
-    default:
-      return f(std::integral_constant<RegionMode, RegionMode::kLinear>{});
-  }
-}
-
 struct RegionGeometry {
   int64_t channels = 0, mask_channels = 0;  // mask_channels: 1 (broadcast) or channels
   int64_t planes = 0, plane_size = 0;       // (sample, channel) pairs, and S
@@ -104,14 +91,21 @@ struct RegionScratch {
   }
 };
 
+// v where the mask row's m (0 or 1) keeps the element, else 0: a select, not a product, so
+// that a NaN or inf under the mask (padding) stays out of the sums and the gradients.
+template <typename V>
+C10_ALWAYS_INLINE V kept(const V& v, const V& m) {
+  return V::blendv(V(0), v, m != V(0));
+}
+
 // p, and t, as the sums see them: the input or its sigmoid, and both 0 where the mask is.
 template <bool kSigmoid, bool kMasked, typename V>
 C10_ALWAYS_INLINE void region_values(const V& x, V& t, const V& m, V& p, V& p_masked) {
   p = kSigmoid ? math::sigmoid(x) : x;
   p_masked = p;
   if constexpr (kMasked) {
-    p_masked = p * m;
-    t = t * m;
+    p_masked = kept(p, m);
+    t = kept(t, m);
   }
 }
 
@@ -236,18 +230,18 @@ C10_ALWAYS_INLINE void row_grads(const acc_t* x, const acc_t* t, const acc_t* m,
     g_at(tail, i, lanes, g0, g1, g2);
     if (grad_input) {
       V dp = math::region_grad_p<kMode>(p_masked, tv, g0, g1);
-      if constexpr (kMasked) {
-        dp = dp * mv;
-      }
       if constexpr (kSigmoid) {
         dp = dp * math::sigmoid_grad(p);
+      }
+      if constexpr (kMasked) {
+        dp = kept(dp, mv);
       }
       put(dp, grad_input, std::bool_constant<kStreamInput>{});
     }
     if (grad_target) {
       V dt = math::region_grad_t<kMode>(p_masked, tv, g0, g2);
       if constexpr (kMasked) {
-        dt = dt * mv;
+        dt = kept(dt, mv);
       }
       put(dt, grad_target, std::bool_constant<kStreamTarget>{});
     }
@@ -322,7 +316,7 @@ template <typename F>
 void dispatch_region(const at::Tensor& input, const at::Tensor& target, int64_t mode, bool sigmoid, bool masked,
                      const F& f) {
   dispatch_input_target<true>(input.scalar_type(), target.scalar_type(), [&](auto in_tag, auto t_tag) {
-    dispatch_region_mode(mode, [&](auto mode_tag) {
+    math::dispatch_region_mode(mode, [&](auto mode_tag) {
       dispatch_bool(sigmoid, [&](auto sigmoid_tag) {
         dispatch_bool(masked, [&](auto masked_tag) { f(in_tag, t_tag, mode_tag, sigmoid_tag, masked_tag); });
       });
@@ -407,16 +401,7 @@ std::tuple<at::Tensor, at::Tensor> region_sums_backward_cpu(const at::Tensor& gr
                                                             const at::Tensor& target_,
                                                             const std::optional<at::Tensor>& mask_, bool sigmoid,
                                                             int64_t mode, bool grad_input, bool grad_target) {
-  check_region_args("region_sums_backward", input_, target_, mask_, mode);
-  TORCH_CHECK_VALUE(grad_sums_.dim() == 3 && grad_sums_.size(0) == input_.size(0) &&
-                        grad_sums_.size(1) == input_.size(1) && grad_sums_.size(2) == kRegionSums,
-                    "region_sums_backward: grad_sums must have the shape (B, C, ", kRegionSums, ") = (",
-                    input_.size(0), ", ", input_.size(1), ", ", kRegionSums, "), got ", grad_sums_.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(grad_sums_.scalar_type()),
-                   "region_sums_backward: grad_sums must be floating point, got ", grad_sums_.scalar_type());
-  TORCH_CHECK_TYPE(!grad_target || at::isFloatingType(target_.scalar_type()),
-                   "region_sums_backward: a gradient for a ", target_.scalar_type(), " target was asked for");
-  check_same_device("region_sums_backward", input_, "input", grad_sums_, "grad_sums");
+  check_region_backward_args(grad_sums_, input_, target_, mask_, mode, grad_target);
   const at::Tensor input = input_.contiguous();
   const at::Tensor target = target_.contiguous();
   const at::Tensor mask = defined_mask(mask_);

@@ -115,15 +115,10 @@ void dispatch_vec(bool vectorised, const F& f) {
   vectorised ? f(std::integral_constant<int, kVec>{}) : f(std::integral_constant<int, 1>{});
 }
 
-// The sum of v[c] over the block, for each of kN values, in a fixed order (a shuffle tree in
-// each warp, then the warps in order): the same bits run after run. The result is valid in
-// thread 0. Every thread of the block must call it; it may be called again at once.
+// The sum of v[c] over the warp, for each of kN values, by a fixed shuffle tree: the same bits
+// run after run. The result is valid in lane 0. Every thread of the warp must call it.
 template <int kN, typename T>
-__device__ __forceinline__ void block_sum(T (&v)[kN]) {
-  __shared__ T warp_sums[kN][kThreads / kWarp];
-  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
-  const int lane = tid % kWarp, warp = tid / kWarp;
-  const int n_warps = (blockDim.x * blockDim.y + kWarp - 1) / kWarp;
+__device__ __forceinline__ void warp_sum(T (&v)[kN]) {
 #pragma unroll
   for (int c = 0; c < kN; ++c) {
 #pragma unroll
@@ -131,6 +126,18 @@ __device__ __forceinline__ void block_sum(T (&v)[kN]) {
       v[c] += __shfl_down_sync(0xffffffffu, v[c], offset);
     }
   }
+}
+
+// The sum of v[c] over the block, for each of kN values, in a fixed order (warp_sum in each
+// warp, then the warps in order): the same bits run after run. The result is valid in thread 0.
+// Every thread of the block must call it; it may be called again at once.
+template <int kN, typename T>
+__device__ __forceinline__ void block_sum(T (&v)[kN]) {
+  __shared__ T warp_sums[kN][kThreads / kWarp];
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  const int lane = tid % kWarp, warp = tid / kWarp;
+  const int n_warps = (blockDim.x * blockDim.y + kWarp - 1) / kWarp;
+  warp_sum(v);
   __syncthreads();  // a previous call's readers are done with warp_sums
   if (lane == 0) {
 #pragma unroll
