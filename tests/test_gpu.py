@@ -260,3 +260,30 @@ def test_case_tables_on_cuda(loss, backend):
         for reduction in REDUCTIONS:
             check_against_reference(loss, backend, shapes_for(loss)[2], torch.float32, torch.float32, reduction,
                                     layout, device="cuda")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("mask_kind", ["none", "broadcast", "full"])
+def test_region_sums_on_the_gpu(backend, mode, mask_kind):
+    """The region ops on CUDA tensors against the reference's sums and their autograd gradients
+    in float64, with logits and probabilities, small and large planes (vector and scalar paths,
+    several blocks a plane), every dtype."""
+    from test_region_ops import _check
+
+    for shape in [(2, 3, 5, 7), (3, 2, 11), (2, 3, 256, 256), (1, 2, 257, 1001), (2, 2, 17, 33, 65)]:
+        for sigmoid in (False, True):
+            _check(backend, shape, torch.float64, torch.float64, sigmoid, mode, mask_kind, device="cuda")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for target_dtype in (torch.float32, torch.bool, torch.uint8):
+            _check(backend, (2, 3, 64, 96), dtype, target_dtype, True, mode, mask_kind, device="cuda")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_region_losses_on_the_gpu(backend):
+    """Every region loss on CUDA tensors against the reference, values and gradients."""
+    from test_region import FUNCTIONS, _check_backend
+
+    for fn, options in FUNCTIONS:
+        for shape in [(2, 3, 64, 65), (2, 3, 8, 16, 32)]:
+            _check_backend(fn, options, backend, shape, torch.float32, torch.float32, device="cuda")

@@ -131,7 +131,8 @@ def _fn_id(case):
     return fn.__name__ + "-" + "-".join(f"{k}={v}" for k, v in options.items())
 
 
-def _check_backend(fn, options, backend, shape, dtype, target_dtype, mask=None, seed=0):
+def _check_backend(fn, options, backend, shape, dtype, target_dtype, mask=None, seed=0, device="cpu"):
+    """fn on `backend` (its tensors on `device`) against the reference in float64 on the CPU."""
     sigmoid = options.get("sigmoid", False) or fn is pylosses.dice_bce_loss  # (on logits)
     if fn is pylosses.dice_bce_loss and len(shape) not in (4, 5):
         options = {**options, "lambda_tv": 0.0}  # total variation over 2 or 3 spatial axes only
@@ -144,19 +145,23 @@ def _check_backend(fn, options, backend, shape, dtype, target_dtype, mask=None, 
         t.requires_grad_(True)
     exact_x = x.detach().double().requires_grad_(True)
     exact_t = t.detach().double().requires_grad_(t.requires_grad) if t.is_floating_point() else t
-    got = fn(x, t, **options, mask=mask, backend=backend)
+    if device != "cpu":
+        x = x.detach().to(device).requires_grad_(True)
+        t = t.detach().to(device).requires_grad_(t.requires_grad)
+    on_device = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in options.items()}
+    got = fn(x, t, **on_device, mask=None if mask is None else mask.to(device), backend=backend)
     want = fn(exact_x, exact_t, **options, mask=mask, backend="reference")
     assert got.shape == want.shape
-    assert got.dtype == reference.region_out_dtype(x, t)
+    assert got.dtype == reference.region_out_dtype(x, t) and got.device == x.device
     tol = 1e-12 if dtype == torch.float64 and target_dtype in (torch.float64, torch.bool, torch.uint8) else 2e-5
     if fn is pylosses.generalized_dice_loss:
         tol = max(tol, 1e-5)  # its weights are float32 (MONAI's), and the target's gradient goes through them
     # the loss is rounded once to its dtype (16-bit with a bool or uint8 target)
     loss_tol = max(tol, 4 * torch.finfo(got.dtype).eps)
-    torch.testing.assert_close(got.double(), want, rtol=loss_tol, atol=loss_tol)
+    torch.testing.assert_close(got.cpu().double(), want, rtol=loss_tol, atol=loss_tol)
     wrt, wrt64 = ([x, t], [exact_x, exact_t]) if t.requires_grad else ([x], [exact_x])
     g = torch.rand(want.shape, dtype=torch.float64) + 0.5
-    mine = torch.autograd.grad(got, wrt, g.to(got.dtype))
+    mine = [m.cpu() for m in torch.autograd.grad(got, wrt, g.to(got.device, got.dtype))]
     truth = torch.autograd.grad(want, wrt64, g)
     for a, b, leaf in zip(mine, truth, wrt):
         assert a.dtype == leaf.dtype

@@ -44,30 +44,32 @@ def _tolerance(dtype):
     return {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}[dtype]
 
 
-def _check(backend, shape, dtype, target_dtype, sigmoid, mode, mask_kind, seed=0):
+def _check(backend, shape, dtype, target_dtype, sigmoid, mode, mask_kind, seed=0, device="cpu"):
     """backend: a name in BACKENDS, or an op with region_sums' signature and autograd (the CUDA
-    kernels' emulation, tests/test_cuda_emulation.py)."""
-    x, t, mask = _inputs(shape, dtype, target_dtype, sigmoid, mask_kind, seed)
+    kernels' emulation, tests/test_cuda_emulation.py); the op runs on `device`, the reference
+    on the CPU."""
+    x, t, mask = (None if a is None else a.to(device) for a in _inputs(shape, dtype, target_dtype, sigmoid, mask_kind,
+                                                                       seed))
     x.requires_grad_(True)
     t_grad = target_dtype.is_floating_point
     t.requires_grad_(t_grad)
     op = backend if callable(backend) else functools.partial(_ops.region_sums, backend)
     sums = op(x, t, mask, sigmoid, mode)
     # the reference on the same values in float64 (the inputs' rounding is in both)
-    x64 = x.detach().double().requires_grad_(True)
-    t64 = t.detach().double().requires_grad_(t_grad) if t_grad else t
-    want = reference.region_sums(x64, t64, mask, sigmoid, mode)
+    x64 = x.detach().cpu().double().requires_grad_(True)
+    t64 = t.detach().cpu().double().requires_grad_(t_grad) if t_grad else t.cpu()
+    want = reference.region_sums(x64, t64, None if mask is None else mask.cpu(), sigmoid, mode)
     assert sums.shape == want.shape and sums.dtype == reference.compute_dtype(x, t)
     scale = want.abs().amax(dim=(0, 1), keepdim=True).clamp_min(1) if want.numel() else 1
     tol = _tolerance(dtype) if dtype == torch.float64 and target_dtype in (torch.float64, torch.bool, torch.uint8) \
         else 1e-5
-    torch.testing.assert_close(sums.double() / scale, want / scale, rtol=0, atol=tol)
+    torch.testing.assert_close(sums.cpu().double() / scale, want / scale, rtol=0, atol=tol)
     if x.numel() == 0:
         return
     g = torch.Generator().manual_seed(seed + 1)
     grad_sums = torch.randn(want.shape, generator=g, dtype=torch.float64)
     wrt, wrt64 = ([x, t], [x64, t64]) if t_grad else ([x], [x64])
-    got = torch.autograd.grad(sums, wrt, grad_sums.to(sums.dtype))
+    got = [g.cpu() for g in torch.autograd.grad(sums, wrt, grad_sums.to(sums.device, sums.dtype))]
     exact = torch.autograd.grad(want, wrt64, grad_sums)
     for name, mine, truth, leaf in zip(("input", "target"), got, exact, wrt):
         assert mine.dtype == leaf.dtype and mine.shape == leaf.shape, name
