@@ -254,6 +254,19 @@ def test_dice_bce_is_monai_dice_ce_on_one_channel(options):
                                    rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast(backend):
+    """Under CPU autocast every region loss runs on the tensors as given and returns float32,
+    the value it gives without autocast."""
+    x, t = _data((2, 3, 6, 7), True, False, dtype=torch.float32)
+    for fn in (pylosses.dice_loss, pylosses.tversky_loss, pylosses.generalized_dice_loss, pylosses.dice_bce_loss):
+        want = fn(x, t, backend=backend)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = fn(x, t, backend=backend)
+        assert got.dtype == torch.float32, fn.__name__
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("native", "triton")])
 def test_empty_and_degenerate(backend):
     """No samples: mean NaN, sum 0, none empty (as MONAI); an empty plane: every sum 0."""
