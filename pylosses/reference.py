@@ -195,6 +195,13 @@ def _foreground(sums: Tensor, include_background: bool) -> Tensor:
     return sums
 
 
+def _class_sums(sums: Tensor, include_background: bool, batch: bool):
+    """The sums of the classes the loss counts, (B, C', 4), and what its scores take: those, or
+    with batch=True their totals over the batch, (C', 4)."""
+    sums = _foreground(sums, include_background)
+    return sums, (sums.sum(0) if batch else sums)
+
+
 def _tp_fp_fn(sums: Tensor, mode: int):
     """MONAI's compute_tp_fp_fn from the sums: true positives, false positives, false negatives."""
     tp = (sums[..., 1] + sums[..., 2] - sums[..., 0]) / 2 if mode == 2 else sums[..., 0]
@@ -223,10 +230,7 @@ def _reduce_region(f: Tensor, reduction: str, spatial_dims: int, broadcastable: 
 def dice_from_sums(sums: Tensor, mode: int, include_background: bool, jaccard: bool, smooth_nr: float,
                    smooth_dr: float, batch: bool, weight: Optional[Tensor], reduction: str, spatial_dims: int,
                    out_dtype: torch.dtype) -> Tensor:
-    sums = _foreground(sums, include_background)
-    all_sums = sums
-    if batch:
-        sums = sums.sum(0)
+    all_sums, sums = _class_sums(sums, include_background, batch)
     tp, fp, fn = _tp_fp_fn(sums, mode)
     if not jaccard:
         fp = fp * 0.5
@@ -241,10 +245,7 @@ def dice_from_sums(sums: Tensor, mode: int, include_background: bool, jaccard: b
 def tversky_from_sums(sums: Tensor, mode: int, include_background: bool, alpha: float, beta: float,
                       smooth_nr: float, smooth_dr: float, batch: bool, reduction: str, spatial_dims: int,
                       out_dtype: torch.dtype) -> Tensor:
-    sums = _foreground(sums, include_background)
-    all_sums = sums
-    if batch:
-        sums = sums.sum(0)
+    all_sums, sums = _class_sums(sums, include_background, batch)
     tp, fp, fn = _tp_fp_fn(sums, mode)
     score = 1.0 - (tp + smooth_nr) / (tp + alpha * fp + beta * fn + smooth_dr)
     return _reduce_region(_nan_if_bad(score, all_sums), reduction, spatial_dims, False).to(out_dtype)
@@ -253,10 +254,7 @@ def tversky_from_sums(sums: Tensor, mode: int, include_background: bool, alpha: 
 def generalized_dice_from_sums(sums: Tensor, mode: int, include_background: bool, w_type: str, smooth_nr: float,
                                smooth_dr: float, batch: bool, reduction: str, spatial_dims: int,
                                out_dtype: torch.dtype) -> Tensor:
-    sums = _foreground(sums, include_background)
-    all_sums = sums
-    if batch:
-        sums = sums.sum(0)
+    all_sums, sums = _class_sums(sums, include_background, batch)
     tp, fp, fn = _tp_fp_fn(sums, mode)
     denominator = 2 * (tp + fp * 0.5 + fn * 0.5)
     # sum t (sum |t| with soft_label: the same for targets >= 0), in float32 as MONAI takes it
