@@ -216,6 +216,19 @@ inline const acc_t* load_row(const src_t* src, acc_t* buf, int64_t n) {
       buf[i] = std::is_same_v<src_t, bool> ? acc_t(bytes[i] != 0) : acc_t(bytes[i]);
     }
     return buf;
+  } else if constexpr (at::is_reduced_floating_point_v<src_t> && std::is_same_v<acc_t, float>) {
+    // a vector at a time: at::vec::convert has no vector path from these to float
+    using VR = Vec<src_t>;
+    int64_t i = 0;
+    for (; i + VR::size() <= n; i += VR::size()) {
+      const auto [lo, hi] = at::vec::convert_to_float<src_t>(VR::loadu(src + i));
+      lo.store(buf + i);
+      hi.store(buf + i + Vec<float>::size());
+    }
+    for (; i < n; ++i) {
+      buf[i] = float(src[i]);
+    }
+    return buf;
   } else {
     at::vec::convert(src, buf, n);
     return buf;
@@ -239,6 +252,70 @@ inline void store_row(const acc_t* buf, dst_t* dst, int64_t n) {
     at::vec::convert(buf, dst, n);
   }
 }
+
+// Rows of a contiguous tensor whose dtype is known only at run time, as acc_t. A kernel that
+// converts its rows to acc_t anyway (load_row) can take these in place of typed pointers: its
+// math is then compiled once per acc_t, and only the conversions once per dtype, where the
+// region losses' 4 input and 6 target dtypes would multiply every instantiation (and the build
+// time) by 24.
+template <typename acc_t>
+class RowSource {
+ public:
+  // a floating, bool or uint8 tensor; contiguous
+  explicit RowSource(const at::Tensor& t) {
+    AT_DISPATCH_V2(
+        t.scalar_type(), "pylosses",
+        AT_WRAP([&] {
+          data_ = t.const_data_ptr<scalar_t>();
+          load_ = &load<scalar_t>;
+        }),
+        AT_EXPAND(AT_FLOATING_TYPES), at::kHalf, at::kBFloat16, at::kBool, at::kByte);
+  }
+  // The n values from element offset on: the data itself where it is acc_t, else converted into buf.
+  const acc_t* operator()(int64_t offset, acc_t* buf, int64_t n) const { return load_(data_, offset, buf, n); }
+
+ private:
+  template <typename src_t>
+  static const acc_t* load(const void* data, int64_t offset, acc_t* buf, int64_t n) {
+    return load_row(static_cast<const src_t*>(data) + offset, buf, n);
+  }
+  const void* data_ = nullptr;
+  const acc_t* (*load_)(const void*, int64_t, acc_t*, int64_t) = nullptr;
+};
+
+// The rows of a floating output tensor (or none: false), written as acc_t: row() says where to
+// compute the n values from element offset on, finish() stores them. direct(): rows are the
+// tensor itself (it is acc_t), so that streaming stores can go straight into it.
+template <typename acc_t>
+class RowSink {
+ public:
+  RowSink() = default;
+  explicit RowSink(at::Tensor& t) {
+    dispatch_float(t.scalar_type(), [&](auto tag) {
+      using dst_t = decltype(tag);
+      data_ = t.mutable_data_ptr<dst_t>();
+      direct_ = std::is_same_v<dst_t, acc_t>;
+      store_ = &store<dst_t>;
+    });
+  }
+  explicit operator bool() const { return data_ != nullptr; }
+  bool direct() const { return direct_; }
+  acc_t* row(int64_t offset, acc_t* buf) const { return direct_ ? static_cast<acc_t*>(data_) + offset : buf; }
+  void finish(const acc_t* row, int64_t offset, int64_t n) const {
+    if (!direct_) {
+      store_(row, data_, offset, n);
+    }
+  }
+
+ private:
+  template <typename dst_t>
+  static void store(const acc_t* row, void* data, int64_t offset, int64_t n) {
+    store_row(row, static_cast<dst_t*>(data) + offset, n);
+  }
+  void* data_ = nullptr;
+  bool direct_ = false;
+  void (*store_)(const acc_t*, void*, int64_t, int64_t) = nullptr;
+};
 
 // Runs f(chunk, scratch) for every chunk in [0, n_chunks) on the intra-op thread pool. Chunks
 // are fixed by the problem, not by the thread count, and each writes only its own partial
