@@ -19,6 +19,7 @@ SHAPES = [(2, 3, 5, 7), (1, 1, 4, 4), (3, 2), (2, 3, 11), (2, 2, 3, 4, 5), (0, 3
           (1, 2, 33, 65)]
 LARGE = [(2, 3, 300, 301)]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+MASK_KINDS = ("none", "broadcast", "full")  # no mask, (B, 1, spatial...), the input's shape
 
 
 def _inputs(shape, dtype, target_dtype, sigmoid, mask_kind, seed=0):
@@ -82,7 +83,7 @@ def _check(backend, shape, dtype, target_dtype, sigmoid, mode, mask_kind, seed=0
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("sigmoid", [False, True])
-@pytest.mark.parametrize("mask_kind", ["none", "broadcast", "full"])
+@pytest.mark.parametrize("mask_kind", MASK_KINDS)
 def test_sums_and_gradients(backend, mode, sigmoid, mask_kind):
     shapes = SHAPES + (LARGE if backend == "native" else [])
     for shape in shapes:
