@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "generalized_dice_loss", "region_sums",
-           "dice_bce_loss", "scripted", "compiled"]
+           "dice_bce_loss", "cross_entropy", "scripted", "compiled"]
 
 
 # The targets' errors, as the kernels give them (csrc/seg_loss_math.h and csrc/kernel_common.h
@@ -374,9 +374,53 @@ def dice_bce_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, 
     return loss.to(region_out_dtype(input, target))
 
 
+def check_class_targets(target: Tensor, n_classes: int, ignore_index: int) -> None:
+    """torch's error for a class index outside [0, n_classes) that is not ignore_index (a host
+    sync: the CPU's check; the kernels elsewhere give NaN, as the region losses' uint8 check)."""
+    bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        raise IndexError(f"Target {int(target[bad][0])} is out of bounds.")
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, ignore_index: int = -100,
+                  label_smoothing: float = 0.0, reduction: str = "mean") -> Tensor:
+    """torch.nn.functional.cross_entropy for logits (B, C, spatial...) and class indices
+    (B, spatial...) of any integer dtype, pixel by pixel as the kernels compute it, in float32
+    (float64 for float64):
+
+        loss_i = w[t_i] * (lse_i - x_i[t_i]) * (1 - s) + s / C * sum_c w[c] * (lse_i - x_i[c])
+
+    with lse_i = logsumexp_c x_i[c], s = label_smoothing, w = weight or ones, and loss_i = 0
+    where t_i == ignore_index. "mean" divides the sum by sum_i w[t_i] over the pixels not
+    ignored (torch's denominator, also for the smoothing term; NaN when every pixel is ignored)."""
+    if not torch.jit.is_scripting():
+        if not torch.compiler.is_compiling() and target.device.type == "cpu":
+            check_class_targets(target, input.shape[1], ignore_index)
+    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    x = input.to(dtype)
+    n_classes = x.shape[1]
+    t = target.long()
+    ignored = t == ignore_index
+    t = torch.where(ignored, torch.zeros_like(t), t).unsqueeze(1)
+    w = torch.ones(n_classes, dtype=dtype, device=x.device) if weight is None else weight.to(dtype)
+    w = w.view([1, n_classes] + [1] * (x.dim() - 2))
+    minus_logp = torch.logsumexp(x, 1, keepdim=True) - x
+    w_t = torch.where(ignored, torch.zeros((), dtype=dtype, device=x.device),
+                      w.expand_as(x).gather(1, t).squeeze(1))
+    loss = (1 - label_smoothing) * w_t * minus_logp.gather(1, t).squeeze(1)
+    if label_smoothing != 0:
+        smooth = (w * minus_logp).sum(1)
+        loss = loss + label_smoothing / n_classes * torch.where(ignored, torch.zeros_like(smooth), smooth)
+    if reduction == "mean":
+        loss = loss.sum() / w_t.sum()
+    elif reduction == "sum":
+        loss = loss.sum()
+    return loss.to(input.dtype)
+
+
 _LOSSES: Dict[str, Callable] = {"mse_loss": mse_loss, "segmentation_loss": segmentation_loss, "dice_loss": dice_loss,
                                 "tversky_loss": tversky_loss, "generalized_dice_loss": generalized_dice_loss,
-                                "dice_bce_loss": dice_bce_loss}
+                                "dice_bce_loss": dice_bce_loss, "cross_entropy": cross_entropy}
 _scripted: Dict[str, Callable] = {}
 _compiled: Dict[str, Callable] = {}
 
