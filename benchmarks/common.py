@@ -92,7 +92,7 @@ def workload(loss: str, provider: str, mode: str, x: torch.Tensor, t: torch.Tens
 
 # Losses whose gradient needs sums over the whole input first (Dice and its relatives): their
 # forward+backward must read input and target twice, once for the sums and once for the gradient.
-TWO_PASS = ("dice_loss",)
+TWO_PASS = ("dice_loss", "tversky_loss", "generalized_dice_loss")  # sums first, then the gradient
 
 
 def compulsory_bytes(mode: str, x: torch.Tensor, t: torch.Tensor, loss: str = "segmentation_loss") -> int:

@@ -5,9 +5,12 @@
 Dice, Tversky and generalised Dice on logits (sigmoid=True) with 0/1 float targets, float32,
 forward (no autograd) and forward+backward (into input.grad); providers: MONAI's class (eager),
 pylosses' reference (eager), torch.compile of that reference, native (and triton on a GPU),
-taking turns call by call in one run (benchmarks.common.median_seconds). The table gives each
-median and native's speed-up over MONAI and over torch.compile. It prints Markdown, and with
---out writes it to DIR/region.md.
+taking turns call by call in one run (benchmarks.common.median_seconds), with a copy of the
+loss's compulsory bytes (input and target read, twice with backward, and the gradient written)
+as the machine's yardstick. The table gives each median, native's speed-up over MONAI and over
+torch.compile, native's and torch.compile's bandwidth as a fraction of the copy's, and the
+ceiling: the speed-up over torch.compile of a kernel that ran at copy speed, the most any kernel
+can reach on this machine. It prints Markdown, and with --out writes it to DIR/region.md.
 """
 
 import argparse
@@ -17,7 +20,7 @@ import sys
 import torch
 
 import pylosses
-from benchmarks.common import machine, median_seconds
+from benchmarks.common import compulsory_bytes, copy_workload, machine, median_seconds
 
 LOSSES = {"dice": ("DiceLoss", pylosses.dice_loss), "tversky": ("TverskyLoss", pylosses.tversky_loss),
           "generalized_dice": ("GeneralizedDiceLoss", pylosses.generalized_dice_loss)}
@@ -82,20 +85,28 @@ def main(argv=None) -> int:
              f"{info.get('gpu', info['cpu'])}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), "
              f"torch {info['torch']}; {info['date']}. Median of {args.repeats} calls, providers taking turns. "
              f"Command: `python -m benchmarks.region --repeats {args.repeats}`.", "",
-             "| loss | shape | mode | " + " | ".join(f"{p} ms" for p in names) + " | vs MONAI | vs compile |",
-             "|---|---|---|" + "---:|" * (len(names) + 2)]
+             "| loss | shape | mode | " + " | ".join(f"{p} ms" for p in names) +
+             " | copy ms | vs MONAI | vs compile | native of copy | compile of copy | ceiling vs compile |",
+             "|---|---|---|" + "---:|" * (len(names) + 6)]
     print("\n".join(lines), flush=True)
     for text in args.shapes:
         shape = tuple(int(s) for s in text.split(","))
         x, t = inputs(shape, args.device)
         for loss in args.losses:
             for mode in ("forward", "forward+backward"):
-                ms = {p: 1e3 * s for p, s in median_seconds(steps(loss, mode, x, t, names), args.repeats,
-                                                               args.device).items()}
-                versus = [f"{ms[p] / ms['native']:.2f}x" if p in ms and "native" in ms else "n/a"
-                          for p in ("monai", "compile")]
+                timed = steps(loss, mode, x, t, names)
+                timed["copy"] = copy_workload(compulsory_bytes(mode, x, t, LOSSES[loss][1].__name__), args.device)
+                ms = {p: 1e3 * s for p, s in median_seconds(timed, args.repeats, args.device).items()}
+
+                def ratio(a, b):
+                    return f"{ms[a] / ms[b]:.2f}x" if a in ms and b in ms else "n/a"
+
+                def of_copy(p):
+                    return f"{ms['copy'] / ms[p]:.0%}" if p in ms else "n/a"
+
                 row = (f"| {loss} | {text} | {mode} | " + " | ".join(f"{ms[p]:.2f}" for p in names) +
-                       f" | {versus[0]} | {versus[1]} |")
+                       f" | {ms['copy']:.2f} | {ratio('monai', 'native')} | {ratio('compile', 'native')} | "
+                       f"{of_copy('native')} | {of_copy('compile')} | {ratio('compile', 'copy')} |")
                 lines.append(row)
                 print(row, flush=True)
     if args.out:
