@@ -203,6 +203,29 @@ namespace pylosses::cpu {
 
 using math::Vec;
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// A float vector of 16-bit floats from memory, exactly: float16 by the F16C (AVX512F)
+// conversion, bfloat16 (a float's upper half) by a shift.
+template <typename src_t>
+inline Vec<float> widen_16_bit(const src_t* p) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m256i half = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  if constexpr (std::is_same_v<src_t, c10::Half>) {
+    return _mm512_cvtph_ps(half);
+  } else {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  }
+#else
+  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (std::is_same_v<src_t, c10::Half>) {
+    return _mm256_cvtph_ps(half);
+  } else {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+  }
+#endif
+}
+#endif
+
 // A row of n values as acc_t: the data itself when it already is acc_t, else converted into buf.
 template <typename acc_t, typename src_t>
 inline const acc_t* load_row(const src_t* src, acc_t* buf, int64_t n) {
@@ -217,14 +240,15 @@ inline const acc_t* load_row(const src_t* src, acc_t* buf, int64_t n) {
     }
     return buf;
   } else if constexpr (at::is_reduced_floating_point_v<src_t> && std::is_same_v<acc_t, float>) {
-    // a vector at a time: at::vec::convert has no vector path from these to float
-    using VR = Vec<src_t>;
+    // a vector at a time, by our own intrinsics: at::vec::convert has no vector path from these
+    // to float, and at::vec::convert_to_float is declared but not defined for AVX512 in torch
+    // 2.11's headers (an undefined symbol: the extension did not load on the GPU machine)
     int64_t i = 0;
-    for (; i + VR::size() <= n; i += VR::size()) {
-      const auto [lo, hi] = at::vec::convert_to_float<src_t>(VR::loadu(src + i));
-      lo.store(buf + i);
-      hi.store(buf + i + Vec<float>::size());
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+    for (; i + Vec<float>::size() <= n; i += Vec<float>::size()) {
+      widen_16_bit<src_t>(src + i).store(buf + i);
     }
+#endif
     for (; i < n; ++i) {
       buf[i] = float(src[i]);
     }
