@@ -50,7 +50,8 @@ INSTRUCTIONS_PER_BYTE = 33.5e12 / 4.3e12  # the memory-bound budget on an H200 (
 # Resident warps per SM that each kernel's launch assumes (at least): the memory-bound kernels
 # need half the SM's warps to hide DRAM latency; the segmentation kernel keeps three rows of
 # state a thread and is sized for a quarter.
-REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8, "region": 32, "region_backward": 32}
+REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8, "region": 32, "region_backward": 32,
+                  "ce": 32}
 
 # What the gate lets pass, each with its reason: (kernel family, rule, a text the variant holds or
 # "" for every variant, why). The segmentation loss's instruction count is the subject of its own
@@ -98,6 +99,17 @@ ALLOWED = [
     ("region_backward", "vector", "(RegionMode)0, false", "CUDA, linear sums without the sigmoid and a bool or uint8 "
      "target: the input's gradient g0 t + g1 does not depend on the input, which the kernel then does not read, and "
      "the widest stream it reads is the target's, a byte an element"),
+    ("seg", "occupancy", "64x128 float16 target float logits grad both", "Triton: 165 registers since the TV's "
+     "differences at the edges are set to 0 (triton_kernels/segmentation.py, _axis: the fix of the H200's edge "
+     "gradients), 12 warps an SM where the walk assumes 16; to be brought back"),
+    # CUDA cross-entropy (ce): <pixels a pack, classes a thread holds (0: the two-pass path), input, label>
+    ("ce", "occupancy", "double,", "CUDA, float64 cross-entropy: 106 registers (at 64 it spills, even a class at a "
+     "time), so 2 blocks (16 warps) an SM where the float32 and 16-bit paths keep 32; float64 checks, float32 and "
+     "16-bit train"),
+    *(("ce", "instructions", f"<1, {c}, c10::BFloat16", "CUDA, the one-pixel fallback of the cross-entropy (a plane "
+       "that is not a multiple of the pack, or misaligned pointers) with bfloat16 logits: 36 to 43 instructions an "
+       "element against budgets of 32 to 39 (predicted 78% to 97% of copy bandwidth); aligned planes take packs")
+      for c in (4, 8)),
 ]
 
 
@@ -546,11 +558,13 @@ def triton_cases(quick=False):
         region_case("rows S=1", torch.float32, "float", False, 0, "none", "both")
         region_case("64x64", torch.float32, "float", True, 0, "sample", misaligned=True)
         region_case("64x64", torch.float32, "float", True, 0, "sample", "both", misaligned=True)
+
     return cases
 
 
 _TRITON_FAMILY = {"mse_fwd_kernel": "mse", "seg_fwd_kernel": "seg", "loss_backward_kernel": "loss_backward",
-                  "sum_groups_kernel": "sum", "region_sums_kernel": "region", "region_grad_kernel": "region_backward"}
+                  "sum_groups_kernel": "sum", "region_sums_kernel": "region", "region_grad_kernel": "region_backward",
+                  "cross_entropy_fwd_kernel": "ce"}
 
 
 def _element_bytes(type_name):
@@ -644,7 +658,7 @@ def demangle(names):
 
 
 _CUDA_FAMILY = (("seg_fwd", "seg"), ("mse", "mse"), ("loss_backward", "loss_backward"), ("sum_and_finish", "sum"),
-                ("region_sums_backward", "region_backward"), ("region_sums", "region"))
+                ("region_sums_backward", "region_backward"), ("region_sums", "region"), ("cross_entropy", "ce"))
 _TYPE_BYTES = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "bool": 1, "unsigned char": 1}
 
 
@@ -694,6 +708,9 @@ def cuda_output_bytes(family, targs):
         return (size[3], size[2])
     if family == "loss_backward":
         return (size[1],)
+    if family == "ce":  # <pixels, class bound, input, target>: see cuda_streams
+        grad, classes = _saved_grad_bytes(names[0]), int(targs[1])
+        return (grad, size[0] / classes) if classes else (grad,)
     return (0,)
 
 
@@ -712,6 +729,19 @@ def cuda_streams(family, targs):
         return (size[0], size[1]), written
     if family == "loss_backward":
         return (size[0],), written
+    if family == "ce":
+        # cross_entropy_fwd_kernel<pixels, class bound kC, input, target>: bytes an element of the
+        # input (B, C, spatial...), whose C elements a pixel share its label (and, "none", its
+        # loss: a stream cuda_output_bytes counts at 1 / kC). The label's bytes are counted at
+        # C = kC, the bound (the most classes, the fewest label bytes an element: the smallest
+        # budget of the variant; fewer classes pay the same per-pixel work over fewer elements,
+        # which the gate does not see). The streaming variant (kC = 0, any C above the register
+        # path's 8) counts no label bytes (C unbounded), and its hot loop is its second pass
+        # alone (its first pass, about 8 to 10 instructions an element in float32 and 16-bit
+        # inputs, is another inner loop): see csrc/cuda/cross_entropy.cu's header.
+        classes = int(targs[1])
+        label = {"long": 8, "int": 4, "unsigned char": 1}[targs[3]] / classes if classes else 0.0
+        return (size[0], label), written
     return (), 0
 
 

@@ -321,10 +321,15 @@ def _shift_out(v, last):
 
 
 @triton.jit
-def _axis(p, p_before, x, x_after, weight):
+def _axis(p, p_before, has_before, x, x_after, weight):
     """An axis's share of the TV: (its gradient on p, its loss) of an element, from the element
-    before it (as a probability) and the one after it (as it is: the sign is the same)."""
-    return weight * (sign(p - p_before) - sign(x_after - x)), weight * tl.abs(p - p_before)
+    before it (as a probability; has_before: there is one) and the one after it (as it is: the
+    sign is the same). A missing neighbour's difference is set to 0, not taken from the element
+    itself standing in for it: on a GPU the compiler may compute a logit's sigmoid twice, once
+    for p and once for the stand-in, with roundings that differ, and the sign of that difference
+    (+-1, not 0) was the gradient's error at every edge of an H200 run."""
+    d = tl.where(has_before, p - p_before, 0.0)
+    return weight * (sign(d) - sign(x_after - x)), weight * tl.abs(d)
 
 
 @triton.jit
@@ -344,7 +349,7 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, t
         p_left = _load_prob(x_ptr + _first(offs) - 1, _first(mine) & (_first(w) > 0), _first(p), LOGITS, ACC)
         x_last = _last(x)
         x_right = _load_value(x_ptr + _last(offs) + 1, _last(mine) & (_last(w) < W - 1), x_last, ACC)
-        d_left = p - _shift_in(p, p_left)
+        d_left = tl.where(w > 0, p - _shift_in(p, p_left), 0.0)  # (see _axis)
         s_left = sign(d_left)
         tv_w = w_w * (s_left - _shift_out(s_left, sign(x_right - x_last)))
         loss_w = w_w * tl.abs(d_left)
@@ -352,7 +357,7 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, t
         # the left neighbour as a probability, the right one (for the sign) as it is
         p_left = _load_prob(x_ptr + offs - 1, mine & (w > 0), p, LOGITS, ACC)
         x_right = _load_value(x_ptr + offs + 1, mine & (w < W - 1), x, ACC)
-        tv_w, loss_w = _axis(p, p_left, x, x_right, w_w)
+        tv_w, loss_w = _axis(p, p_left, w > 0, x, x_right, w_w)
     if GRAD:
         chain = p * (1.0 - p) if LOGITS else 1.0
         g = alpha_w * _bce_grad_input(p, t, label, LOGITS, HARD) + chain * (tv_w + tv)
@@ -365,15 +370,15 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, t
 
 
 @triton.jit
-def _column_terms(x_ptr, offs, mine, h, x, p, p_front, x_back, H, W, w_h, w_d, LOGITS: tl.constexpr,
+def _column_terms(x_ptr, offs, mine, h, x, p, p_front, has_front, x_back, H, W, w_h, w_d, LOGITS: tl.constexpr,
                   ACC: tl.constexpr, DEPTH: tl.constexpr):
     """_axis of the column (neighbours loaded) and, in 3-D, of the depth (neighbours given)."""
     W64 = tl.full([], W, tl.int64)
     p_up = _load_prob(x_ptr + offs - W64, mine & (h > 0), p, LOGITS, ACC)
     x_down = _load_value(x_ptr + offs + W64, mine & (h < H - 1), x, ACC)
-    tv, tv_loss = _axis(p, p_up, x, x_down, w_h)
+    tv, tv_loss = _axis(p, p_up, h > 0, x, x_down, w_h)
     if DEPTH:  # (in 2-D, nothing: not even w_d * 0)
-        tv_d, loss_d = _axis(p, p_front, x, x_back, w_d)
+        tv_d, loss_d = _axis(p, p_front, has_front, x, x_back, w_d)
         tv += tv_d
         tv_loss += loss_d
     return tv, tv_loss
@@ -390,7 +395,7 @@ def _row_step(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, in_row, w, h, x, p, e, s
     x_next = tl.load(x_ptr + here + W, mask=has_down).to(ACC)
     p_next, e_next = _prob_exp(x_next, LOGITS)
     # the pair (this row, the one below): its loss here, its sign for both rows
-    d = tl.where(has_down, p_next, p) - p
+    d = tl.where(has_down, p_next - p, 0.0)  # (see _axis)
     s_down = sign(d)
     loss = _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, x, p, e, w_h * (s_up - s_down),
                       w_h * tl.abs(d), W, alpha_w, w_w, LOGITS, GRAD, GRAD_T, ACC)
@@ -415,12 +420,15 @@ def _plane_tile(x_ptr, t_ptr, grad_ptr, grad_t_ptr, plane_id, tile_h, tile_w, la
             d = plane_id % D
             d = tl.where(before, tl.where(d == 0, D - 1, d - 1), d)
             plane = tl.full([], H, tl.int64) * W
-            p_front = _load_prob(x_ptr + offs - plane, mine & (d > 0), p, LOGITS, ACC)
+            has_front = d > 0
+            p_front = _load_prob(x_ptr + offs - plane, mine & has_front, p, LOGITS, ACC)
             x_back = _load_value(x_ptr + offs + plane, mine & (d < D - 1), x, ACC)
         else:
             p_front = p
+            has_front = mine
             x_back = x
-        tv, tv_loss = _column_terms(x_ptr, offs, mine, h, x, p, p_front, x_back, H, W, w_h, w_d, LOGITS, ACC, DEPTH)
+        tv, tv_loss = _column_terms(x_ptr, offs, mine, h, x, p, p_front, has_front, x_back, H, W, w_h, w_d, LOGITS,
+                                    ACC, DEPTH)
         loss = _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, tv_loss, W, alpha_w, w_w,
                           LOGITS, GRAD, GRAD_T, ACC)
         total += tl.sum(tl.where(before, 0.0, loss))
@@ -510,9 +518,9 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
             # would take the walk past 128 registers, so it is taken again
             e_here = exp_neg_abs(x) if GRAD or GRAD_T else e
             # the pair (this plane, the one behind): its loss here, its sign for both planes
-            d_back = tl.where(has_back, p_next, p) - p
+            d_back = tl.where(has_back, p_next - p, 0.0)  # (see _axis)
             s_back = sign(d_back)
-            tv, tv_loss = _column_terms(x_ptr, here, mine, h, x, p, p, x, H, W, w_h, w_d, LOGITS, ACC, False)
+            tv, tv_loss = _column_terms(x_ptr, here, mine, h, x, p, p, mine, x, H, W, w_h, w_d, LOGITS, ACC, False)
             acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, x, p, e_here,
                               tv + w_d * (s_front - s_back), tv_loss + w_d * tl.abs(d_back), W, alpha_w, w_w,
                               LOGITS, GRAD, GRAD_T, ACC)
