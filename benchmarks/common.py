@@ -74,20 +74,47 @@ def make_inputs(loss: str, shape, dtype=torch.float32, device="cpu", seed=0):
 def workload(loss: str, provider: str, mode: str, x: torch.Tensor, t: torch.Tensor) -> Callable[[], None]:
     """One step of `mode`: forward alone (no autograd), or forward and backward into input.grad
     (set to None first, as optimizer.zero_grad() does)."""
-    fn = loss_fn(loss, provider)
+    return step_of(loss_fn(loss, provider), mode, x, t)
+
+
+def step_of(call: Callable, mode: str, x: torch.Tensor, t) -> Callable[[], None]:
+    """One step of call(x, t) in `mode`, as make_step's."""
     if mode == "forward":
         x = x.detach()
 
         def step():
             with torch.no_grad():
-                fn(x, t)
+                call(x, t)
         return step
     x = x.detach().requires_grad_(True)
 
     def step():
         x.grad = None
-        fn(x, t).backward()
+        call(x, t).backward()
     return step
+
+
+def ceiling_columns(peer: str) -> str:
+    """The header cells that ceiling_row fills, after the providers' times."""
+    return f" | copy ms | vs {peer} | vs compile | native of copy | compile of copy | ceiling vs compile |"
+
+
+def ceiling_row(timed: Dict[str, Callable[[], None]], nbytes: int, peer: str, repeats: int, device: str) -> str:
+    """The providers' median times in ms, a copy of nbytes timed with them, and native's ratios:
+    over `peer` and torch.compile, its and torch.compile's fraction of the copy's bandwidth, and
+    the ceiling (torch.compile over the copy: the most any kernel can gain over it here)."""
+    names = list(timed)
+    timed = dict(timed, copy=copy_workload(nbytes, device))
+    ms = {p: 1e3 * s for p, s in median_seconds(timed, repeats, device).items()}
+
+    def ratio(a, b):
+        return f"{ms[a] / ms[b]:.2f}x" if a in ms and b in ms else "n/a"
+
+    def of_copy(p):
+        return f"{ms['copy'] / ms[p]:.0%}" if p in ms else "n/a"
+
+    return (" | ".join(f"{ms[p]:.2f}" for p in names) + f" | {ms['copy']:.2f} | {ratio(peer, 'native')} | "
+            f"{ratio('compile', 'native')} | {of_copy('native')} | {of_copy('compile')} | {ratio('compile', 'copy')} |")
 
 
 # Losses whose gradient needs sums over the whole input first (Dice and its relatives): their

@@ -20,7 +20,7 @@ import sys
 import torch
 
 import pylosses
-from benchmarks.common import compulsory_bytes, copy_workload, machine, median_seconds
+from benchmarks.common import ceiling_columns, ceiling_row, compulsory_bytes, machine, step_of
 
 LOSSES = {"dice": ("DiceLoss", pylosses.dice_loss), "tversky": ("TverskyLoss", pylosses.tversky_loss),
           "generalized_dice": ("GeneralizedDiceLoss", pylosses.generalized_dice_loss)}
@@ -53,21 +53,8 @@ def steps(loss: str, mode: str, x: torch.Tensor, t: torch.Tensor, names):
         if provider == "monai":
             import monai.losses
 
-            call = getattr(monai.losses, monai_name)(sigmoid=True)
-        else:
-            def call(a, b):
-                return fn(a, b, sigmoid=True, backend=provider)
-        if mode == "forward":
-            def step():
-                with torch.no_grad():
-                    call(x, t)
-            return step
-        leaf = x.detach().requires_grad_(True)
-
-        def step():
-            leaf.grad = None
-            call(leaf, t).backward()
-        return step
+            return step_of(getattr(monai.losses, monai_name)(sigmoid=True), mode, x, t)
+        return step_of(lambda a, b: fn(a, b, sigmoid=True, backend=provider), mode, x, t)
     return {p: make(p) for p in names}
 
 
@@ -85,8 +72,7 @@ def main(argv=None) -> int:
              f"{info.get('gpu', info['cpu'])}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), "
              f"torch {info['torch']}; {info['date']}. Median of {args.repeats} calls, providers taking turns. "
              f"Command: `python -m benchmarks.region --repeats {args.repeats}`.", "",
-             "| loss | shape | mode | " + " | ".join(f"{p} ms" for p in names) +
-             " | copy ms | vs MONAI | vs compile | native of copy | compile of copy | ceiling vs compile |",
+             "| loss | shape | mode | " + " | ".join(f"{p} ms" for p in names) + ceiling_columns("MONAI"),
              "|---|---|---|" + "---:|" * (len(names) + 6)]
     print("\n".join(lines), flush=True)
     for text in args.shapes:
@@ -95,18 +81,8 @@ def main(argv=None) -> int:
         for loss in args.losses:
             for mode in ("forward", "forward+backward"):
                 timed = steps(loss, mode, x, t, names)
-                timed["copy"] = copy_workload(compulsory_bytes(mode, x, t, LOSSES[loss][1].__name__), args.device)
-                ms = {p: 1e3 * s for p, s in median_seconds(timed, args.repeats, args.device).items()}
-
-                def ratio(a, b):
-                    return f"{ms[a] / ms[b]:.2f}x" if a in ms and b in ms else "n/a"
-
-                def of_copy(p):
-                    return f"{ms['copy'] / ms[p]:.0%}" if p in ms else "n/a"
-
-                row = (f"| {loss} | {text} | {mode} | " + " | ".join(f"{ms[p]:.2f}" for p in names) +
-                       f" | {ms['copy']:.2f} | {ratio('monai', 'native')} | {ratio('compile', 'native')} | "
-                       f"{of_copy('native')} | {of_copy('compile')} | {ratio('compile', 'copy')} |")
+                nbytes = compulsory_bytes(mode, x, t, LOSSES[loss][1].__name__)
+                row = f"| {loss} | {text} | {mode} | " + ceiling_row(timed, nbytes, "monai", args.repeats, args.device)
                 lines.append(row)
                 print(row, flush=True)
     if args.out:

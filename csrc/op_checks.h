@@ -93,6 +93,40 @@ inline void check_region_backward_args(const at::Tensor& grad_sums, const at::Te
   check_same_device(op, input, "input", grad_sums, "grad_sums");
 }
 
+// cross_entropy_fwd: logits input (B, C, spatial...), class indices target (B, spatial...) of
+// int64, int32 or uint8, weight (C,) floating or undefined, label_smoothing in [0, 1].
+inline void check_ce_args(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
+                          double label_smoothing, int64_t reduction) {
+  constexpr const char* op = "cross_entropy_fwd";
+  TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must have a batch and a class axis, (B, C, spatial...), got shape ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(input.size(1) > 0 || target.numel() == 0, op, ": input must have at least one class, got shape ",
+                    input.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op, ": input must be floating point, got ",
+                   input.scalar_type());
+  bool shape_ok = target.dim() == input.dim() - 1 && target.size(0) == input.size(0);
+  for (int64_t d = 2; shape_ok && d < input.dim(); ++d) {
+    shape_ok = target.size(d - 1) == input.size(d);
+  }
+  TORCH_CHECK_VALUE(shape_ok, op, ": target must have the input's shape without the class axis (axis 1), input ",
+                    input.sizes(), ", got target ", target.sizes());
+  const auto t = target.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kLong || t == at::kInt || t == at::kByte, op,
+                   ": target must hold class indices as int64, int32 or uint8, got ", t);
+  check_same_device(op, input, "input", target, "target");
+  if (weight.has_value() && weight->defined()) {
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == input.size(1), op,
+                      ": weight must be 1-D with one value a class, (", input.size(1), "), got shape ",
+                      weight->sizes());
+    TORCH_CHECK_TYPE(at::isFloatingType(weight->scalar_type()), op, ": weight must be floating point, got ",
+                     weight->scalar_type());
+    check_same_device(op, input, "input", *weight, "weight");
+  }
+  check_reduction(op, reduction);
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+                    ": label_smoothing must lie in [0, 1], got ", label_smoothing);
+}
+
 inline void check_backward_args(const at::Tensor& grad_output, const at::Tensor& saved, at::ScalarType dtype) {
   const int64_t n = saved.numel(), k = grad_output.numel();
   TORCH_CHECK_VALUE((k == 0 && n == 0) || (k > 0 && n % k == 0), "loss_backward: saved_grad has ", n,

@@ -30,6 +30,14 @@ SCHEMAS = {
     "region_sums": "(Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode) -> Tensor",
     "region_sums_backward": "(Tensor grad_sums, Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode, "
                             "bool grad_input, bool grad_target) -> (Tensor, Tensor)",
+    # The multi-class cross-entropy over logits (B, C, spatial...) and class indices (B, spatial...):
+    # the loss, the gradient `grad` and a 0-d `grad_scale` (float32; float64 for float64), for an
+    # input gradient of grad * grad_output * grad_scale (grad_output broadcast over the classes
+    # for "none"). A backend that knows torch's "mean" denominator D before it writes the
+    # gradient (the CPU reads the targets first) gives grad_scale 1; one that learns D only from
+    # its own sums (the GPUs: no extra pass, no host sync) gives 1 / D, 0 when no pixel counts.
+    "cross_entropy_fwd": "(Tensor input, Tensor target, Tensor? weight, int ignore_index, float label_smoothing, "
+                         "int reduction, bool compute_grad) -> (Tensor, Tensor, Tensor)",
 }
 
 
@@ -153,6 +161,54 @@ def _make_region_backward(backward_op):
     return backward
 
 
+def cross_entropy(backend: str, input: Tensor, target: Tensor, weight, ignore_index: int, label_smoothing: float,
+                  reduction: str) -> Tensor:
+    if input_checks and backend == "native" and input.device.type not in ("cpu", "meta"):
+        reference.check_class_targets(target, input.shape[1], ignore_index)
+    compute_grad = torch.is_grad_enabled() and input.requires_grad
+    loss, _, _ = _op(backend, "cross_entropy_fwd")(input, target, weight, ignore_index, float(label_smoothing),
+                                                   REDUCTIONS[reduction], compute_grad)
+    return loss
+
+
+def _cross_entropy_fwd_fake(input, target, weight, ignore_index, label_smoothing, reduction, compute_grad):
+    loss = input.new_empty(target.shape if reduction == _NONE else ())
+    scale = input.new_empty((), dtype=reference.compute_dtype(input, input))
+    return loss, _grad_like(input, compute_grad, input.dtype), scale
+
+
+def _cross_entropy_setup_context(ctx, inputs, output):
+    input, target = inputs[:2]
+    _, grad, grad_scale = output
+    ctx.save_for_backward(grad, grad_scale, input, target)
+    ctx.mark_non_differentiable(grad, grad_scale)
+    ctx.set_materialize_grads(False)
+    ctx.dtype, ctx.shape, ctx.none = input.dtype, input.shape, inputs[5] == _NONE
+
+
+def _make_cross_entropy_backward(backward_op):
+    def backward(ctx, grad_loss, *_unused):
+        grad, grad_scale, input, target = ctx.saved_tensors
+        if grad_loss is None or not ctx.needs_input_grad[0]:
+            return (None,) * 7
+        # grad_output times the backend's scale: a scalar (B, spatial...) tensor, in float32 or
+        # float64, so that a 16-bit grad_output does not round 1 / D
+        scaled = grad_loss.to(grad_scale.dtype) * grad_scale
+        if ctx.none:
+            # one grad_output a pixel, over its C classes (not consecutive elements, which
+            # loss_backward's groups are): broadcast by torch, one elementwise pass all the same
+            if grad.numel() == 0 and torch.Size(ctx.shape).numel() != 0:
+                raise RuntimeError("pylosses: backward needs the gradient that the forward op was asked not to compute")
+            grad_input = (grad * scaled.unsqueeze(1)).to(ctx.dtype)
+        else:
+            grad_input = _gradient(backward_op, scaled, grad, 1.0, ctx.dtype, ctx.shape)
+        if torch.is_grad_enabled():  # create_graph=True: differentiating it again raises
+            grad_input = _NoDoubleBackward.apply(grad_input, input)
+        return (grad_input,) + (None,) * 6
+
+    return backward
+
+
 def _mse_loss_fwd_fake(input, target, reduction, compute_grad):
     loss_shape = input.shape if reduction == _NONE else ()
     dtype = torch.promote_types(input.dtype, target.dtype)
@@ -226,6 +282,10 @@ def _register(backend: str) -> None:
     backward = _make_backward(_op(backend, "loss_backward"))
     for name in ("mse_loss_fwd", "seg_loss_fwd"):
         torch.library.register_autograd(f"pylosses::{prefix}{name}", backward, setup_context=_setup_context)
+    torch.library.register_fake(f"pylosses::{prefix}cross_entropy_fwd", _cross_entropy_fwd_fake)
+    torch.library.register_autograd(f"pylosses::{prefix}cross_entropy_fwd",
+                                    _make_cross_entropy_backward(_op(backend, "loss_backward")),
+                                    setup_context=_cross_entropy_setup_context)
     torch.library.register_fake(f"pylosses::{prefix}region_sums", _region_sums_fake)
     torch.library.register_fake(f"pylosses::{prefix}region_sums_backward", _region_sums_backward_fake)
     torch.library.register_autograd(f"pylosses::{prefix}region_sums",
@@ -237,6 +297,13 @@ def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, 
     check = input.device.type == "cpu" or input_checks  # on the CPU the check costs no sync
     return triton_segmentation.seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction,
                                             grad_input, grad_target, check)
+
+
+def _triton_cross_entropy_fwd(input, target, weight, ignore_index, label_smoothing, reduction, compute_grad):
+    if input.device.type == "cpu" or input_checks:  # on the CPU the check costs no sync
+        reference.check_class_targets(target, input.shape[1], ignore_index)
+    return triton_cross_entropy.cross_entropy_fwd(input, target, weight, ignore_index, label_smoothing, reduction,
+                                                  compute_grad)
 
 
 _register("native")  # without the extension its ops have no kernels, and every call raises

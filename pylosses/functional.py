@@ -19,6 +19,7 @@ from torch import Tensor
 from . import _ops, reference
 
 __all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "generalized_dice_loss", "dice_bce_loss",
+           "cross_entropy",
            "available_backends",
            "set_input_checks", "input_checks_enabled"]
 
@@ -520,3 +521,80 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
         return loss.to(out_dtype)
 
     return _run(input.device, fn, input, target, mask)
+
+
+# multi-class ------------------------------------------------------------------------------
+#
+# torch.nn.functional.cross_entropy for logits (B, C, spatial...) and class-index maps: its
+# arguments, defaults and meaning (the deprecated size_average and reduce left out; the options
+# are keyword-only, so a call that passes those by position fails rather than misreading them).
+
+_CLASS_TARGETS = (torch.int64, torch.int32, torch.uint8)
+
+
+def _check_cross_entropy_args(input, target, weight, ignore_index, label_smoothing) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if input.dtype not in _FLOATS:
+        raise TypeError(f"input must be logits of dtype float16, bfloat16, float32 or float64; got {input.dtype}")
+    if target.is_floating_point():
+        raise TypeError(f"target must hold class indices (int64, int32 or uint8); class probabilities ({target.dtype} "
+                        f"targets) are not supported by pylosses: use torch.nn.functional.cross_entropy for them")
+    if target.dtype not in _CLASS_TARGETS:
+        raise TypeError(f"target must hold class indices of dtype int64, int32 or uint8; got {target.dtype}")
+    for name, tensor in (("input", input), ("target", target)):
+        if tensor.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {tensor.layout}")
+    if input.dim() < 2:
+        raise ValueError(f"input must be shaped (B, C, spatial...) or (C,), got shape {tuple(input.shape)}")
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"target must have the input's shape without the class axis 1, {tuple(expected)} for input "
+                         f"{tuple(input.shape)}; got target {tuple(target.shape)}")
+    if input.device != target.device:
+        raise ValueError(f"input and target must be on the same device, got input on {input.device} and target on "
+                         f"{target.device}")
+    if weight is not None:
+        if not isinstance(weight, Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        if not weight.is_floating_point():
+            raise TypeError(f"weight must be floating point, got {weight.dtype}")
+        if weight.shape != input.shape[1:2]:
+            raise ValueError(f"weight must have one value a class, shape ({input.shape[1]},), got {tuple(weight.shape)}")
+        if weight.device != input.device:
+            raise ValueError(f"weight must be on the input's device, got weight on {weight.device} and input on "
+                             f"{input.device}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
+    _check_weight("label_smoothing", label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+
+
+def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0, backend: str = "auto") -> Tensor:
+    """torch.nn.functional.cross_entropy over logits (B, C, spatial...) (or (C,)) and class indices
+    (B, spatial...) of dtype int64, int32 or uint8: weight, ignore_index, label_smoothing and
+    reduction as torch's (its weighted-mean denominator; NaN when every pixel is ignored).
+    Class-probability targets are not supported. On the CPU a class index out of range raises
+    torch's IndexError; on a GPU it makes the loss NaN (set_input_checks(True) raises instead).
+    """
+    _check_options(reduction, backend)
+    if isinstance(input, Tensor) and input.dim() == 1:  # one unbatched pixel, as torch takes it
+        if not isinstance(target, Tensor) or target.dim() != 0:
+            raise ValueError(f"target must be a 0-d class index for an input of shape (C,), got "
+                             f"{tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__}")
+        loss = cross_entropy(input.unsqueeze(0), target.unsqueeze(0), weight, ignore_index=ignore_index,
+                             reduction=reduction, label_smoothing=label_smoothing, backend=backend)
+        return loss.squeeze(0) if reduction == "none" else loss
+    _check_cross_entropy_args(input, target, weight, ignore_index, label_smoothing)
+    chosen = _pick_backend(backend, input.device, input.numel())
+    if chosen in _ops.PREFIX:
+        fn = functools.partial(_ops.cross_entropy, chosen)
+    else:
+        fn = _reference_variant("cross_entropy", chosen)
+        if chosen in ("jit", "compile") and target.device.type == "cpu":  # (their reference leaves it out)
+            reference.check_class_targets(target, input.shape[1], ignore_index)
+    return _run(input.device, fn, input, target, weight, ignore_index, float(label_smoothing), reduction)

@@ -3,7 +3,7 @@
 from typing import Optional
 
 from torch import Tensor
-from torch.nn.modules.loss import _Loss
+from torch.nn.modules.loss import _Loss, _WeightedLoss
 
 from . import functional as F
 
@@ -184,3 +184,31 @@ class DiceBCELoss(_RegionLoss):
                                weight=self.class_weight, soft_label=self.soft_label, lambda_dice=self.lambda_dice,
                                lambda_bce=self.lambda_bce, lambda_tv=self.lambda_tv, pos_weight=self.pos_weight,
                                mask=mask, backend=self.backend)
+
+
+class CrossEntropyLoss(_WeightedLoss):
+    """torch.nn.CrossEntropyLoss for logits (B, C, spatial...) and class-index maps (int64, int32 or
+    uint8); see pylosses.cross_entropy. weight is a buffer, as torch's (it moves with .to())."""
+
+    def __init__(self, weight: Optional[Tensor] = None, *, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, backend: str = "auto") -> None:
+        F._check_options(reduction, backend)
+        if weight is not None and not isinstance(weight, Tensor):
+            raise TypeError(f"weight must be a torch.Tensor or None, got {type(weight).__name__}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
+        F._check_weight("label_smoothing", label_smoothing)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+        super().__init__(weight, reduction=reduction)
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+        self.backend = backend
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                               label_smoothing=self.label_smoothing, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+                f"label_smoothing={self.label_smoothing}, backend={self.backend!r}")

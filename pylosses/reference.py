@@ -392,7 +392,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
 
     with lse_i = logsumexp_c x_i[c], s = label_smoothing, w = weight or ones, and loss_i = 0
     where t_i == ignore_index. "mean" divides the sum by sum_i w[t_i] over the pixels not
-    ignored (torch's denominator, also for the smoothing term; NaN when every pixel is ignored)."""
+    ignored (torch's denominator, also for the smoothing term; NaN when it is 0: every pixel
+    ignored, or weights of 0)."""
     if not torch.jit.is_scripting():
         if not torch.compiler.is_compiling() and target.device.type == "cpu":
             check_class_targets(target, input.shape[1], ignore_index)
@@ -412,7 +413,14 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
         smooth = (w * minus_logp).sum(1)
         loss = loss + label_smoothing / n_classes * torch.where(ignored, torch.zeros_like(smooth), smooth)
     if reduction == "mean":
-        loss = loss.sum() / w_t.sum()
+        # torch divides its two terms by D apart: with D = 0 the label's is 0 / 0, NaN, and so the
+        # loss, where one division of their sum would give inf from the smoothing's. Its gradient
+        # is 0 when no pixel counts (a division by 1 then), and not finite where pixels count
+        # but weigh 0 (a division by 0), as torch's.
+        denominator = w_t.sum()
+        counted = (~ignored).any()
+        divisor = torch.where(counted, denominator, torch.ones_like(denominator))
+        loss = torch.where(denominator == 0, torch.full_like(denominator, float("nan")), loss.sum() / divisor)
     elif reduction == "sum":
         loss = loss.sum()
     return loss.to(input.dtype)

@@ -64,7 +64,7 @@ def test_reference_matches_torch(shape, options, ignore, reduction):
     torch.testing.assert_close(mine, want, rtol=1e-12, atol=1e-12, equal_nan=True)
     if ignore == "all" and reduction == "mean":
         assert mine.isnan() and want.isnan()  # torch's 0 / 0, as the issue asks
-        return
+        assert grad_want is None or not grad_want.any()  # and a zero gradient, as torch's
     if grad_want is None:
         assert grad is None or not grad.any()
     else:
@@ -124,3 +124,15 @@ def test_jit_and_compile_variants_match_eager(variant):
         g = torch.rand(want.shape)
         torch.testing.assert_close(torch.autograd.grad(got, xa, g)[0], torch.autograd.grad(want, xb, g)[0],
                                    rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_zero_denominator_from_weights_is_nan(label_smoothing):
+    """Pixels that count but weigh 0 (every label's class weight 0): torch's mean is 0 / 0, NaN,
+    with and without smoothing (whose own term alone would be x / 0, inf)."""
+    x, t = _data((2, 3, 4), "absent")
+    t = torch.zeros_like(t)
+    opts = {"weight": torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64), "label_smoothing": label_smoothing}
+    mine, grad, want, grad_want = _mine_and_torchs(x, t, opts, "mean")
+    assert mine.isnan() and want.isnan()
+    assert not grad.isfinite().any() and not grad_want.isfinite().any()

@@ -1,8 +1,8 @@
 """The CUDA kernels' code, run on the CPU: csrc/cuda/*.cu built as C++ with a small emulation of
 CUDA (csrc/cuda/emulation.h: each block's threads on OS threads, barriers, warp shuffles, shared
 memory) and registered as pylosses_cuda_emulated::*. Each loss's op is compared with the CPU
-kernel's op, which the parity tables hold to the float64 reference, and the region ops with the
-reference itself (tests/test_region_ops.py's checks), over shapes that take the vector and the
+kernel's op, which the parity tables hold to the float64 reference, and the region ops and the
+cross-entropy with the reference itself (tests/test_region_ops.py's checks), over shapes that take the vector and the
 scalar paths, several blocks, every reduction, mode and mask, both forms, the dtypes and the
 target dtypes. It checks the kernels' logic (tiling, halos, shared memory, reductions, the final
 sums) on a machine without a GPU; it says nothing about their speed, and a real GPU can still
@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cases import MSE_SHAPES, SEG2D_SHAPES, SEG3D_SHAPES, check_bce_element_by_element
 from test_region_ops import DTYPES as REGION_DTYPES, MASK_KINDS, MODES as REGION_MODES, SHAPES as REGION_SHAPES
@@ -25,7 +26,7 @@ from pylosses import _ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = [os.path.join(ROOT, "tests", "cuda_emulation", f"{name}.cpp")
-           for name in ("mse_loss", "seg_loss", "loss_backward", "region_loss")]
+           for name in ("mse_loss", "seg_loss", "loss_backward", "region_loss", "cross_entropy")]
 EPS = {torch.float32: 2**-23, torch.float64: 2**-52, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 
 # shapes that also take the vector path (W a multiple of 8, and for float32 4: W = 12) and
@@ -404,3 +405,208 @@ def test_region_bad_arguments(emulated, case):
             emulated.region_sums(x, t, mask, False, mode)
     with pytest.raises((ValueError, TypeError, RuntimeError), match="region_sums_backward: "):
         emulated.region_sums_backward(grad_sums, x, t, mask, False, mode, True, grad_target)
+
+
+# The cross-entropy (csrc/cuda/cross_entropy.cu), against pylosses.reference.cross_entropy in
+# float64: the loss, and the gradient as autograd would apply it, grad * grad_scale (the kernel
+# writes the unnormalised gradient and, for "mean", grad_scale = 1 / D). The emulated device's
+# grids have up to 6 blocks of 256 threads; a thread takes packs of 4 pixels (float32 and 16-bit
+# inputs, C <= 4), 2 (C <= 8; and the streaming path, C > 8, by chunks of 4 classes) or 1 (P not a
+# multiple of the pack, misaligned pointers, float64). CE_SHAPES (B, spatial...) cover each with
+# several grid-stride steps where the class count allows it, odd planes, 3-D and (B, C).
+CE_REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
+CE_SHAPES = [(2, 40, 80), (3, 7, 9), (2, 3, 5, 8), (7,), (1, 33, 65)]
+CE_CLASSES = [2, 3, 4, 7, 14, 40]
+# A few roundings of the dtype, relative to the largest value: in float32 also with CUDA's
+# MUFU.EX2 and MUFU.LG2 (exp2f within 2 ulp, log2f within 2^-22 in [0.5, 2]), which the emulation
+# takes at their worst error (the exponentials' of either sign, class by class)
+CE_TOLERANCE = {dtype: 16 * EPS[dtype] for dtype in EPS}
+
+
+def _ce_inputs(batch_spatial, n_classes, dtype, target_dtype=torch.int64, ignore=None, seed=0):
+    """Logits (B, C, spatial...) and labels (B, spatial...), a fifth of them ignore (if given)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch_spatial[0], n_classes) + tuple(batch_spatial[1:])
+    x = (3 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
+    t = torch.randint(0, n_classes, batch_spatial, generator=g)
+    if ignore is not None:
+        t = torch.where(torch.rand(batch_spatial, generator=g) < 0.2, torch.full_like(t, ignore), t)
+    return x, t.to(target_dtype)
+
+
+def _ce_reference(x, t, weight, ignore, smoothing, reduction):
+    """The reference loss in float64 and its gradient for grad_output = 1."""
+    xr = x.detach().double().requires_grad_()
+    w = None if weight is None else weight.double()
+    loss = pylosses.reference.cross_entropy(xr, t, w, ignore, smoothing, CE_REDUCTIONS[reduction])
+    loss.backward(torch.ones_like(loss))
+    return loss.detach(), xr.grad
+
+
+def _ce_compare(emulated, x, t, weight=None, ignore=-100, smoothing=0.0, reduction=1, what=""):
+    dtype = x.dtype
+    loss, grad, scale = emulated.cross_entropy_fwd(x, t, weight, ignore, smoothing, reduction, True)
+    want_loss, want_grad = _ce_reference(x, t, weight, ignore, smoothing, reduction)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert loss.dtype == dtype and scale.dtype == acc and scale.shape == (), what
+    assert grad.dtype == (torch.float32 if dtype == torch.float16 else dtype) and grad.shape == x.shape, what
+    tol = CE_TOLERANCE[dtype]
+    for name, got, want in (("loss", loss, want_loss), ("grad", grad.double() * scale.double(), want_grad)):
+        assert got.shape == want.shape, (what, name, got.shape, want.shape)
+        got, want = got.double(), want.double()
+        assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{what} {name}: NaNs differ"
+        finite = ~torch.isnan(want)
+        if finite.any():
+            scale_of = want[finite].abs().max().clamp_min(1e-30)
+            err = float((got - want)[finite].abs().max() / scale_of)
+            assert err <= tol, f"{what} {name}: off by {err:.3g} relative (tolerance {tol:.3g})"
+    return loss, grad, scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("n_classes", CE_CLASSES)
+def test_cross_entropy_against_reference(emulated, junk_memory, dtype, n_classes):
+    """Every class count (the register path's bounds 4 and 8, the streaming path) with every
+    shape, each reduction, and in turn no ignore_index, an ignored fifth, weights and label
+    smoothing (each alone and together), with the partials read from junk-filled memory."""
+    g = torch.Generator().manual_seed(n_classes)
+    weight = (0.25 + torch.rand(n_classes, generator=g, dtype=torch.float64)).to(dtype)
+    options = [dict(), dict(ignore=-100), dict(weight=weight), dict(smoothing=0.1),
+               dict(weight=weight, smoothing=0.3, ignore=-100)]
+    for i, bs in enumerate(CE_SHAPES):
+        for reduction in (0, 1, 2):
+            opts = options[(i + reduction) % len(options)]
+            x, t = _ce_inputs(bs, n_classes, dtype, ignore=opts.get("ignore"), seed=i)
+            _ce_compare(emulated, x, t, opts.get("weight"), -100, opts.get("smoothing", 0.0), reduction,
+                        f"C={n_classes} {bs} {dtype} reduction={reduction} {sorted(opts)}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32, torch.uint8], ids=str)
+def test_cross_entropy_dtypes(emulated, dtype, target_dtype):
+    """16-bit inputs (arithmetic in float32; the loss and the gradient rounded to the input's
+    dtype, float16's gradient kept in float32) and every label dtype, uint8 with ignore_index
+    255, on the packed, the scalar and the streaming paths."""
+    ignore = 255 if target_dtype == torch.uint8 else -100
+    for n_classes, bs in ((4, (2, 40, 80)), (3, (3, 7, 9)), (7, (2, 16, 24)), (14, (2, 6, 10)), (40, (2, 5, 7))):
+        for reduction in (0, 1):
+            x, t = _ce_inputs(bs, n_classes, dtype, target_dtype, ignore=ignore, seed=n_classes)
+            _ce_compare(emulated, x, t, None, ignore, 0.1 * reduction, reduction,
+                        f"C={n_classes} {bs} {dtype} {target_dtype} reduction={reduction}")
+
+
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32, torch.uint8], ids=str)
+def test_cross_entropy_label_dtypes_float32(emulated, target_dtype):
+    """The labels' dtypes on every path in float32, with an ignore_index that a uint8 label can
+    and one that it cannot hold (-100: no uint8 label is ignored)."""
+    for ignore in (255, -100) if target_dtype == torch.uint8 else (-100, 1):
+        for n_classes, bs in ((4, (2, 40, 80)), (7, (3, 5, 9)), (40, (2, 5, 8))):
+            x, t = _ce_inputs(bs, n_classes, torch.float32, target_dtype,
+                              ignore=ignore if ignore >= 0 else None, seed=1)
+            _ce_compare(emulated, x, t, None, ignore, 0.0, 1, f"C={n_classes} {target_dtype} ignore={ignore}")
+
+
+def test_cross_entropy_misaligned_takes_the_scalar_path(emulated):
+    for n_classes in (4, 7, 14):
+        x, t = _ce_inputs((2, 16, 24), n_classes, torch.float32, ignore=-100)
+        for args in ((_misaligned(x), t), (x, _misaligned(t))):
+            for reduction in (0, 1):
+                _ce_compare(emulated, *args, None, -100, 0.2, reduction, f"misaligned C={n_classes}")
+
+
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+def test_cross_entropy_every_pixel_ignored(emulated, reduction):
+    """No pixel counts: "mean" is NaN (torch's 0 / 0) and its grad_scale 0, so that the gradient
+    is 0 as torch's; "sum" is 0; "none" 0 a pixel; with smoothing too."""
+    for n_classes, bs in ((4, (2, 8, 12)), (40, (2, 3, 5))):
+        x, t = _ce_inputs(bs, n_classes, torch.float32)
+        t = torch.full_like(t, 7)
+        for smoothing in (0.0, 0.2):
+            loss, grad, scale = emulated.cross_entropy_fwd(x, t, None, 7, smoothing, reduction, True)
+            if reduction == 1:
+                assert torch.isnan(loss) and scale == 0
+            else:
+                assert torch.equal(loss, torch.zeros_like(loss)) and scale == 1
+            assert torch.equal(grad * scale, torch.zeros_like(grad))
+
+
+def test_cross_entropy_zero_weights_give_nan(emulated):
+    """Pixels that count but weigh 0 (D = 0): "mean" is NaN, as torch's."""
+    x, t = _ce_inputs((2, 8, 12), 3, torch.float32)
+    weight = torch.tensor([1.0, 1.0, 1.0])
+    weight[t.unique()] = 0
+    loss, _, scale = emulated.cross_entropy_fwd(x, t, weight, -100, 0.0, 1, True)
+    assert torch.isnan(loss) and not torch.isfinite(scale)
+
+
+@pytest.mark.parametrize("n_classes", [4, 7, 40])
+def test_cross_entropy_out_of_range_label_is_nan(emulated, n_classes):
+    """A label outside [0, C) that is not ignore_index: no device assert, no host sync; the
+    pixel's loss and gradient are NaN, which makes "mean" and "sum" NaN; the other pixels'
+    losses and gradients (with "mean"'s grad_scale) stay finite."""
+    for bad in (n_classes, -3):
+        x, t = _ce_inputs((2, 8, 12), n_classes, torch.float32, ignore=-100)
+        t[1, 2, 3] = bad
+        loss, grad, scale = emulated.cross_entropy_fwd(x, t, None, -100, 0.1, 0, True)
+        assert torch.isnan(loss).nonzero().tolist() == [[1, 2, 3]], bad
+        assert torch.isnan(grad[1, :, 2, 3]).all() and torch.isnan(grad).sum() == n_classes
+        for reduction in (1, 2):
+            loss, grad, scale = emulated.cross_entropy_fwd(x, t, None, -100, 0.1, reduction, True)
+            assert torch.isnan(loss) and torch.isfinite(scale) and torch.isnan(grad).sum() == n_classes
+    t = torch.full((2, 8, 12), 200, dtype=torch.uint8)  # uint8 labels above C
+    loss, _, _ = emulated.cross_entropy_fwd(x, t, None, 255, 0.0, 2, False)
+    assert torch.isnan(loss)
+
+
+def test_cross_entropy_empty(emulated):
+    for bs in ((0, 4, 4), (2, 0, 5), (0,)):
+        for n_classes in (3, 40):
+            x, t = _ce_inputs(bs, n_classes, torch.float32)
+            for reduction in (0, 1, 2):
+                loss, grad, scale = emulated.cross_entropy_fwd(x, t, None, -100, 0.0, reduction, True)
+                want = F.cross_entropy(x, t, reduction=CE_REDUCTIONS[reduction])  # NaN, 0, empty
+                assert grad.shape == x.shape and scale.shape == (), (bs, reduction)
+                torch.testing.assert_close(loss, want, equal_nan=True)
+
+
+def test_cross_entropy_without_gradient(emulated):
+    x, t = _ce_inputs((2, 40, 80), 4, torch.float32, ignore=-100)
+    loss, grad, scale = emulated.cross_entropy_fwd(x, t, None, -100, 0.0, 1, False)
+    want, _, _ = emulated.cross_entropy_fwd(x, t, None, -100, 0.0, 1, True)
+    assert grad.shape == (0,) and torch.equal(loss, want)
+
+
+def test_cross_entropy_bitwise_deterministic(emulated, junk_memory):
+    g = torch.Generator().manual_seed(5)
+    for n_classes, bs in ((4, (2, 40, 80)), (7, (3, 33, 65)), (40, (2, 9, 11))):
+        x, t = _ce_inputs(bs, n_classes, torch.float32, ignore=-100)
+        weight = torch.rand(n_classes, generator=g)
+        for reduction in (0, 1):
+            first = emulated.cross_entropy_fwd(x, t, weight, -100, 0.1, reduction, True)
+            again = emulated.cross_entropy_fwd(x, t, weight, -100, 0.1, reduction, True)
+            for a, b in zip(first, again):
+                assert torch.equal(a, b), (n_classes, bs, reduction)
+
+
+@pytest.mark.parametrize("case", ["dim", "dtype", "target shape", "target dtype", "weight shape", "weight dtype",
+                                  "reduction", "label_smoothing"])
+def test_cross_entropy_bad_arguments(emulated, case):
+    x, t, w, reduction, s = torch.rand(2, 3, 4), torch.zeros(2, 4, dtype=torch.long), None, 1, 0.0
+    if case == "dim":
+        x, t = torch.rand(3), torch.zeros(3, dtype=torch.long)
+    elif case == "dtype":
+        x = x.int()
+    elif case == "target shape":
+        t = torch.zeros(2, 3, dtype=torch.long)
+    elif case == "target dtype":
+        t = t.float()
+    elif case == "weight shape":
+        w = torch.ones(4)
+    elif case == "weight dtype":
+        w = torch.ones(3, dtype=torch.long)
+    elif case == "reduction":
+        reduction = 3
+    else:
+        s = 1.5
+    with pytest.raises((ValueError, TypeError), match="cross_entropy_fwd: "):
+        emulated.cross_entropy_fwd(x, t, w, -100, s, reduction, True)

@@ -1,0 +1,3 @@
+// csrc/cuda/cross_entropy.cu built as C++ for the CPU (see csrc/cuda/emulation.h).
+#define PYLOSSES_CUDA_EMULATION
+#include "../../csrc/cuda/cross_entropy.cu"
