@@ -19,7 +19,7 @@ from torch import Tensor
 from . import _ops, reference
 
 __all__ = ["mse_loss", "segmentation_loss", "dice_loss", "tversky_loss", "generalized_dice_loss", "dice_bce_loss",
-           "cross_entropy",
+           "dice_ce_loss", "cross_entropy",
            "available_backends",
            "set_input_checks", "input_checks_enabled"]
 
@@ -27,6 +27,7 @@ BACKENDS = ("auto", "native", "triton", "reference", "jit", "compile")
 REDUCTIONS = tuple(_ops.REDUCTIONS)  # "none", "mean", "sum"
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEG_TARGETS = _FLOATS + (torch.bool, torch.uint8)
+_CLASS_TARGETS = (torch.int64, torch.int32, torch.uint8)  # class-index maps
 
 # backend="auto": the fastest backends for each device type, fastest first, as the benchmark
 # results (benchmarks/results/) show them. The first available one is used; anything else
@@ -160,6 +161,23 @@ def _check_seg_options(alpha, beta, from_logits, spatial_dims) -> None:
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
 
 
+def _check_label_smoothing(value) -> None:
+    _check_weight("label_smoothing", value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {value}")
+
+
+def _check_combined(name: str, reduction: str, **lambdas) -> None:
+    """A sum of losses: reduction "mean" or "sum" (MONAI's DiceCELoss has no "none"), each
+    lambda_* finite and no less than 0."""
+    if reduction == "none":
+        raise ValueError(f"reduction must be 'mean' or 'sum' for {name} (as for MONAI's DiceCELoss), got 'none'")
+    for key, value in lambdas.items():
+        _check_weight(key, value)
+        if value < 0:
+            raise ValueError(f"{key} must be no less than 0, got {value}")
+
+
 def _check_tensors(input, target, target_dtypes) -> None:
     for name, tensor, dtypes in (("input", input, _FLOATS), ("target", target, target_dtypes)):
         if not isinstance(tensor, Tensor):
@@ -252,30 +270,24 @@ def _reference_variant(name: str, backend: str) -> Callable:
 # The kernels give each (sample, channel)'s sums (op region_sums); reference.*_from_sums turns
 # them into the loss on every backend.
 
-_NOT_YET = "pylosses' region losses do not support {} yet (the multi-class issue adds it)"
-
-
 def _check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
 def _check_region_options(to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr, smooth_dr,
-                          **flags) -> str:
+                          sigmoid=False, **flags) -> str:
     """Checks what every region loss takes; returns reduction as a plain str (MONAI's
     LossReduction members are str enums)."""
     if other_act is not None:
         raise NotImplementedError("other_act is not supported by pylosses: apply the activation to input before the "
-                                  "loss, or use sigmoid=True")
-    _check_bool("softmax", softmax)
-    _check_bool("to_onehot_y", to_onehot_y)
-    if softmax:
-        raise NotImplementedError(_NOT_YET.format("softmax=True"))
-    if to_onehot_y:
-        raise NotImplementedError(_NOT_YET.format("to_onehot_y=True"))
-    if ignore_index is not None:
-        raise NotImplementedError(_NOT_YET.format("ignore_index") + "; mask=(target != ignore_index) does the same "
-                                  "for a one-channel label map")
+                                  "loss, or use sigmoid=True or softmax=True")
+    for name, value in (("sigmoid", sigmoid), ("softmax", softmax), ("to_onehot_y", to_onehot_y)):
+        _check_bool(name, value)
+    if sigmoid and softmax:
+        raise ValueError("Incompatible values: more than 1 of [sigmoid=True, softmax=True, other_act is not None].")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__} {ignore_index!r}")
     reduction = getattr(reduction, "value", reduction)
     _check_options(reduction, backend)
     _check_weight("smooth_nr", smooth_nr)
@@ -285,10 +297,19 @@ def _check_region_options(to_onehot_y, softmax, other_act, ignore_index, reducti
     return reduction
 
 
-def _check_region_tensors(input, target, mask) -> Optional[Tensor]:
-    """input (B, C, spatial...), target of its shape, mask bool and broadcastable to it: returns
-    the mask as the op takes it, (B, 1, spatial...) or the input's shape, or None."""
-    _check_tensors(input, target, _SEG_TARGETS)
+def _check_region_tensors(input, target, mask, label_map: bool = False) -> Optional[Tensor]:
+    """input (B, C, spatial...), target of its shape (label_map: a label map, _label_map's), mask
+    bool and broadcastable to it: returns the mask as the op takes it, (B, 1, spatial...) or the
+    input's shape, or None."""
+    if label_map:
+        _check_tensors(input, input, _FLOATS)
+        if not isinstance(target, Tensor):
+            raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+        if target.device != input.device:
+            raise ValueError(f"input and target must be on the same device, got input on {input.device} and target "
+                             f"on {target.device}")
+    else:
+        _check_tensors(input, target, _SEG_TARGETS)
     if input.dim() < 3:
         raise ValueError(f"input must be shaped (B, C, spatial...) with at least one spatial axis, "
                          f"got shape {tuple(input.shape)}")
@@ -350,24 +371,113 @@ def _dice_weight(weight, classes: int, device: torch.device) -> Optional[Tensor]
     return w.to(device)
 
 
-def _region_loss(name: str, from_sums: Callable, input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: bool,
-                 mode: int, backend: str, reference_args: tuple, from_sums_args: tuple) -> Tensor:
+def _label_map(input: Tensor, target: Tensor, ignore_index: Optional[int]) -> Tensor:
+    """A to_onehot_y target, (B, 1, spatial...) or (B, spatial...), as the class indices (B,
+    spatial...) of dtype int64, int32 or uint8 (others as MONAI's one_hot takes them: .long()).
+    On the CPU a class outside [0, C) that is not ignore_index raises torch's IndexError."""
+    b, classes, spatial = input.shape[0], input.shape[1], tuple(input.shape[2:])
+    if tuple(target.shape) == (b, 1) + spatial:
+        labels = target.squeeze(1)
+    elif tuple(target.shape) == (b,) + spatial:
+        labels = target
+    else:
+        raise ValueError(f"target must be a label map shaped (B, 1, spatial...) or (B, spatial...) with to_onehot_y="
+                         f"True, {(b, 1) + spatial} for input {tuple(input.shape)}; got {tuple(target.shape)}")
+    if labels.dtype == torch.bool:
+        labels = labels.to(torch.uint8)
+    elif labels.dtype not in _CLASS_TARGETS:
+        labels = labels.long()
+    if labels.device.type == "cpu" or (_ops.input_checks and labels.device.type != "meta"):
+        reference.check_class_targets(labels, classes, ignore_index)
+    return labels
+
+
+def _region_target(input, target, mask, softmax: bool, to_onehot_y: bool, ignore_index: Optional[int]):
+    """MONAI's handling of the target: returns (the mask as the op takes it, the label map of a
+    to_onehot_y target or None, softmax). The options do nothing for one channel (MONAI's
+    warnings); ignore_index becomes a part of the mask: pixels whose label is ignore_index for a
+    label map; for a one-hot target, those of the class ignore_index (0 <= ignore_index < C), else
+    those whose channels are all 0 (MONAI's create_ignore_mask, with a one-hot target taken as 0/1)."""
+    label_map = to_onehot_y and isinstance(input, Tensor) and input.dim() >= 2 and input.shape[1] != 1
+    mask = _check_region_tensors(input, target, mask, label_map)
+    classes = input.shape[1]
+    if classes == 1:
+        for name, value in (("softmax", softmax), ("to_onehot_y", to_onehot_y)):
+            if value:
+                warnings.warn(f"single channel prediction, `{name}=True` ignored.", stacklevel=4)
+        softmax = False
+    labels = _label_map(input, target, ignore_index) if label_map else None
+    keep = None
+    if ignore_index is not None:
+        if labels is not None:
+            keep = (labels != ignore_index).unsqueeze(1)
+        elif classes == 1:
+            keep = target != ignore_index
+        elif 0 <= ignore_index < classes:
+            keep = target[:, ignore_index:ignore_index + 1] == 0
+        else:
+            keep = target.sum(1, keepdim=True) > 0
+    if keep is not None:
+        mask = keep if mask is None else mask & keep
+    return mask, labels, softmax
+
+
+def _one_hot(labels: Tensor, classes: int) -> Tensor:
+    """(B, C, spatial...) bool, True at each pixel's class (nowhere for a label outside [0, C))."""
+    shape = (1, classes) + (1,) * (labels.dim() - 1)
+    return labels.long().unsqueeze(1) == torch.arange(classes, device=labels.device).view(shape)
+
+
+def _kernel_region_sums(chosen: str, input: Tensor, target: Tensor, labels: Optional[Tensor], mask: Optional[Tensor],
+                        sigmoid: bool, softmax: bool, mode: int, ignore_index: Optional[int]) -> Tensor:
+    """The region sums from the kernels (op region_sums). softmax and label maps are composed with
+    torch ops for now: the softmax (float32, float64 for float64) and a bool one-hot target are
+    made in memory before the kernel (README, "Multi-class")."""
+    if labels is not None:
+        target = _one_hot(labels, input.shape[1])
+    if softmax:
+        x = input
+        if mask is not None:  # a pixel masked out in every channel is not read (NaN padding)
+            x = torch.where(mask.any(1, keepdim=True), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        input = torch.softmax(x, 1, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    sums = _ops.region_sums(chosen, input, target, mask, sigmoid, mode)
+    if labels is not None and input.device.type not in ("cpu", "meta"):
+        # a label outside [0, C) (the CPU raised on it): counted as the uint8 check's bad targets,
+        # which make the loss NaN
+        bad = (labels < 0) | (labels >= input.shape[1])
+        if ignore_index is not None:
+            bad = bad & (labels != ignore_index)
+        if mask is not None:
+            bad = bad & mask.any(1)
+        extra = torch.zeros_like(sums)
+        extra[:, 0, 3] = bad.reshape(bad.shape[0], -1).sum(1).to(sums.dtype)
+        sums = sums + extra
+    return sums
+
+
+def _region_loss(name: str, from_sums: Callable, input: Tensor, target: Tensor, labels: Optional[Tensor],
+                 mask: Optional[Tensor], sigmoid: bool, softmax: bool, mode: int, ignore_index: Optional[int],
+                 backend: str, reference_args: tuple, from_sums_args: tuple) -> Tensor:
+    """reference_args: the reference loss's arguments after (input, target, mask) but for softmax
+    (its last), which is added here."""
     chosen = _pick_backend(backend, input.device, input.numel())
     if chosen in _ops.PREFIX:
-        if _ops.input_checks and chosen == "native" and input.device.type not in ("cpu", "meta"):
+        if labels is None and _ops.input_checks and chosen == "native" and input.device.type not in ("cpu", "meta"):
             reference.check_region_mask(target, mask, any_device=True)
-        out_dtype = reference.region_out_dtype(input, target)
+        out_dtype = input.dtype if labels is not None else reference.region_out_dtype(input, target)
 
         def fn(input, target, mask):
-            sums = _ops.region_sums(chosen, input, target, mask, sigmoid, mode)
+            sums = _kernel_region_sums(chosen, input, target, labels, mask, sigmoid, softmax, mode, ignore_index)
             return from_sums(sums, mode, *from_sums_args, input.dim() - 2, out_dtype)
     else:
+        if labels is not None:
+            target = _one_hot(labels, input.shape[1])
         if chosen in ("jit", "compile"):  # (their reference leaves the mask check out, as the segmentation loss's)
             reference.check_region_mask(target, mask)
         variant = _reference_variant(name, chosen)
 
         def fn(input, target, mask):
-            return variant(input, target, mask, *reference_args)
+            return variant(input, target, mask, *reference_args, softmax)
     return _run(input.device, fn, input, target, mask)
 
 
@@ -378,19 +488,21 @@ def dice_loss(input: Tensor, target: Tensor, include_background: bool = True, to
               ignore_index: Optional[int] = None, mask: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
     """monai.losses.DiceLoss(...)(input, target) with the same arguments, plus mask and backend.
 
-    input (B, C, spatial...): probabilities, or logits with sigmoid=True; target: the same shape,
-    floating point, bool or uint8 (0/1); mask: bool, broadcastable to the input (e.g.
-    (B, 1, spatial...)), False where a pixel is left out of every sum. softmax, to_onehot_y and
-    ignore_index raise NotImplementedError for now, other_act always.
+    input (B, C, spatial...): probabilities, or logits with sigmoid=True or softmax=True; target:
+    the same shape, floating point, bool or uint8 (0/1), or with to_onehot_y=True a label map
+    (B, 1, spatial...) or (B, spatial...) of class indices; mask: bool, broadcastable to the input
+    (e.g. (B, 1, spatial...)), False where a pixel is left out of every sum; ignore_index: MONAI's
+    (pixels of that label left out). other_act is not supported.
     """
     reduction = _check_region_options(to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr,
-                                      smooth_dr, include_background=include_background, sigmoid=sigmoid,
+                                      smooth_dr, sigmoid, include_background=include_background,
                                       squared_pred=squared_pred, jaccard=jaccard, batch=batch, soft_label=soft_label)
-    mask = _check_region_tensors(input, target, mask)
+    mask, labels, softmax = _region_target(input, target, mask, softmax, to_onehot_y, ignore_index)
     w = _dice_weight(weight, _foreground_classes(input, include_background), input.device)
     mode = reference.region_mode(squared_pred, soft_label)
     return _region_loss(
-        "dice_loss", reference.dice_from_sums, input, target, mask, sigmoid, mode, backend,
+        "dice_loss", reference.dice_from_sums, input, target, labels, mask, sigmoid, softmax, mode, ignore_index,
+        backend,
         (include_background, sigmoid, squared_pred, jaccard, reduction, float(smooth_nr), float(smooth_dr), batch, w,
          soft_label),
         (include_background, jaccard, float(smooth_nr), float(smooth_dr), batch, w, reduction))
@@ -404,15 +516,16 @@ def tversky_loss(input: Tensor, target: Tensor, include_background: bool = True,
     """monai.losses.TverskyLoss(...)(input, target) with the same arguments, plus mask and backend
     (see dice_loss). reduction="none" gives (B, C), as MONAI's does."""
     reduction = _check_region_options(to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr,
-                                      smooth_dr, include_background=include_background, sigmoid=sigmoid, batch=batch,
+                                      smooth_dr, sigmoid, include_background=include_background, batch=batch,
                                       soft_label=soft_label)
     _check_weight("alpha", alpha)
     _check_weight("beta", beta)
-    mask = _check_region_tensors(input, target, mask)
+    mask, labels, softmax = _region_target(input, target, mask, softmax, to_onehot_y, ignore_index)
     _foreground_classes(input, include_background)
     mode = reference.region_mode(False, soft_label)
     return _region_loss(
-        "tversky_loss", reference.tversky_from_sums, input, target, mask, sigmoid, mode, backend,
+        "tversky_loss", reference.tversky_from_sums, input, target, labels, mask, sigmoid, softmax, mode, ignore_index,
+        backend,
         (include_background, sigmoid, float(alpha), float(beta), reduction, float(smooth_nr), float(smooth_dr), batch,
          soft_label),
         (include_background, float(alpha), float(beta), float(smooth_nr), float(smooth_dr), batch, reduction))
@@ -429,15 +542,16 @@ def generalized_dice_loss(input: Tensor, target: Tensor, include_background: boo
     """monai.losses.GeneralizedDiceLoss(...)(input, target) with the same arguments, plus mask and
     backend (see dice_loss)."""
     reduction = _check_region_options(to_onehot_y, softmax, other_act, None, reduction, backend, smooth_nr, smooth_dr,
-                                      include_background=include_background, sigmoid=sigmoid, batch=batch,
+                                      sigmoid, include_background=include_background, batch=batch,
                                       soft_label=soft_label)
     w_type = getattr(w_type, "value", w_type)
     _check_choice("w_type", w_type, W_TYPES)
-    mask = _check_region_tensors(input, target, mask)
+    mask, labels, softmax = _region_target(input, target, mask, softmax, to_onehot_y, None)
     _foreground_classes(input, include_background)
     mode = reference.region_mode(False, soft_label)
     return _region_loss(
-        "generalized_dice_loss", reference.generalized_dice_from_sums, input, target, mask, sigmoid, mode, backend,
+        "generalized_dice_loss", reference.generalized_dice_from_sums, input, target, labels, mask, sigmoid, softmax,
+        mode, None, backend,
         (include_background, sigmoid, w_type, reduction, float(smooth_nr), float(smooth_dr), batch, soft_label),
         (include_background, w_type, float(smooth_nr), float(smooth_dr), batch, reduction))
 
@@ -479,12 +593,7 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
     reduction = _check_region_options(False, False, None, None, reduction, backend, smooth_nr, smooth_dr,
                                       include_background=include_background, squared_pred=squared_pred,
                                       jaccard=jaccard, batch=batch, soft_label=soft_label)
-    if reduction == "none":
-        raise ValueError("reduction must be 'mean' or 'sum' for dice_bce_loss (as for MONAI's DiceCELoss), got 'none'")
-    for name, value in (("lambda_dice", lambda_dice), ("lambda_bce", lambda_bce), ("lambda_tv", lambda_tv)):
-        _check_weight(name, value)
-        if value < 0:
-            raise ValueError(f"{name} must be no less than 0, got {value}")
+    _check_combined("dice_bce_loss", reduction, lambda_dice=lambda_dice, lambda_bce=lambda_bce, lambda_tv=lambda_tv)
     mask = _check_region_tensors(input, target, mask)
     spatial = input.dim() - 2
     if lambda_tv != 0 and spatial not in (2, 3):
@@ -523,14 +632,79 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
     return _run(input.device, fn, input, target, mask)
 
 
+def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True, to_onehot_y: bool = False,
+                 sigmoid: bool = False, softmax: bool = False, other_act: Optional[Callable] = None,
+                 squared_pred: bool = False, jaccard: bool = False, reduction: str = "mean", smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, batch: bool = False, weight=None, lambda_dice: float = 1.0,
+                 lambda_ce: float = 1.0, label_smoothing: float = 0.0, ignore_index: Optional[int] = None,
+                 lambda_tv: float = 0.0, backend: str = "auto") -> Tensor:
+    """monai.losses.DiceCELoss(...)(input, target) with the same arguments, plus ignore_index,
+    lambda_tv and backend: lambda_dice * dice_loss + lambda_ce * cross-entropy (+ lambda_tv *
+    the total variation of the softmax, or of the sigmoid for one channel).
+
+    As MONAI's: the cross-entropy takes the logits (whatever sigmoid or softmax say, which are
+    the Dice's), keeps the background channel, and weighs the classes by weight (the Dice by
+    weight[1:] with include_background=False); a target (B, 1, spatial...) is a label map for
+    it, a target of the input's shape gives torch's class-probability cross-entropy (composed
+    with torch, not fused); one channel gives BCE with logits, weight its pos_weight.
+    ignore_index leaves the pixels of that label out of both terms (MONAI's cross-entropy
+    ignores label -100 without it, as torch's). reduction: "mean" or "sum".
+    """
+    reduction = _check_region_options(to_onehot_y, softmax, other_act, ignore_index, reduction, backend, smooth_nr,
+                                      smooth_dr, sigmoid, include_background=include_background,
+                                      squared_pred=squared_pred, jaccard=jaccard, batch=batch)
+    _check_combined("dice_ce_loss", reduction, lambda_dice=lambda_dice, lambda_ce=lambda_ce, lambda_tv=lambda_tv)
+    _check_label_smoothing(label_smoothing)
+    _check_tensors(input, input, _FLOATS)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if (input.dim() < 3 or target.dim() != input.dim() or target.shape[1] not in (1, input.shape[1])
+            or target.shape[:1] + target.shape[2:] != input.shape[:1] + input.shape[2:]):
+        raise ValueError(f"target must be shaped as the input (B, C, spatial...) or as a label map (B, 1, "
+                         f"spatial...), with input of at least one spatial axis; got input {tuple(input.shape)} and "
+                         f"target {tuple(target.shape)}")
+    classes, spatial = input.shape[1], input.dim() - 2
+    if lambda_tv != 0 and spatial not in (2, 3):
+        raise ValueError(f"lambda_tv needs 2 or 3 spatial axes (the segmentation loss's total variation), "
+                         f"got input of shape {tuple(input.shape)}")
+    w = _class_weight(weight)
+    dice_weight = w[1:] if w is not None and w.dim() == 1 and not include_background else w
+    loss = lambda_dice * dice_loss(input, target, include_background, to_onehot_y, sigmoid, softmax, None,
+                                   squared_pred, jaccard, reduction, smooth_nr, smooth_dr, batch, dice_weight,
+                                   ignore_index=ignore_index, backend=backend)
+    if w is not None:
+        w = w.to(input.device).expand(classes) if w.dim() == 0 else w.to(input.device)
+    if classes == 1:  # MONAI's BCE with logits, its weight the pos_weight
+        keep = None if ignore_index is None else target != ignore_index
+        t = target if target.is_floating_point() else target.to(input.dtype)
+        ce = _run(input.device, reference.masked_bce_with_logits, input, t, keep, w, reduction)
+    elif target.shape[1] == 1:  # a label map: the fused cross-entropy
+        labels = target.squeeze(1)
+        if labels.dtype == torch.bool:
+            labels = labels.to(torch.uint8)
+        elif labels.dtype not in _CLASS_TARGETS:
+            labels = labels.long()  # (MONAI's target.long())
+        ce = cross_entropy(input, labels, w, ignore_index=-100 if ignore_index is None else ignore_index,
+                           reduction=reduction, label_smoothing=label_smoothing, backend=backend)
+    else:
+        if ignore_index is not None:
+            raise NotImplementedError("dice_ce_loss takes ignore_index with a label map target (B, 1, spatial...) "
+                                      "only: torch's class-probability cross-entropy has none")
+        t = target if target.is_floating_point() else target.to(input.dtype)
+        ce = torch.nn.functional.cross_entropy(input, t, w, reduction=reduction, label_smoothing=label_smoothing)
+    loss = loss + lambda_ce * ce
+    if lambda_tv != 0:
+        x = input.to(reference.compute_dtype(input, input))
+        p = torch.sigmoid(x) if classes == 1 else torch.softmax(x, 1)
+        loss = reference._add_total_variation(loss, p, float(lambda_tv), spatial, reduction).to(loss.dtype)
+    return loss
+
+
 # multi-class ------------------------------------------------------------------------------
 #
 # torch.nn.functional.cross_entropy for logits (B, C, spatial...) and class-index maps: its
 # arguments, defaults and meaning (the deprecated size_average and reduce left out; the options
 # are keyword-only, so a call that passes those by position fails rather than misreading them).
-
-_CLASS_TARGETS = (torch.int64, torch.int32, torch.uint8)
-
 
 def _check_cross_entropy_args(input, target, weight, ignore_index, label_smoothing) -> None:
     if not isinstance(input, Tensor):
@@ -568,9 +742,7 @@ def _check_cross_entropy_args(input, target, weight, ignore_index, label_smoothi
                              f"{input.device}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
-    _check_weight("label_smoothing", label_smoothing)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    _check_label_smoothing(label_smoothing)
 
 
 def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None, *, ignore_index: int = -100,

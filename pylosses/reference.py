@@ -155,19 +155,23 @@ def _kept(v: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, v, torch.zeros_like(v))
 
 
-def region_sums(input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: bool, mode: int) -> Tensor:
+def region_sums(input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: bool, mode: int,
+                softmax: bool = False) -> Tensor:
     """The (B, C, 4) sums of each (sample, channel) over the spatial axes; a mask (bool, shaped
-    (B, 1, spatial...) or as the input) removes the pixels where it is False from every sum."""
+    (B, 1, spatial...) or as the input) removes the pixels where it is False from every sum.
+    p is the input, its sigmoid, or its softmax over the channels (axis 1)."""
     dtype = compute_dtype(input, target)
     p = input.to(dtype)
     t = target.to(dtype)
     bad = target > 1 if target.dtype == torch.uint8 else torch.zeros_like(target, dtype=torch.bool)
     if mask is not None:  # selects, so that NaN or inf under the mask (padding) stays out, gradients too
-        p = _kept(p, mask)
+        # (the softmax of a pixel takes all its channels: only a pixel masked out in every channel
+        # is replaced before it)
+        p = _kept(p, mask.any(1, keepdim=True) if softmax else mask)
         t = _kept(t, mask)
         bad = bad & mask
-    if sigmoid:
-        p = torch.sigmoid(p)
+    if sigmoid or softmax:
+        p = torch.softmax(p, 1) if softmax else torch.sigmoid(p)
         if mask is not None:
             p = _kept(p, mask)
     shape: List[int] = [input.shape[0], input.shape[1], -1]
@@ -307,33 +311,35 @@ def region_out_dtype(input: Tensor, target: Tensor) -> torch.dtype:
 def dice_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, include_background: bool = True,
               sigmoid: bool = False, squared_pred: bool = False, jaccard: bool = False, reduction: str = "mean",
               smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False, weight: Optional[Tensor] = None,
-              soft_label: bool = False) -> Tensor:
-    """monai.losses.DiceLoss (without softmax, to_onehot_y, other_act, ignore_index), plus a mask."""
+              soft_label: bool = False, softmax: bool = False) -> Tensor:
+    """monai.losses.DiceLoss over a target of the input's shape (to_onehot_y and ignore_index
+    are pylosses.dice_loss's work), plus a mask."""
     _check_region_target(target, mask)
     mode = region_mode(squared_pred, soft_label)
-    return dice_from_sums(region_sums(input, target, mask, sigmoid, mode), mode, include_background, jaccard,
-                          smooth_nr, smooth_dr, batch, weight, reduction, input.dim() - 2, region_out_dtype(input, target))
+    return dice_from_sums(region_sums(input, target, mask, sigmoid, mode, softmax), mode, include_background,
+                          jaccard, smooth_nr, smooth_dr, batch, weight, reduction, input.dim() - 2, region_out_dtype(input, target))
 
 
 def tversky_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, include_background: bool = True,
                  sigmoid: bool = False, alpha: float = 0.5, beta: float = 0.5, reduction: str = "mean",
                  smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False,
-                 soft_label: bool = False) -> Tensor:
-    """monai.losses.TverskyLoss (without softmax, to_onehot_y, other_act, ignore_index), plus a mask."""
+                 soft_label: bool = False, softmax: bool = False) -> Tensor:
+    """monai.losses.TverskyLoss over a target of the input's shape (see dice_loss), plus a mask."""
     _check_region_target(target, mask)
     mode = region_mode(False, soft_label)
-    return tversky_from_sums(region_sums(input, target, mask, sigmoid, mode), mode, include_background, alpha, beta,
-                             smooth_nr, smooth_dr, batch, reduction, input.dim() - 2, region_out_dtype(input, target))
+    return tversky_from_sums(region_sums(input, target, mask, sigmoid, mode, softmax), mode, include_background,
+                             alpha, beta, smooth_nr, smooth_dr, batch, reduction, input.dim() - 2, region_out_dtype(input, target))
 
 
 def generalized_dice_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None,
                           include_background: bool = True, sigmoid: bool = False, w_type: str = "square",
                           reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
-                          batch: bool = False, soft_label: bool = False) -> Tensor:
-    """monai.losses.GeneralizedDiceLoss (without softmax, to_onehot_y, other_act), plus a mask."""
+                          batch: bool = False, soft_label: bool = False, softmax: bool = False) -> Tensor:
+    """monai.losses.GeneralizedDiceLoss over a target of the input's shape (see dice_loss), plus
+    a mask."""
     _check_region_target(target, mask)
     mode = region_mode(False, soft_label)
-    return generalized_dice_from_sums(region_sums(input, target, mask, sigmoid, mode), mode, include_background,
+    return generalized_dice_from_sums(region_sums(input, target, mask, sigmoid, mode, softmax), mode, include_background,
                                       w_type, smooth_nr, smooth_dr, batch, reduction, input.dim() - 2,
                                       region_out_dtype(input, target))
 
@@ -374,10 +380,12 @@ def dice_bce_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, 
     return loss.to(region_out_dtype(input, target))
 
 
-def check_class_targets(target: Tensor, n_classes: int, ignore_index: int) -> None:
+def check_class_targets(target: Tensor, n_classes: int, ignore_index: Optional[int]) -> None:
     """torch's error for a class index outside [0, n_classes) that is not ignore_index (a host
     sync: the CPU's check; the kernels elsewhere give NaN, as the region losses' uint8 check)."""
-    bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
+    bad = (target < 0) | (target >= n_classes)
+    if ignore_index is not None:
+        bad = bad & (target != ignore_index)
     if bool(bad.any()):
         raise IndexError(f"Target {int(target[bad][0])} is out of bounds.")
 

@@ -294,8 +294,8 @@ def test_uint8_mask_targets_are_checked():
 
 @pytest.mark.parametrize("cls", [pylosses.DiceLoss, pylosses.TverskyLoss, pylosses.GeneralizedDiceLoss])
 @pytest.mark.parametrize("bad, error, match", [
-    ({"softmax": True}, NotImplementedError, "softmax"),
-    ({"to_onehot_y": True}, NotImplementedError, "to_onehot_y"),
+    ({"softmax": True, "sigmoid": True}, ValueError, "softmax"),
+    ({"to_onehot_y": 1}, TypeError, "to_onehot_y"),
     ({"other_act": torch.tanh}, NotImplementedError, "other_act"),
     ({"reduction": "avg"}, ValueError, "reduction"),
     ({"backend": "cuda"}, ValueError, "backend"),
@@ -317,7 +317,7 @@ def test_bad_tensors_and_options():
         (lambda: pylosses.dice_loss(x, t, mask=torch.ones(2, 2, 4, 4, dtype=torch.bool)), ValueError, "mask"),
         (lambda: pylosses.dice_loss(x, t, weight=[1.0, 2.0]), ValueError, "weight"),
         (lambda: pylosses.dice_loss(x, t, weight=[1.0, -2.0, 1.0]), ValueError, "weight"),
-        (lambda: pylosses.dice_loss(x, t, ignore_index=0), NotImplementedError, "ignore_index"),
+        (lambda: pylosses.dice_loss(x, t, ignore_index="0"), TypeError, "ignore_index"),
         (lambda: pylosses.generalized_dice_loss(x, t, w_type="cube"), ValueError, "w_type"),
         (lambda: pylosses.tversky_loss(x, t, alpha="0.5"), TypeError, "alpha"),
         (lambda: pylosses.dice_bce_loss(x, t, reduction="none"), ValueError, "reduction"),

@@ -1,0 +1,288 @@
+"""The region losses over several classes (softmax=True, to_onehot_y=True, ignore_index) and
+DiceCELoss: the reference against MONAI's own classes (and torch's cross-entropy), every backend
+against the reference, and the API's errors."""
+
+import warnings
+
+import pytest
+import torch
+
+import pylosses
+
+# (pylosses class, MONAI class name, options): the target is a label map (B, 1, spatial...) with
+# to_onehot_y, else one-hot of the input's shape
+CASES = [
+    ("DiceLoss", {"softmax": True, "to_onehot_y": True}),
+    ("DiceLoss", {"softmax": True, "to_onehot_y": True, "include_background": False, "weight": 2.0}),
+    ("DiceLoss", {"softmax": True, "to_onehot_y": True, "squared_pred": True, "batch": True}),
+    ("DiceLoss", {"softmax": True, "to_onehot_y": True, "jaccard": True, "reduction": "none"}),
+    ("DiceLoss", {"softmax": True, "to_onehot_y": True, "soft_label": True, "reduction": "sum"}),
+    ("DiceLoss", {"softmax": True}),
+    ("DiceLoss", {"to_onehot_y": True}),
+    ("DiceLoss", {"softmax": True, "to_onehot_y": True, "ignore_index": 1}),
+    ("DiceLoss", {"softmax": True, "to_onehot_y": True, "ignore_index": 255, "include_background": False}),
+    ("DiceLoss", {"softmax": True, "ignore_index": 0}),
+    ("DiceLoss", {"softmax": True, "ignore_index": -1}),
+    ("TverskyLoss", {"softmax": True, "to_onehot_y": True}),
+    ("TverskyLoss", {"softmax": True, "to_onehot_y": True, "alpha": 0.3, "beta": 0.7, "include_background": False}),
+    ("TverskyLoss", {"softmax": True, "to_onehot_y": True, "ignore_index": 2, "reduction": "none"}),
+    ("GeneralizedDiceLoss", {"softmax": True, "to_onehot_y": True}),
+    ("GeneralizedDiceLoss", {"softmax": True, "to_onehot_y": True, "w_type": "simple", "batch": True}),
+    ("DiceCELoss", {"softmax": True, "to_onehot_y": True}),
+    ("DiceCELoss", {"softmax": True, "to_onehot_y": True, "include_background": False, "lambda_dice": 0.3,
+                    "lambda_ce": 2.0, "label_smoothing": 0.1, "reduction": "sum"}),
+    ("DiceCELoss", {"softmax": True, "to_onehot_y": True, "squared_pred": True, "batch": True, "jaccard": True}),
+    ("DiceCELoss", {"softmax": True}),
+    ("DiceCELoss", {"to_onehot_y": True, "softmax": True, "weight": "classes"}),
+]
+# (B, C, spatial...): class counts 2 to 40, 1-D to 3-D
+SHAPES = [(2, 4, 7, 6), (3, 2, 9), (2, 3, 4, 5, 6), (1, 14, 5, 6), (1, 40, 3, 4)]
+
+
+def _case_id(case):
+    name, options = case
+    return name + "-" + "-".join(f"{k}={v}" for k, v in options.items())
+
+
+def _labels(shape, seed=0, ignore=None):
+    """A float label map (B, 1, spatial...) as MONAI takes it, every class present; ignore: a label
+    put on some pixels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, shape[1], (shape[0], 1) + tuple(shape[2:]), generator=g)
+    if ignore is not None:
+        labels[torch.rand(labels.shape, generator=g) < 0.2] = ignore
+    return labels.double()
+
+
+def _logits(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64) * 2
+
+
+def _one_hot(labels, classes):
+    return torch.nn.functional.one_hot(labels.long().squeeze(1), classes).movedim(-1, 1).double()
+
+
+def _target(options, shape, seed=0):
+    """The case's target: a label map with to_onehot_y (with ignore_index's label on some pixels
+    where it is not a class), else a one-hot target."""
+    ignore = options.get("ignore_index")
+    labels = _labels(shape, seed, ignore if ignore is not None and not 0 <= ignore < shape[1] else None)
+    return labels if options.get("to_onehot_y") else _one_hot(labels.clamp(0, shape[1] - 1), shape[1])
+
+
+def _monai(name, options, classes):
+    """MONAI's loss for the case; DiceCELoss with ignore_index (which MONAI's has not) is its
+    DiceLoss(ignore_index) plus torch's cross-entropy with ignore_index."""
+    monai_losses = pytest.importorskip("monai.losses")
+    options = dict(options)
+    if options.get("weight") == "classes":
+        options["weight"] = torch.linspace(0.5, 2.0, classes, dtype=torch.float64)
+    return getattr(monai_losses, name)(**options)
+
+
+def _ours(name, options, classes, backend="reference"):
+    options = dict(options)
+    if options.get("weight") == "classes":
+        options["weight"] = torch.linspace(0.5, 2.0, classes, dtype=torch.float64)
+    return getattr(pylosses, name)(**options, backend=backend)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_reference_matches_monai(case):
+    """Values and input gradients of MONAI's class and of pylosses' with the same arguments, in
+    float64, over class counts 2 to 40 and 1-D to 3-D inputs."""
+    name, options = case
+    for shape in SHAPES:
+        classes = shape[1]
+        if options.get("ignore_index", 0) >= classes and "to_onehot_y" not in options:
+            continue
+        theirs, ours = _monai(name, options, classes), _ours(name, options, classes)
+        x, t = _logits(shape), _target(options, shape)
+        x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        want, got = theirs(x1, t), ours(x2, t)
+        assert got.shape == want.shape
+        # MONAI's one-hot target is float32, and its norms of it (squared_pred, soft_label) are
+        # rounded to float32 before they are squared: 1e-8 apart from the exact sums
+        tol = 1e-6 if options.get("to_onehot_y") and ("squared_pred" in options or "soft_label" in options) else 1e-10
+        torch.testing.assert_close(got, want.to(got.dtype), rtol=tol, atol=1e-12)
+        g = torch.rand(want.shape, dtype=torch.float64) + 0.5
+        torch.testing.assert_close(torch.autograd.grad(got, x2, g)[0], torch.autograd.grad(want, x1, g)[0],
+                                   rtol=10 * tol, atol=1e-12 if tol < 1e-6 else 1e-9)
+
+
+@pytest.mark.parametrize("ignore_index", [1, 255])
+def test_dice_ce_ignore_index_is_removed_from_both_terms(ignore_index):
+    """DiceCELoss(ignore_index=i) is MONAI's DiceLoss(ignore_index=i) plus torch's cross-entropy
+    with ignore_index=i (MONAI's DiceCELoss has no ignore_index)."""
+    monai_losses = pytest.importorskip("monai.losses")
+    shape = (2, 4, 6, 5)
+    x, t = _logits(shape), _labels(shape, ignore=ignore_index if ignore_index >= 4 else None)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    dice = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, ignore_index=ignore_index)(x1, t)
+    want = dice + torch.nn.functional.cross_entropy(x1, t.long().squeeze(1), ignore_index=ignore_index)
+    got = pylosses.DiceCELoss(softmax=True, to_onehot_y=True, ignore_index=ignore_index, backend="reference")(x2, t)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got, x2)[0], torch.autograd.grad(want, x1)[0],
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_dice_ce_one_channel_is_monai_bce():
+    """One channel: MONAI's BCE with logits (weight its pos_weight) plus Dice; softmax and
+    to_onehot_y are ignored with MONAI's warnings."""
+    monai_losses = pytest.importorskip("monai.losses")
+    shape = (2, 1, 6, 5)
+    x, t = _logits(shape), _labels((2, 2, 6, 5))
+    options = {"sigmoid": True, "weight": torch.tensor([2.0], dtype=torch.float64)}
+    want = monai_losses.DiceCELoss(**options)(x, t)
+    got = pylosses.DiceCELoss(**options, backend="reference")(x, t)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with pytest.warns(UserWarning, match="single channel prediction, `softmax=True` ignored"):
+        got = pylosses.dice_loss(x, t, softmax=True, backend="reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.testing.assert_close(got, monai_losses.DiceLoss(softmax=True)(x, t))
+
+
+def test_label_map_dtypes_agree():
+    """A label map of int64, int32, uint8, bool or float, (B, 1, spatial...) or (B, spatial...),
+    gives the same loss."""
+    shape = (2, 2, 5, 6)
+    x, labels = _logits(shape), _labels(shape)
+    want = pylosses.dice_ce_loss(x, labels, softmax=True, to_onehot_y=True, backend="reference")
+    for t in (labels.long(), labels.int(), labels.to(torch.uint8), labels.bool()):
+        for backend in BACKENDS + ["reference"]:
+            got = pylosses.dice_ce_loss(x, t, softmax=True, to_onehot_y=True, backend=backend)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            got = pylosses.dice_loss(x, t.squeeze(1), softmax=True, to_onehot_y=True, backend=backend)
+            torch.testing.assert_close(got, pylosses.dice_loss(x, labels, softmax=True, to_onehot_y=True),
+                                       rtol=1e-12, atol=1e-12)
+
+
+def test_lambda_tv_adds_the_total_variation_of_the_softmax():
+    """lambda_tv adds the segmentation loss's total variation of the softmax probabilities (of
+    the sigmoid for one channel), values and gradients."""
+    for shape in [(2, 3, 6, 5), (1, 4, 3, 4, 5), (2, 1, 6, 5)]:
+        x, t = _logits(shape), _labels(shape)
+        if shape[1] == 1:
+            t = t.clamp(max=1)
+        x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        spatial = len(shape) - 2
+        got = pylosses.dice_ce_loss(x1, t, softmax=shape[1] > 1, to_onehot_y=shape[1] > 1, sigmoid=shape[1] == 1,
+                                    lambda_tv=0.3, backend="reference")
+        p = torch.sigmoid(x2) if shape[1] == 1 else torch.softmax(x2, 1)
+        tv = pylosses.segmentation_loss(p, torch.zeros_like(p), alpha=0.0, beta=0.3, spatial_dims=spatial,
+                                        backend="reference")
+        want = pylosses.dice_ce_loss(x2, t, softmax=shape[1] > 1, to_onehot_y=shape[1] > 1, sigmoid=shape[1] == 1,
+                                     backend="reference") + tv
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(got, x1)[0], torch.autograd.grad(want, x2)[0],
+                                   rtol=1e-10, atol=1e-12)
+
+
+# every backend against the reference --------------------------------------------------------
+
+BACKENDS = [b for b in ("native", "triton", "jit", "compile") if b in pylosses.available_backends("cpu")]
+BACKEND_CASES = [
+    (pylosses.dice_loss, {"softmax": True, "to_onehot_y": True}),
+    (pylosses.dice_loss, {"softmax": True, "to_onehot_y": True, "include_background": False, "ignore_index": 1,
+                          "reduction": "none"}),
+    (pylosses.tversky_loss, {"softmax": True, "to_onehot_y": True, "alpha": 0.3, "beta": 0.7}),
+    (pylosses.generalized_dice_loss, {"softmax": True, "to_onehot_y": True, "batch": True}),
+    (pylosses.dice_loss, {"softmax": True, "squared_pred": True}),
+    (pylosses.dice_ce_loss, {"softmax": True, "to_onehot_y": True, "label_smoothing": 0.1, "ignore_index": 2}),
+    (pylosses.dice_ce_loss, {"softmax": True, "to_onehot_y": True, "lambda_tv": 0.2, "reduction": "sum"}),
+]
+
+
+def _fn_id(case):
+    fn, options = case
+    return fn.__name__ + "-" + "-".join(f"{k}={v}" for k, v in options.items())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", BACKEND_CASES, ids=_fn_id)
+def test_backends_match_reference(case, backend):
+    """Values and input gradients against the reference in float64, for float64 and float32
+    inputs, label maps of uint8 and int64, with and without a mask."""
+    fn, options = case
+    for shape in [(2, 3, 8, 7), (1, 14, 4, 5, 6)]:
+        x, t = _logits(shape), _target(options, shape)
+        mask = torch.rand((shape[0], 1) + shape[2:], generator=torch.Generator().manual_seed(2)) > 0.3
+        masks = [None] if fn is pylosses.dice_ce_loss else [None, mask]
+        for dtype, t_dtype in [(torch.float64, torch.int64), (torch.float32, torch.uint8)]:
+            for m in masks:
+                tt = t.to(t_dtype) if options.get("to_onehot_y") else t.to(dtype)
+                kwargs = {} if m is None else {"mask": m}
+                exact = x.clone().requires_grad_(True)
+                xg = x.to(dtype).requires_grad_(True)
+                want = fn(exact, tt, **options, **kwargs, backend="reference")
+                got = fn(xg, tt, **options, **kwargs, backend=backend)
+                tol = 1e-12 if dtype == torch.float64 else 2e-5
+                assert got.dtype == dtype and got.shape == want.shape
+                torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+                g = torch.rand(want.shape, dtype=torch.float64) + 0.5
+                mine, = torch.autograd.grad(got, xg, g.to(dtype))
+                truth, = torch.autograd.grad(want, exact, g)
+                torch.testing.assert_close(mine.double(), truth, rtol=tol, atol=tol * float(truth.abs().max()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_softmax_mask_keeps_padding_out(backend):
+    """A pixel the mask leaves out in every channel is not read: NaN logits there change neither
+    the loss nor the other gradients, and get a zero gradient."""
+    shape = (2, 3, 6, 7)
+    x, t = _logits(shape), _labels(shape)
+    mask = torch.ones((2, 1, 6, 7), dtype=torch.bool)
+    mask[:, :, -2:] = False
+    padded = x.clone()
+    padded[:, :, -2:] = float("nan")
+    for fn in (pylosses.dice_loss, pylosses.tversky_loss, pylosses.generalized_dice_loss):
+        xg, xc = padded.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        loss = fn(xg, t, softmax=True, to_onehot_y=True, mask=mask, backend=backend)
+        clean = fn(xc, t, softmax=True, to_onehot_y=True, mask=mask, backend="reference")
+        torch.testing.assert_close(loss, clean, rtol=1e-12, atol=1e-12)
+        grad, = torch.autograd.grad(loss, xg)
+        assert (grad[:, :, -2:] == 0).all() and torch.isfinite(grad).all(), fn.__name__
+
+
+# the API ------------------------------------------------------------------------------------
+
+def test_bad_arguments_name_themselves():
+    x, labels = _logits((2, 3, 4, 4)), _labels((2, 3, 4, 4))
+    cases = [
+        (lambda: pylosses.DiceLoss(sigmoid=True, softmax=True), ValueError, "sigmoid=True, softmax=True"),
+        (lambda: pylosses.DiceCELoss(sigmoid=True, softmax=True), ValueError, "sigmoid=True, softmax=True"),
+        (lambda: pylosses.DiceLoss(ignore_index=1.0), TypeError, "ignore_index"),
+        (lambda: pylosses.DiceCELoss(reduction="none"), ValueError, "reduction"),
+        (lambda: pylosses.DiceCELoss(lambda_ce=-1.0), ValueError, "lambda_ce"),
+        (lambda: pylosses.DiceCELoss(label_smoothing=1.5), ValueError, "label_smoothing"),
+        (lambda: pylosses.dice_loss(x, labels[:, :, :3], to_onehot_y=True), ValueError, "label map"),
+        (lambda: pylosses.dice_loss(x, labels + 3, softmax=True, to_onehot_y=True), IndexError, "out of bounds"),
+        (lambda: pylosses.dice_ce_loss(x, labels[:, :, :3], softmax=True), ValueError, "label map"),
+        (lambda: pylosses.dice_ce_loss(x, labels + 3, softmax=True, to_onehot_y=True), IndexError, "out of bounds"),
+        (lambda: pylosses.dice_ce_loss(x, _one_hot(labels, 3), softmax=True, ignore_index=1), NotImplementedError,
+         "ignore_index"),
+        (lambda: pylosses.dice_ce_loss(x[..., 0], labels[..., 0], softmax=True, to_onehot_y=True, lambda_tv=0.1),
+         ValueError, "lambda_tv"),
+        (lambda: pylosses.dice_ce_loss(x, labels, to_onehot_y=True, other_act=torch.tanh), NotImplementedError,
+         "other_act"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+
+
+def test_ignored_labels_may_be_out_of_range():
+    """A label equal to ignore_index is not a class error, even outside [0, C)."""
+    shape = (2, 3, 4, 4)
+    x, labels = _logits(shape), _labels(shape, ignore=255)
+    for backend in BACKENDS + ["reference"]:
+        loss = pylosses.dice_ce_loss(x, labels.to(torch.uint8), softmax=True, to_onehot_y=True, ignore_index=255,
+                                     backend=backend)
+        assert torch.isfinite(loss)
+
+
+def test_module_repr_and_buffers():
+    loss = pylosses.DiceCELoss(softmax=True, to_onehot_y=True, weight=[1.0, 2.0, 3.0], lambda_tv=0.1)
+    assert "lambda_tv=0.1" in repr(loss) and "to_onehot_y=True" in repr(loss)
+    assert torch.equal(loss.class_weight, torch.tensor([1.0, 2.0, 3.0]))
