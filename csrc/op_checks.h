@@ -93,6 +93,42 @@ inline void check_region_backward_args(const at::Tensor& grad_sums, const at::Te
   check_same_device(op, input, "input", grad_sums, "grad_sums");
 }
 
+// A label map for input (B, C, spatial...): class indices (B, spatial...) of int64, int32 or uint8.
+inline void check_label_map(const char* op, const at::Tensor& input, const at::Tensor& labels, const char* name) {
+  bool shape_ok = labels.dim() == input.dim() - 1 && labels.size(0) == input.size(0);
+  for (int64_t d = 2; shape_ok && d < input.dim(); ++d) {
+    shape_ok = labels.size(d - 1) == input.size(d);
+  }
+  TORCH_CHECK_VALUE(shape_ok, op, ": ", name, " must have the input's shape without the class axis (axis 1), input ",
+                    input.sizes(), ", got ", name, " ", labels.sizes());
+  const auto t = labels.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kLong || t == at::kInt || t == at::kByte, op, ": ", name,
+                   " must hold class indices as int64, int32 or uint8, got ", t);
+  check_same_device(op, input, "input", labels, name);
+}
+
+// softmax_region_sums and its backward: input (B, C, spatial...) floating point, a label map,
+// mask (bool) of shape (B, 1, spatial...) or undefined; mode a math::RegionMode.
+inline void check_softmax_region_args(const char* op, const at::Tensor& input, const at::Tensor& labels,
+                                      const c10::optional<at::Tensor>& mask, int64_t mode) {
+  TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must have a batch and a class axis, (B, C, spatial...), got shape ",
+                    input.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op, ": input must be floating point, got ",
+                   input.scalar_type());
+  check_label_map(op, input, labels, "labels");
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (linear), 1 (squared) or 2 (l1), got ", mode);
+  if (mask.has_value() && mask->defined()) {
+    TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, op, ": mask must be bool, got ", mask->scalar_type());
+    bool shape_ok = mask->dim() == input.dim() && mask->size(0) == input.size(0) && mask->size(1) == 1;
+    for (int64_t d = 2; shape_ok && d < input.dim(); ++d) {
+      shape_ok = mask->size(d) == input.size(d);
+    }
+    TORCH_CHECK_VALUE(shape_ok, op, ": mask must have the shape (B, 1, spatial...) for input ", input.sizes(),
+                      ", got ", mask->sizes());
+    check_same_device(op, input, "input", *mask, "mask");
+  }
+}
+
 // cross_entropy_fwd: logits input (B, C, spatial...), class indices target (B, spatial...) of
 // int64, int32 or uint8, weight (C,) floating or undefined, label_smoothing in [0, 1].
 inline void check_ce_args(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,
@@ -104,16 +140,7 @@ inline void check_ce_args(const at::Tensor& input, const at::Tensor& target, con
                     input.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op, ": input must be floating point, got ",
                    input.scalar_type());
-  bool shape_ok = target.dim() == input.dim() - 1 && target.size(0) == input.size(0);
-  for (int64_t d = 2; shape_ok && d < input.dim(); ++d) {
-    shape_ok = target.size(d - 1) == input.size(d);
-  }
-  TORCH_CHECK_VALUE(shape_ok, op, ": target must have the input's shape without the class axis (axis 1), input ",
-                    input.sizes(), ", got target ", target.sizes());
-  const auto t = target.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kLong || t == at::kInt || t == at::kByte, op,
-                   ": target must hold class indices as int64, int32 or uint8, got ", t);
-  check_same_device(op, input, "input", target, "target");
+  check_label_map(op, input, target, "target");
   if (weight.has_value() && weight->defined()) {
     TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == input.size(1), op,
                       ": weight must be 1-D with one value a class, (", input.size(1), "), got shape ",

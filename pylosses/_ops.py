@@ -30,6 +30,12 @@ SCHEMAS = {
     "region_sums": "(Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode) -> Tensor",
     "region_sums_backward": "(Tensor grad_sums, Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode, "
                             "bool grad_input, bool grad_target) -> (Tensor, Tensor)",
+    # The region sums of (softmax(input) over the classes, one-hot(labels)) for a label map
+    # (B, spatial...) of int64, int32 or uint8, with no one-hot or softmax tensor; mask
+    # (B, 1, spatial...) or none. A label outside [0, C) counts in sums[b, 0, 3]. Only the CPU
+    # kernel exists yet: functional.py composes the other backends from torch ops and region_sums.
+    "softmax_region_sums": "(Tensor input, Tensor labels, Tensor? mask, int mode) -> Tensor",
+    "softmax_region_sums_backward": "(Tensor grad_sums, Tensor input, Tensor labels, Tensor? mask, int mode) -> Tensor",
     # The multi-class cross-entropy over logits (B, C, spatial...) and class indices (B, spatial...):
     # the loss, the gradient `grad` and a 0-d `grad_scale` (float32; float64 for float64), for an
     # input gradient of grad * grad_output * grad_scale (grad_output broadcast over the classes
@@ -159,6 +165,37 @@ def _make_region_backward(backward_op):
         return grads[0], grads[1], None, None, None
 
     return backward
+
+
+def softmax_region_sums(input: Tensor, labels: Tensor, mask, mode: int) -> Tensor:
+    """The native CPU kernel's softmax_region_sums (the only one yet)."""
+    return torch.ops.pylosses.softmax_region_sums(input, labels, mask, mode)
+
+
+def _softmax_region_sums_fake(input, labels, mask, mode):
+    return input.new_empty((input.shape[0], input.shape[1], reference.REGION_SUMS),
+                           dtype=reference.compute_dtype(input, input))
+
+
+def _softmax_region_sums_backward_fake(grad_sums, input, labels, mask, mode):
+    return input.new_empty(input.shape)
+
+
+def _softmax_region_setup_context(ctx, inputs, output):
+    input, labels, mask, mode = inputs
+    ctx.save_for_backward(input, labels, mask)
+    ctx.mode = mode
+    ctx.set_materialize_grads(False)
+
+
+def _softmax_region_backward(ctx, grad_sums):
+    input, labels, mask = ctx.saved_tensors
+    if grad_sums is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    grad = torch.ops.pylosses.softmax_region_sums_backward(grad_sums.contiguous(), input, labels, mask, ctx.mode)
+    if torch.is_grad_enabled():  # create_graph=True: differentiating it again raises
+        grad = _NoDoubleBackward.apply(grad, input)
+    return grad, None, None, None
 
 
 def cross_entropy(backend: str, input: Tensor, target: Tensor, weight, ignore_index: int, label_smoothing: float,
@@ -307,6 +344,10 @@ def _triton_cross_entropy_fwd(input, target, weight, ignore_index, label_smoothi
 
 
 _register("native")  # without the extension its ops have no kernels, and every call raises
+torch.library.register_fake("pylosses::softmax_region_sums", _softmax_region_sums_fake)
+torch.library.register_fake("pylosses::softmax_region_sums_backward", _softmax_region_sums_backward_fake)
+torch.library.register_autograd("pylosses::softmax_region_sums", _softmax_region_backward,
+                                setup_context=_softmax_region_setup_context)
 try:
     from .triton_kernels import common as triton_common
     from .triton_kernels import mse as triton_mse

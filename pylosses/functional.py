@@ -430,9 +430,13 @@ def _one_hot(labels: Tensor, classes: int) -> Tensor:
 
 def _kernel_region_sums(chosen: str, input: Tensor, target: Tensor, labels: Optional[Tensor], mask: Optional[Tensor],
                         sigmoid: bool, softmax: bool, mode: int, ignore_index: Optional[int]) -> Tensor:
-    """The region sums from the kernels (op region_sums). softmax and label maps are composed with
-    torch ops for now: the softmax (float32, float64 for float64) and a bool one-hot target are
-    made in memory before the kernel (README, "Multi-class")."""
+    """The region sums from the kernels: softmax over a label map from the fused op
+    softmax_region_sums on the CPU (a mask (B, 1, spatial...) or none); elsewhere, and for the
+    other combinations, composed with torch ops for now: the softmax (float32, float64 for
+    float64) and a bool one-hot target are made in memory before region_sums (README, "Multi-class")."""
+    if (softmax and labels is not None and chosen == "native" and input.device.type == "cpu"
+            and (mask is None or mask.shape[1] == 1)):
+        return _ops.softmax_region_sums(input, labels, mask, mode)
     if labels is not None:
         target = _one_hot(labels, input.shape[1])
     if softmax:

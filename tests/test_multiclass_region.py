@@ -286,3 +286,84 @@ def test_module_repr_and_buffers():
     loss = pylosses.DiceCELoss(softmax=True, to_onehot_y=True, weight=[1.0, 2.0, 3.0], lambda_tv=0.1)
     assert "lambda_tv=0.1" in repr(loss) and "to_onehot_y=True" in repr(loss)
     assert torch.equal(loss.class_weight, torch.tensor([1.0, 2.0, 3.0]))
+
+
+# the fused op softmax_region_sums (the native CPU kernel) ------------------------------------
+
+NATIVE = "native" in BACKENDS
+needs_native = pytest.mark.skipif(not NATIVE, reason="the native backend is not built")
+# (B, C, spatial...): odd sizes, 2 to 40 classes, 1-D to 3-D, empty batch and plane; the last is
+# split into several work items and blocks
+OP_SHAPES = [(2, 3, 5, 7), (3, 2, 11), (1, 14, 3, 4, 5), (2, 40, 6), (0, 3, 4, 4), (2, 3, 0, 4), (2, 4, 70, 90)]
+
+
+def _op_inputs(shape, dtype, label_dtype, masked, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
+    labels = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), generator=g).to(label_dtype)
+    mask = torch.rand((shape[0], 1) + tuple(shape[2:]), generator=g) > 0.3 if masked else None
+    return x, labels, mask
+
+
+@needs_native
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_op_matches_reference_sums(mode, masked, dtype):
+    """The sums and the input gradient of softmax_region_sums against the reference's region_sums
+    of softmax(input) and a one-hot target, in float64 on the same values."""
+    from pylosses import _ops, reference
+    for label_dtype, shape in zip([torch.int64, torch.int32, torch.uint8] * 3, OP_SHAPES):
+        x, labels, mask = _op_inputs(shape, dtype, label_dtype, masked)
+        x.requires_grad_(True)
+        sums = _ops.softmax_region_sums(x, labels, mask, mode)
+        x64 = x.detach().double().requires_grad_(True)
+        one_hot = torch.nn.functional.one_hot(labels.long(), shape[1]).movedim(-1, 1) if x.numel() else \
+            torch.zeros(shape, dtype=torch.bool)
+        want = reference.region_sums(x64, one_hot.bool(), mask, False, mode, True)
+        assert sums.shape == want.shape and sums.dtype == reference.compute_dtype(x, x)
+        scale = want.abs().amax(dim=(0, 1), keepdim=True).clamp_min(1) if want.numel() else 1
+        tol = 1e-12 if dtype == torch.float64 else 2e-6
+        torch.testing.assert_close(sums.double() / scale, want / scale, rtol=0, atol=tol)
+        if x.numel() == 0:
+            continue
+        grad_sums = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        mine, = torch.autograd.grad(sums, x, grad_sums.to(sums.dtype))
+        truth, = torch.autograd.grad(want, x64, grad_sums)
+        assert mine.dtype == dtype
+        rtol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 2e-5}.get(dtype, 1e-12)
+        torch.testing.assert_close(mine.double(), truth, rtol=rtol, atol=rtol * truth.abs().max().item())
+        if masked:
+            assert (mine[~mask.expand_as(mine)] == 0).all()
+
+
+@needs_native
+def test_op_counts_labels_out_of_range_and_is_deterministic():
+    """A label outside [0, C) where the mask keeps the pixel counts in sums[b, 0, 3] (the loss is
+    then NaN); one under the mask does not. Run twice, the same bits."""
+    from pylosses import _ops
+    x, labels, mask = _op_inputs((2, 4, 70, 90), torch.float32, torch.int64, True)
+    labels[0, 0, 0], labels[1, 5, 5] = 7, -1
+    mask[0, 0, 0, 0], mask[1, 0, 5, 5] = True, False
+    sums = _ops.softmax_region_sums(x, labels, mask, 0)
+    assert sums[0, 0, 3] == 1 and sums[1, 0, 3] == 0 and (sums[:, 1:, 3] == 0).all()
+    assert torch.equal(sums, _ops.softmax_region_sums(x, labels, mask, 0))
+
+
+@needs_native
+def test_op_opcheck_and_errors():
+    from pylosses import _ops
+    op = torch.ops.pylosses.softmax_region_sums
+    x, labels, mask = _op_inputs((2, 3, 5, 7), torch.float32, torch.int64, True)
+    for args in [(x.requires_grad_(True), labels, None, 0), (x, labels.to(torch.uint8), mask, 1),
+                 (x.detach().double(), labels.int(), mask, 2)]:
+        torch.library.opcheck(op, args)
+    torch.library.opcheck(torch.ops.pylosses.softmax_region_sums_backward,
+                          (torch.randn(2, 3, 4), x.detach(), labels, mask, 0))
+    cases = [((x, labels.float(), None, 0), TypeError, "labels"),
+             ((x, labels[:, :4], None, 0), ValueError, "labels"),
+             ((x, labels, mask.expand(2, 3, 5, 7), 0), ValueError, "mask"),
+             ((x, labels, None, 3), ValueError, "mode")]
+    for args, error, match in cases:
+        with pytest.raises(error, match=match):
+            _ops.softmax_region_sums(*args)
