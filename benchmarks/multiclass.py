@@ -1,13 +1,17 @@
-"""The multi-class cross-entropy at the shapes of its issue, against torch's own:
+"""The multi-class losses at the shapes of their issue, against torch's and MONAI's own:
 
-    python -m benchmarks.multiclass [--shapes 8,4,256,256 2,14,64,128,128] [--repeats 9] [--device cpu] [--out DIR]
+    python -m benchmarks.multiclass [--loss cross_entropy|dice_ce] [--shapes 8,4,256,256 2,14,64,128,128]
+                                    [--repeats 9] [--device cpu] [--out DIR]
 
-Cross-entropy over float32 logits (B, C, spatial...) and int64 label maps (about a tenth of the
-pixels ignore_index), mean, forward (no autograd) and forward+backward (into input.grad);
-providers: torch.nn.functional.cross_entropy (eager: torch's own kernels), pylosses' reference
-(eager), torch.compile of that reference, native (and triton on a GPU), taking turns call by call
+Over float32 logits (B, C, spatial...) and int64 label maps, mean, forward (no autograd) and
+forward+backward (into input.grad). cross_entropy (about a tenth of the pixels ignore_index):
+providers torch.nn.functional.cross_entropy (eager: torch's own kernels), pylosses' reference
+(eager), torch.compile of that reference, native (and triton on a GPU). dice_ce,
+DiceCELoss(softmax=True, to_onehot_y=True) on labels (B, 1, spatial...): providers MONAI's
+DiceCELoss (eager), pylosses' reference backend, torch.compile of MONAI's DiceCELoss, native.
+The providers take turns call by call
 in one run (benchmarks.common.median_seconds), with a copy of the loss's compulsory bytes (logits
-and labels read, the gradient written) as the machine's yardstick. The table gives each median,
+and labels read, twice for dice_ce with backward, the gradient written) as the machine's yardstick. The table gives each median,
 native's speed-up over torch and over torch.compile, native's and torch.compile's bandwidth as a
 fraction of the copy's, and the ceiling (torch.compile over the copy: the most any kernel can
 gain over it on this machine). It prints Markdown, and with --out writes DIR/multiclass.md.
@@ -24,56 +28,74 @@ import pylosses
 from benchmarks.common import ceiling_columns, ceiling_row, compulsory_bytes, machine, step_of
 
 
-def providers(device: str):
+PEER = {"cross_entropy": "torch", "dice_ce": "monai"}  # the eager peer each loss replaces
+
+
+def providers(loss: str, device: str):
     have = pylosses.available_backends(device)
-    return ["torch"] + [p for p in ("reference", "compile", "native", "triton")
-                        if p in have and not (p == "triton" and device == "cpu")]
+    return [PEER[loss]] + [p for p in ("reference", "compile", "native", "triton")
+                           if p in have and not (p == "triton" and device == "cpu")]
 
 
-def inputs(shape, device: str):
+def inputs(loss: str, shape, device: str):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g)
     t = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
-    t = torch.where(torch.rand(t.shape, generator=g) < 0.1, torch.full_like(t, -100), t)
+    if loss == "cross_entropy":
+        t = torch.where(torch.rand(t.shape, generator=g) < 0.1, torch.full_like(t, -100), t)
+    else:
+        t = t.unsqueeze(1)  # MONAI's label map (B, 1, spatial...)
     return x.to(device), t.to(device)
 
 
-def steps(mode: str, x: torch.Tensor, t: torch.Tensor, names):
+def steps(loss: str, mode: str, x: torch.Tensor, t: torch.Tensor, names):
     def make(provider):
-        if provider == "torch":
-            return step_of(F.cross_entropy, mode, x, t)
-        return step_of(lambda a, b: pylosses.cross_entropy(a, b, backend=provider), mode, x, t)
+        if loss == "cross_entropy":
+            if provider == "torch":
+                return step_of(F.cross_entropy, mode, x, t)
+            return step_of(lambda a, b: pylosses.cross_entropy(a, b, backend=provider), mode, x, t)
+        if provider in ("monai", "compile"):
+            import monai.losses
+
+            fn = monai.losses.DiceCELoss(softmax=True, to_onehot_y=True)
+            return step_of(torch.compile(fn) if provider == "compile" else fn, mode, x, t)
+        return step_of(lambda a, b: pylosses.dice_ce_loss(a, b, softmax=True, to_onehot_y=True, backend=provider),
+                       mode, x, t)
     return {p: make(p) for p in names}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.multiclass", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loss", default="cross_entropy", choices=sorted(PEER))
     parser.add_argument("--shapes", nargs="+", default=["8,4,256,256", "2,14,64,128,128"])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    names = providers(args.device)
+    names = providers(args.loss, args.device)
     info = machine(args.device)
-    lines = [f"Cross-entropy, float32 logits, int64 labels (a tenth ignored), mean. Machine: "
+    what = ("Cross-entropy, float32 logits, int64 labels (a tenth ignored), mean" if args.loss == "cross_entropy" else
+            "DiceCELoss(softmax=True, to_onehot_y=True), float32 logits, int64 labels (B, 1, ...), mean; compile: "
+            "torch.compile of MONAI's DiceCELoss")
+    lines = [f"{what}. Machine: "
              f"{info.get('gpu', info['cpu'])}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), "
              f"torch {info['torch']}; {info['date']}. Median of {args.repeats} calls, providers taking turns. "
-             f"Command: `python -m benchmarks.multiclass --repeats {args.repeats}`.", "",
-             "| shape | mode | " + " | ".join(f"{p} ms" for p in names) + ceiling_columns("torch"),
+             f"Command: `python -m benchmarks.multiclass --loss {args.loss} --repeats {args.repeats}`.", "",
+             "| shape | mode | " + " | ".join(f"{p} ms" for p in names) + ceiling_columns(PEER[args.loss]),
              "|---|---|" + "---:|" * (len(names) + 6)]
     print("\n".join(lines), flush=True)
     for text in args.shapes:
         shape = tuple(int(s) for s in text.split(","))
-        x, t = inputs(shape, args.device)
+        x, t = inputs(args.loss, shape, args.device)
         for mode in ("forward", "forward+backward"):
-            nbytes = compulsory_bytes(mode, x, t, "cross_entropy")
-            row = f"| {text} | {mode} | " + ceiling_row(steps(mode, x, t, names), nbytes, "torch", args.repeats,
-                                                        args.device)
+            nbytes = compulsory_bytes(mode, x, t, args.loss + "_loss")
+            row = f"| {text} | {mode} | " + ceiling_row(steps(args.loss, mode, x, t, names), nbytes, PEER[args.loss],
+                                                        args.repeats, args.device)
             lines.append(row)
             print(row, flush=True)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "multiclass.md"), "w") as f:
+        with open(os.path.join(args.out, f"multiclass-{args.loss}.md"), "w") as f:
             f.write("\n".join(lines) + "\n")
     return 0
 

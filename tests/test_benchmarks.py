@@ -104,3 +104,16 @@ def test_a_run_killed_midway_keeps_every_finished_cell(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "### segmentation_loss, forward, float32" in text and "### segmentation_loss, forward+backward" in text
     assert "mse_loss" not in text
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "dice_ce"])
+def test_multiclass_benchmark_runs_and_writes_its_table(loss, tmp_path):
+    """python -m benchmarks.multiclass on a tiny shape: a row for each mode, with every provider's
+    time, written to DIR/multiclass-<loss>.md."""
+    from benchmarks import multiclass
+
+    assert multiclass.main(["--loss", loss, "--shapes", "1,3,8,8", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / f"multiclass-{loss}.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 1,3,8,8 |")]
+    assert len(rows) == 2 and "forward+backward" in rows[1]
+    assert f"| {multiclass.PEER[loss]} ms |" in text
