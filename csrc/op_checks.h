@@ -107,6 +107,22 @@ inline void check_label_map(const char* op, const at::Tensor& input, const at::T
   check_same_device(op, input, "input", labels, name);
 }
 
+// The cross-entropy's options: weight (C,) floating point on the input's device, or undefined;
+// label_smoothing in [0, 1].
+inline void check_ce_options(const char* op, const at::Tensor& input, const c10::optional<at::Tensor>& weight,
+                             double label_smoothing) {
+  if (weight.has_value() && weight->defined()) {
+    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == input.size(1), op,
+                      ": weight must be 1-D with one value a class, (", input.size(1), "), got shape ",
+                      weight->sizes());
+    TORCH_CHECK_TYPE(at::isFloatingType(weight->scalar_type()), op, ": weight must be floating point, got ",
+                     weight->scalar_type());
+    check_same_device(op, input, "input", *weight, "weight");
+  }
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+                    ": label_smoothing must lie in [0, 1], got ", label_smoothing);
+}
+
 // softmax_region_sums and its backward: input (B, C, spatial...) floating point, a label map,
 // mask (bool) of shape (B, 1, spatial...) or undefined; mode a math::RegionMode.
 inline void check_softmax_region_args(const char* op, const at::Tensor& input, const at::Tensor& labels,
@@ -141,17 +157,8 @@ inline void check_ce_args(const at::Tensor& input, const at::Tensor& target, con
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), op, ": input must be floating point, got ",
                    input.scalar_type());
   check_label_map(op, input, target, "target");
-  if (weight.has_value() && weight->defined()) {
-    TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == input.size(1), op,
-                      ": weight must be 1-D with one value a class, (", input.size(1), "), got shape ",
-                      weight->sizes());
-    TORCH_CHECK_TYPE(at::isFloatingType(weight->scalar_type()), op, ": weight must be floating point, got ",
-                     weight->scalar_type());
-    check_same_device(op, input, "input", *weight, "weight");
-  }
+  check_ce_options(op, input, weight, label_smoothing);
   check_reduction(op, reduction);
-  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
-                    ": label_smoothing must lie in [0, 1], got ", label_smoothing);
 }
 
 inline void check_backward_args(const at::Tensor& grad_output, const at::Tensor& saved, at::ScalarType dtype) {

@@ -30,12 +30,18 @@ SCHEMAS = {
     "region_sums": "(Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode) -> Tensor",
     "region_sums_backward": "(Tensor grad_sums, Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode, "
                             "bool grad_input, bool grad_target) -> (Tensor, Tensor)",
-    # The region sums of (softmax(input) over the classes, one-hot(labels)) for a label map
-    # (B, spatial...) of int64, int32 or uint8, with no one-hot or softmax tensor; mask
-    # (B, 1, spatial...) or none. A label outside [0, C) counts in sums[b, 0, 3]. Only the CPU
-    # kernel exists yet: functional.py composes the other backends from torch ops and region_sums.
-    "softmax_region_sums": "(Tensor input, Tensor labels, Tensor? mask, int mode) -> Tensor",
-    "softmax_region_sums_backward": "(Tensor grad_sums, Tensor input, Tensor labels, Tensor? mask, int mode) -> Tensor",
+    # The region sums (B, C, 4) of (softmax(input) over the classes, one-hot(labels)) for a label
+    # map (B, spatial...) of int64, int32 or uint8, with no one-hot or softmax tensor, over the
+    # pixels that the mask ((B, 1, spatial...) or none) keeps and whose label is not ignore_index
+    # (a label outside [0, C) counts in sums[b, 0, 3]); and with_ce, the cross-entropy's sum of
+    # losses, D and count, (3,) (cross_entropy_fwd's, weight, ignore_index, label_smoothing; the
+    # mask does not apply to it). The backward takes the gradients of both. Only the CPU kernel
+    # exists yet: functional.py composes the other backends from torch ops, region_sums and
+    # cross_entropy_fwd.
+    "softmax_region_sums": "(Tensor input, Tensor labels, Tensor? mask, int mode, Tensor? weight, int ignore_index, "
+                           "float label_smoothing, bool with_ce) -> (Tensor, Tensor)",
+    "softmax_region_sums_backward": "(Tensor grad_sums, Tensor grad_ce, Tensor input, Tensor labels, Tensor? mask, "
+                                    "int mode, Tensor? weight, int ignore_index, float label_smoothing) -> Tensor",
     # The multi-class cross-entropy over logits (B, C, spatial...) and class indices (B, spatial...):
     # the loss, the gradient `grad` and a 0-d `grad_scale` (float32; float64 for float64), for an
     # input gradient of grad * grad_output * grad_scale (grad_output broadcast over the classes
@@ -167,35 +173,49 @@ def _make_region_backward(backward_op):
     return backward
 
 
-def softmax_region_sums(input: Tensor, labels: Tensor, mask, mode: int) -> Tensor:
-    """The native CPU kernel's softmax_region_sums (the only one yet)."""
-    return torch.ops.pylosses.softmax_region_sums(input, labels, mask, mode)
+NO_IGNORE = -2**63  # an ignore_index no label is (int64's lowest)
 
 
-def _softmax_region_sums_fake(input, labels, mask, mode):
-    return input.new_empty((input.shape[0], input.shape[1], reference.REGION_SUMS),
-                           dtype=reference.compute_dtype(input, input))
+def softmax_region_sums(input: Tensor, labels: Tensor, mask, mode: int, weight=None, ignore_index=None,
+                        label_smoothing: float = 0.0, with_ce: bool = False):
+    """The native CPU kernel's softmax_region_sums (the only one yet): (sums, ce)."""
+    return torch.ops.pylosses.softmax_region_sums(input, labels, mask, mode, weight,
+                                                  NO_IGNORE if ignore_index is None else ignore_index,
+                                                  float(label_smoothing), with_ce)
 
 
-def _softmax_region_sums_backward_fake(grad_sums, input, labels, mask, mode):
+def _softmax_region_sums_fake(input, labels, mask, mode, weight, ignore_index, label_smoothing, with_ce):
+    dtype = reference.compute_dtype(input, input)
+    return (input.new_empty((input.shape[0], input.shape[1], reference.REGION_SUMS), dtype=dtype),
+            input.new_empty((3,), dtype=dtype))
+
+
+def _softmax_region_sums_backward_fake(grad_sums, grad_ce, input, labels, mask, mode, weight, ignore_index,
+                                       label_smoothing):
     return input.new_empty(input.shape)
 
 
 def _softmax_region_setup_context(ctx, inputs, output):
-    input, labels, mask, mode = inputs
-    ctx.save_for_backward(input, labels, mask)
-    ctx.mode = mode
+    input, labels, mask, mode, weight, ignore_index, label_smoothing, with_ce = inputs
+    ctx.save_for_backward(input, labels, mask, weight)
+    ctx.options = mode, ignore_index, label_smoothing
     ctx.set_materialize_grads(False)
 
 
-def _softmax_region_backward(ctx, grad_sums):
-    input, labels, mask = ctx.saved_tensors
-    if grad_sums is None or not ctx.needs_input_grad[0]:
-        return None, None, None, None
-    grad = torch.ops.pylosses.softmax_region_sums_backward(grad_sums.contiguous(), input, labels, mask, ctx.mode)
+def _softmax_region_backward(ctx, grad_sums, grad_ce):
+    input, labels, mask, weight = ctx.saved_tensors
+    if (grad_sums is None and grad_ce is None) or not ctx.needs_input_grad[0]:
+        return (None,) * 8
+    dtype = reference.compute_dtype(input, input)
+    grad_sums = input.new_zeros((input.shape[0], input.shape[1], reference.REGION_SUMS), dtype=dtype) \
+        if grad_sums is None else grad_sums.contiguous()
+    grad_ce = input.new_zeros((3,), dtype=dtype) if grad_ce is None else grad_ce
+    mode, ignore_index, label_smoothing = ctx.options
+    grad = torch.ops.pylosses.softmax_region_sums_backward(grad_sums, grad_ce, input, labels, mask, mode, weight,
+                                                           ignore_index, label_smoothing)
     if torch.is_grad_enabled():  # create_graph=True: differentiating it again raises
         grad = _NoDoubleBackward.apply(grad, input)
-    return grad, None, None, None
+    return (grad,) + (None,) * 7
 
 
 def cross_entropy(backend: str, input: Tensor, target: Tensor, weight, ignore_index: int, label_smoothing: float,

@@ -436,7 +436,7 @@ def _kernel_region_sums(chosen: str, input: Tensor, target: Tensor, labels: Opti
     float64) and a bool one-hot target are made in memory before region_sums (README, "Multi-class")."""
     if (softmax and labels is not None and chosen == "native" and input.device.type == "cpu"
             and (mask is None or mask.shape[1] == 1)):
-        return _ops.softmax_region_sums(input, labels, mask, mode)
+        return _ops.softmax_region_sums(input, labels, mask, mode)[0]
     if labels is not None:
         target = _one_hot(labels, input.shape[1])
     if softmax:
@@ -673,6 +673,11 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
                          f"got input of shape {tuple(input.shape)}")
     w = _class_weight(weight)
     dice_weight = w[1:] if w is not None and w.dim() == 1 and not include_background else w
+    if (classes > 1 and softmax and to_onehot_y and target.shape[1] == 1 and input.device.type == "cpu"
+            and _pick_backend(backend, input.device, input.numel()) == "native"):
+        return _fused_dice_ce(input, target, include_background, squared_pred, jaccard, reduction, float(smooth_nr),
+                              float(smooth_dr), batch, w, dice_weight, float(lambda_dice), float(lambda_ce),
+                              float(label_smoothing), ignore_index, float(lambda_tv))
     loss = lambda_dice * dice_loss(input, target, include_background, to_onehot_y, sigmoid, softmax, None,
                                    squared_pred, jaccard, reduction, smooth_nr, smooth_dr, batch, dice_weight,
                                    ignore_index=ignore_index, backend=backend)
@@ -702,6 +707,41 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
         p = torch.sigmoid(x) if classes == 1 else torch.softmax(x, 1)
         loss = reference._add_total_variation(loss, p, float(lambda_tv), spatial, reduction).to(loss.dtype)
     return loss
+
+
+def _fused_dice_ce(input: Tensor, target: Tensor, include_background: bool, squared_pred: bool, jaccard: bool,
+                   reduction: str, smooth_nr: float, smooth_dr: float, batch: bool, w: Optional[Tensor],
+                   dice_weight: Optional[Tensor], lambda_dice: float, lambda_ce: float, label_smoothing: float,
+                   ignore_index: Optional[int], lambda_tv: float) -> Tensor:
+    """dice_ce_loss(softmax=True, to_onehot_y=True) on the CPU's native kernel: the Dice's sums and
+    the cross-entropy's in one pass (op softmax_region_sums with_ce), their summed gradient in
+    one more. Without ignore_index the cross-entropy ignores label -100, as torch's; the Dice
+    raises on it first (a label outside [0, C), as MONAI's one-hot does)."""
+    classes, spatial = input.shape[1], input.dim() - 2
+    labels = _label_map(input, target, ignore_index)
+    dice_w = _dice_weight(dice_weight, _foreground_classes(input, include_background), input.device)
+    if w is not None:
+        w = w.expand(classes) if w.dim() == 0 else w
+        if w.shape != (classes,):
+            raise ValueError(f"weight must have one value a class, shape ({classes},), got {tuple(w.shape)}")
+    mode = reference.region_mode(squared_pred, False)
+    ignore = -100 if ignore_index is None else ignore_index
+
+    def fn(input, labels):
+        sums, ce = _ops.softmax_region_sums(input, labels, None, mode, w, ignore, label_smoothing, True)
+        dice = reference.dice_from_sums(sums, mode, include_background, jaccard, smooth_nr, smooth_dr, batch, dice_w,
+                                        reduction, spatial, input.dtype)
+        total, denominator, counted = ce.unbind()
+        if reduction == "mean":  # torch's: NaN when D = 0, a zero gradient when no pixel counts
+            divisor = torch.where(counted > 0, denominator, torch.ones_like(denominator))
+            total = torch.where(denominator == 0, torch.full_like(denominator, float("nan")), total / divisor)
+        loss = lambda_dice * dice + lambda_ce * total.to(input.dtype)
+        if lambda_tv != 0:
+            p = torch.softmax(input.to(reference.compute_dtype(input, input)), 1)
+            loss = reference._add_total_variation(loss, p, lambda_tv, spatial, reduction).to(loss.dtype)
+        return loss
+
+    return _run(input.device, fn, input, labels)
 
 
 # multi-class ------------------------------------------------------------------------------

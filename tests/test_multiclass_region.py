@@ -316,7 +316,7 @@ def test_op_matches_reference_sums(mode, masked, dtype):
     for label_dtype, shape in zip([torch.int64, torch.int32, torch.uint8] * 3, OP_SHAPES):
         x, labels, mask = _op_inputs(shape, dtype, label_dtype, masked)
         x.requires_grad_(True)
-        sums = _ops.softmax_region_sums(x, labels, mask, mode)
+        sums = _ops.softmax_region_sums(x, labels, mask, mode)[0]
         x64 = x.detach().double().requires_grad_(True)
         one_hot = torch.nn.functional.one_hot(labels.long(), shape[1]).movedim(-1, 1) if x.numel() else \
             torch.zeros(shape, dtype=torch.bool)
@@ -345,9 +345,9 @@ def test_op_counts_labels_out_of_range_and_is_deterministic():
     x, labels, mask = _op_inputs((2, 4, 70, 90), torch.float32, torch.int64, True)
     labels[0, 0, 0], labels[1, 5, 5] = 7, -1
     mask[0, 0, 0, 0], mask[1, 0, 5, 5] = True, False
-    sums = _ops.softmax_region_sums(x, labels, mask, 0)
+    sums = _ops.softmax_region_sums(x, labels, mask, 0)[0]
     assert sums[0, 0, 3] == 1 and sums[1, 0, 3] == 0 and (sums[:, 1:, 3] == 0).all()
-    assert torch.equal(sums, _ops.softmax_region_sums(x, labels, mask, 0))
+    assert torch.equal(sums, _ops.softmax_region_sums(x, labels, mask, 0)[0])
 
 
 @needs_native
@@ -355,15 +355,56 @@ def test_op_opcheck_and_errors():
     from pylosses import _ops
     op = torch.ops.pylosses.softmax_region_sums
     x, labels, mask = _op_inputs((2, 3, 5, 7), torch.float32, torch.int64, True)
-    for args in [(x.requires_grad_(True), labels, None, 0), (x, labels.to(torch.uint8), mask, 1),
-                 (x.detach().double(), labels.int(), mask, 2)]:
+    w = torch.tensor([0.5, 1.0, 2.0])
+    for args in [(x.requires_grad_(True), labels, None, 0, None, -100, 0.0, False),
+                 (x, labels.to(torch.uint8), mask, 1, w, 2, 0.1, True),
+                 (x.detach().double(), labels.int(), mask, 2, None, _ops.NO_IGNORE, 0.0, True)]:
         torch.library.opcheck(op, args)
     torch.library.opcheck(torch.ops.pylosses.softmax_region_sums_backward,
-                          (torch.randn(2, 3, 4), x.detach(), labels, mask, 0))
+                          (torch.randn(2, 3, 4), torch.randn(3), x.detach(), labels, mask, 0, w, 1, 0.2))
     cases = [((x, labels.float(), None, 0), TypeError, "labels"),
              ((x, labels[:, :4], None, 0), ValueError, "labels"),
              ((x, labels, mask.expand(2, 3, 5, 7), 0), ValueError, "mask"),
-             ((x, labels, None, 3), ValueError, "mode")]
+             ((x, labels, None, 3), ValueError, "mode"),
+             ((x, labels, None, 0, torch.ones(2)), ValueError, "weight"),
+             ((x, labels, None, 0, None, None, 1.5), ValueError, "label_smoothing")]
     for args, error, match in cases:
         with pytest.raises(error, match=match):
             _ops.softmax_region_sums(*args)
+
+
+@needs_native
+@pytest.mark.parametrize("options", [{}, {"weight": [0.5, 1.0, 2.0, 1.5], "label_smoothing": 0.2},
+                                     {"ignore_index": 1, "reduction": "sum", "include_background": False},
+                                     {"ignore_index": 255, "squared_pred": True, "batch": True, "lambda_tv": 0.1},
+                                     {"lambda_dice": 0.3, "lambda_ce": 2.0, "jaccard": True}])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_fused_dice_ce_matches_the_composed_losses(options, dtype):
+    """DiceCELoss(softmax=True, to_onehot_y=True) on the CPU's native backend (one op for the
+    Dice's sums and the cross-entropy, one pass for their summed gradient) against the reference
+    in float64: values and input gradients, over label dtypes, 2-D and 3-D, and with every pixel
+    ignored (NaN, as torch's mean)."""
+    options = dict(options)
+    if "weight" in options:
+        options["weight"] = torch.tensor(options["weight"], dtype=torch.float64)
+    for shape, label_dtype in [((2, 4, 9, 7), torch.int64), ((1, 4, 3, 5, 6), torch.uint8),
+                               ((2, 4, 70, 90), torch.int32)]:
+        x = _logits(shape)
+        t = _labels(shape, ignore=options.get("ignore_index") if options.get("ignore_index", 0) >= 4 else None)
+        t = t.to(label_dtype) if label_dtype != torch.uint8 or t.max() < 256 else t
+        exact, xg = x.clone().requires_grad_(True), x.to(dtype).requires_grad_(True)
+        want = pylosses.dice_ce_loss(exact, t, softmax=True, to_onehot_y=True, **options, backend="reference")
+        got = pylosses.dice_ce_loss(xg, t, softmax=True, to_onehot_y=True, **options, backend="native")
+        # bfloat16: with lambda_tv the gradient is the kernel's, rounded, plus torch's total variation's, rounded
+        tol = {torch.float64: 1e-12, torch.float32: 2e-5}.get(dtype, 3e-2)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+        mine, = torch.autograd.grad(got, xg)
+        truth, = torch.autograd.grad(want, exact)
+        torch.testing.assert_close(mine.double(), truth, rtol=tol, atol=tol * float(truth.abs().max()))
+    x = _logits((2, 3, 4, 4)).requires_grad_(True)
+    t = torch.full((2, 1, 4, 4), 7)
+    loss = pylosses.dice_ce_loss(x, t, softmax=True, to_onehot_y=True, ignore_index=7, backend="native")
+    want = pylosses.dice_ce_loss(x.detach(), t, softmax=True, to_onehot_y=True, ignore_index=7, backend="reference")
+    assert torch.isnan(loss) and torch.isnan(want)
+    assert (torch.autograd.grad(loss, x)[0] == 0).all()

@@ -307,13 +307,14 @@ class RowSource {
   const acc_t* (*load_)(const void*, int64_t, acc_t*, int64_t) = nullptr;
 };
 
-// A label map's rows (int64, int32 or uint8) as acc_t, with an ignored pixel's label -1, which no
-// class matches. As RowSource: converted once a dtype, not compiled into each instantiation of
-// the math.
+// A label map's rows (int64, int32 or uint8) as acc_t, with an ignored pixel's label `ignored`
+// (-1 unless given), which no class matches. As RowSource: converted once a dtype, not compiled
+// into each instantiation of the math.
 template <typename acc_t>
 class LabelRows {
  public:
-  LabelRows(const at::Tensor& t, int64_t ignore_index) : ignore_(ignore_index) {
+  LabelRows(const at::Tensor& t, int64_t ignore_index, acc_t ignored = acc_t(-1))
+      : ignore_(ignore_index), ignored_(ignored) {
     AT_DISPATCH_V2(t.scalar_type(), "pylosses", AT_WRAP([&] {
                      data_ = t.const_data_ptr<scalar_t>();
                      load_ = &load<scalar_t>;
@@ -321,21 +322,22 @@ class LabelRows {
                    at::kLong, at::kInt, at::kByte);
   }
   const acc_t* operator()(int64_t offset, acc_t* buf, int64_t n) const {
-    load_(data_, offset, buf, n, ignore_);
+    load_(data_, offset, buf, n, ignore_, ignored_);
     return buf;
   }
 
  private:
   template <typename label_t>
-  static void load(const void* data, int64_t offset, acc_t* buf, int64_t n, int64_t ignore) {
+  static void load(const void* data, int64_t offset, acc_t* buf, int64_t n, int64_t ignore, acc_t ignored) {
     const label_t* t = static_cast<const label_t*>(data) + offset;
     for (int64_t i = 0; i < n; ++i) {  // vectorised by the compiler
-      buf[i] = int64_t(t[i]) == ignore ? acc_t(-1) : acc_t(t[i]);
+      buf[i] = int64_t(t[i]) == ignore ? ignored : acc_t(t[i]);
     }
   }
   const void* data_ = nullptr;
-  void (*load_)(const void*, int64_t, acc_t*, int64_t, int64_t) = nullptr;
+  void (*load_)(const void*, int64_t, acc_t*, int64_t, int64_t, acc_t) = nullptr;
   int64_t ignore_;
+  acc_t ignored_;
 };
 
 // The rows of a floating output tensor (or none: false), written as acc_t: row() says where to
