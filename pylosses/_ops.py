@@ -357,6 +357,7 @@ def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, 
 
 
 def _triton_cross_entropy_fwd(input, target, weight, ignore_index, label_smoothing, reduction, compute_grad):
+    triton_cross_entropy.check_ce_args(input, target, weight, label_smoothing, reduction)  # (before the labels')
     if input.device.type == "cpu" or input_checks:  # on the CPU the check costs no sync
         reference.check_class_targets(target, input.shape[1], ignore_index)
     return triton_cross_entropy.cross_entropy_fwd(input, target, weight, ignore_index, label_smoothing, reduction,
@@ -370,6 +371,7 @@ torch.library.register_autograd("pylosses::softmax_region_sums", _softmax_region
                                 setup_context=_softmax_region_setup_context)
 try:
     from .triton_kernels import common as triton_common
+    from .triton_kernels import cross_entropy as triton_cross_entropy
     from .triton_kernels import mse as triton_mse
     from .triton_kernels import region as triton_region
     from .triton_kernels import segmentation as triton_segmentation
@@ -380,6 +382,7 @@ except ImportError as error:  # no Triton: the triton backend is unavailable
 else:
     for _name, _impl in (("mse_loss_fwd", triton_mse.mse_loss_fwd), ("seg_loss_fwd", _triton_seg_loss_fwd),
                          ("loss_backward", triton_common.loss_backward), ("region_sums", triton_region.region_sums),
-                         ("region_sums_backward", triton_region.region_sums_backward)):
+                         ("region_sums_backward", triton_region.region_sums_backward),
+                         ("cross_entropy_fwd", _triton_cross_entropy_fwd)):
         _library.impl("triton_" + _name, _impl, "CompositeExplicitAutograd")
     _register("triton")

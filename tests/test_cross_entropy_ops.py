@@ -6,6 +6,7 @@ every reduction and label-map dtype, 16-bit inputs, layouts, empty and meta tens
 arguments, out-of-range labels, opcheck, torch.compile(fullgraph=True), autocast, determinism."""
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -15,11 +16,13 @@ import pylosses
 from pylosses import _ops, reference
 
 ops = torch.ops.pylosses
-BACKENDS = [b for b in ("native", "triton") if b in pylosses.available_backends("cpu")
-            and (b != "triton" or hasattr(_ops, "triton_cross_entropy"))]
+BACKENDS = [b for b in ("native", "triton") if b in pylosses.available_backends("cpu")]
 # (B, C, spatial...): two classes to 40 (above what the GPU kernels keep in registers); pixels
-# that are not a multiple of a vector; several work items; (B, C) with no spatial axis
-SHAPES = [(2, 2, 9, 7), (3, 3, 11), (2, 4, 5, 4, 3), (1, 14, 6, 5), (2, 40, 3, 5), (5, 3), (2, 4, 48, 80)]
+# that are not a multiple of a vector; several Triton tiles a sample; (B, C) with no spatial axis;
+# several CPU work items (LARGE: too slow for Triton's interpreter, whose tiles the one before
+# exercises)
+LARGE = (2, 4, 48, 80)
+SHAPES = [(2, 2, 9, 7), (3, 3, 11), (2, 4, 5, 4, 3), (1, 14, 6, 5), (2, 40, 3, 5), (5, 3), (2, 3, 9, 40), LARGE]
 REDUCTIONS = ["mean", "sum", "none"]
 LABEL_DTYPES = [torch.int64, torch.int32, torch.uint8]
 # (weight, label_smoothing, where labels are ignore_index), in turn over the shapes
@@ -74,6 +77,8 @@ def _check(backend, x, t, w, ignore_index, smoothing, reduction, dtype, tol, dev
 def test_matches_reference(backend, shape, label_dtype, reduction):
     """float64 to a few roundings, float32 to 2e-6 of the largest value, each shape in two of the
     option sets (all of them over the shapes)."""
+    if backend == "triton" and shape == LARGE and os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("several CPU work items: too slow for Triton's interpreter")
     k = SHAPES.index(shape)
     for weight, smoothing, ignore in (OPTIONS[k % len(OPTIONS)], OPTIONS[(k + 2) % len(OPTIONS)]):
         x, t, w, ignore_index = _case(shape, label_dtype, ignore, weight, seed=k)
@@ -120,6 +125,12 @@ def test_weights_of_zero(backend):
 def test_ignored_pixels_with_non_finite_logits(backend):
     """Padding: an ignored pixel's logits may be inf or NaN; its loss and gradient are 0 and the
     others' are untouched, as torch's."""
+    if backend == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        import triton
+
+        if tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7):
+            pytest.skip("Triton 3.6's interpreter computes tl.minimum with np.minimum, NaN in NaN out, where the "
+                        "compiled code (PTX min.f32) and Triton 3.8's interpreter (np.fmin) give the other operand")
     x, t, w, _ = _case((2, 3, 6, 8), ignore="absent", dtype=torch.float32, weight=True)
     t[:, :2] = -100
     x[0, :, 0, 0] = float("nan")
@@ -169,7 +180,7 @@ def test_meta_tensors_give_shapes(backend):
     assert loss.shape == (2, 6, 7) and loss.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "native"])  # (CPU threads; GPUs: tests/test_gpu.py)
 def test_deterministic_for_any_thread_count(backend):
     x, t, w, ignore_index = _case((3, 5, 64, 96), weight=True, dtype=torch.float32)
     runs = []

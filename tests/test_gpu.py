@@ -298,8 +298,6 @@ def test_cross_entropy_on_the_gpu(backend):
     every reduction and label dtype, 16-bit inputs, all pixels ignored, and two runs bitwise equal."""
     from test_cross_entropy_ops import OPTIONS, _case, _check, _loss_and_grad
 
-    if backend == "triton" and not hasattr(pylosses._ops, "triton_cross_entropy"):
-        pytest.skip("the Triton cross-entropy is not registered yet (README, Multi-class)")
     for k, shape in enumerate([(2, 4, 64, 64), (2, 3, 33, 65), (2, 14, 16, 32, 32), (3, 40, 48, 40), (64, 10)]):
         for label_dtype in (torch.int64, torch.uint8):
             for reduction in ("mean", "sum", "none"):

@@ -110,6 +110,19 @@ ALLOWED = [
        "that is not a multiple of the pack, or misaligned pointers) with bfloat16 logits: 36 to 43 instructions an "
        "element against budgets of 32 to 39 (predicted 78% to 97% of copy bandwidth); aligned planes take packs")
       for c in (4, 8)),
+    # Triton cross-entropy: labels "C=... dtype target ... grad on|off [weight] [smoothing]"
+    *(("ce", "occupancy", text, "Triton, the cross-entropy with class weights or label smoothing, or a 16-bit input "
+       "above 32 classes: each thread carries its pixels' state (8 pixels of a 16-bit input: w_t, the smoothing's "
+       "sums, the online softmax's) beside its logits; at .maxnreg 64 they spill, so they run unlimited: float32 71 "
+       "to 80 registers (25 to 28 warps an SM), bfloat16 79 to 146 (13 to 25 warps) where the launch assumes 32; "
+       "without weights and smoothing float32 keeps 32 at every C, bfloat16 up to 32 classes")
+      for text in (" weight", "smoothing", "C=40 bfloat16")),
+    *(("ce", "instructions", text, "Triton, the cross-entropy of a bfloat16 input with class weights or label "
+       "smoothing: the per-pixel work (labels, log, reciprocal, w_t, the smoothing's sums), copied in each lane that "
+       "shares a pixel, over few classes a thread: 33 to 56 instructions an element with the gradient against a "
+       "budget of 31.2, 26.5 without it against 15.6 (predicted 56% to 93% of copy bandwidth); without weights and "
+       "smoothing bfloat16 passes (25 to 30), float32 passes with them")
+      for text in ("bfloat16 target int64 mean grad on", "bfloat16 target uint8 sum grad off weight")),
 ]
 
 
@@ -452,7 +465,7 @@ def triton_cases(quick=False):
     """(label, family, call) for every launcher variant the gate compiles: call() launches it."""
     import torch
 
-    from pylosses.triton_kernels import common, mse, region, segmentation
+    from pylosses.triton_kernels import common, cross_entropy, mse, region, segmentation
 
     dtypes = [getattr(torch, d) for d in DTYPE_NAMES]
     cases = []
@@ -559,6 +572,29 @@ def triton_cases(quick=False):
         region_case("64x64", torch.float32, "float", True, 0, "sample", misaligned=True)
         region_case("64x64", torch.float32, "float", True, 0, "sample", "both", misaligned=True)
 
+    def ce_case(classes, dtype, t_dtype, grad, weight, smoothing, reduction=1):
+        """cross_entropy_fwd on (2, classes, 64, 64): C <= 32 one class tile in registers, above
+        chunks of classes walked twice"""
+        shape = (2, classes, 64, 64)
+        label = (f"C={classes} {str(dtype)[6:]} target {str(t_dtype)[6:]} {['none', 'mean', 'sum'][reduction]} "
+                 f"grad {'on' if grad else 'off'}{' weight' if weight else ''}{' smoothing' if smoothing else ''}")
+
+        def call():
+            x, t = _tensor(shape, dtype), _tensor((shape[0], *shape[2:]), t_dtype)
+            w = torch.ones(classes) if weight else None
+            cross_entropy.cross_entropy_fwd(x, t, w, -100, 0.1 if smoothing else 0.0, reduction, grad)
+
+        cases.append((label, "ce", call, True))
+
+    for classes in (4, 14, 40):
+        for dtype in (torch.float32, torch.bfloat16):
+            ce_case(classes, dtype, torch.uint8, True, False, False)
+            ce_case(classes, dtype, torch.int64, True, True, True)
+    if not quick:
+        ce_case(4, torch.float32, torch.int64, False, False, False)
+        ce_case(14, torch.float32, torch.int64, True, False, False, reduction=0)
+        ce_case(14, torch.bfloat16, torch.int64, True, False, True)
+        ce_case(40, torch.bfloat16, torch.uint8, False, True, False, reduction=2)
     return cases
 
 

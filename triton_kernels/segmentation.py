@@ -91,8 +91,10 @@ def _soft_logs(p, floor):
 
 
 @triton.jit
-def _log_1_2(u):
-    """log u for u in [1, 2] (or NaN): no guards needed"""
+def _log_plain(u):
+    """log u for a normal positive u (or NaN), as u in [1, 2] here and a sum of exponentials in
+    cross_entropy.py: float32's in plain arithmetic (_log_f32), without the guards for
+    denormals, 0 and inf that tl.log adds"""
     if u.dtype == tl.float64:
         v = tl.log(u)
     else:
@@ -122,7 +124,7 @@ def _bce_loss(x, p, e, t, label, bad, LOGITS: tl.constexpr, HARD: tl.constexpr, 
     if LOGITS:
         # log1p(e) = log(u) + (e - (u - 1)), e in [0, 1]: u in [1, 2] needs no guards
         u = 1.0 + e
-        bce = tl.maximum(x, 0.0) - x * t + (_log_1_2(u) + (e - (u - 1.0)))
+        bce = tl.maximum(x, 0.0) - x * t + (_log_plain(u) + (e - (u - 1.0)))
         if HARD:
             bce = tl.where(bad, float("nan"), bce)
         return bce
