@@ -22,9 +22,17 @@ def test_every_op_has_a_cpu_kernel():
     assert _ops_with_kernel("CPU") == defined
 
 
+# Ops with a CPU kernel only, for now: on CUDA tensors pylosses.functional composes what they
+# compute from torch ops and the ops that have CUDA kernels (README, "Multi-class")
+CPU_ONLY = ["pylosses::softmax_region_sums", "pylosses::softmax_region_sums_backward"]
+
+
 def test_every_cpu_op_has_a_cuda_kernel():
     cpu, cuda = _ops_with_kernel("CPU"), _ops_with_kernel("CUDA")
     if not cuda and os.environ.get("PYLOSSES_REQUIRE_CUDA") != "1":
         pytest.skip("pylosses._C was built without CUDA (set FORCE_CUDA=1 to build it; CI does)")
     assert cpu, "no CPU kernels registered"
-    assert cuda == cpu, f"ops with a CPU kernel but no CUDA kernel: {sorted(set(cpu) - set(cuda))}"
+    assert set(CPU_ONLY) <= set(cpu), "CPU_ONLY names an op that has no CPU kernel"
+    missing = sorted(set(cpu) - set(cuda) - set(CPU_ONLY))
+    assert not missing and not set(CPU_ONLY) & set(cuda), \
+        f"ops with a CPU kernel but no CUDA kernel: {missing} (or CPU_ONLY is stale: {set(CPU_ONLY) & set(cuda)})"
