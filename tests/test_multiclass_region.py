@@ -71,8 +71,8 @@ def _target(options, shape, seed=0):
 
 
 def _monai(name, options, classes):
-    """MONAI's loss for the case; DiceCELoss with ignore_index (which MONAI's has not) is its
-    DiceLoss(ignore_index) plus torch's cross-entropy with ignore_index."""
+    """MONAI's loss for the case ("classes": a weight for each class). DiceCELoss with
+    ignore_index, which MONAI's has not, is test_dice_ce_ignore_index_is_removed_from_both_terms's."""
     monai_losses = pytest.importorskip("monai.losses")
     options = dict(options)
     if options.get("weight") == "classes":
