@@ -23,7 +23,7 @@ def _extension() -> dict:
         return {"built": False, "why": f"{_ops.EXTENSION_ERROR}; {functional.HOW_TO_BUILD}"}
     from . import _C
 
-    has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("pylosses::seg_loss_fwd", "CUDA")
+    has_cuda = "CUDA" in _ops.NATIVE_KEYS
     return {
         "built": True,
         "file": _C.__file__,

@@ -73,6 +73,11 @@ try:
     EXTENSION_ERROR = None
 except ImportError as error:  # not built (a pure-Python install): the native backend is unavailable
     EXTENSION_ERROR = error
+# The dispatch keys the native kernels were built for, read once here: torch.compile cannot trace
+# torch._C._dispatch_has_kernel_for_dispatch_key (it returns a bool), and backend checks run inside
+# compiled code
+NATIVE_KEYS = frozenset(key for key in ("CPU", "CUDA") if EXTENSION_ERROR is None
+                        and torch._C._dispatch_has_kernel_for_dispatch_key("pylosses::seg_loss_fwd", key))
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 

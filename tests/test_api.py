@@ -154,6 +154,21 @@ def test_available_backends_and_auto():
         assert functional._pick_backend("auto", torch.device("cpu")) == "native"
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_backend_choice_traces_under_fullgraph_compile(device):
+    """The backend checks run inside the user's compiled code, for any device: no call dynamo
+    cannot trace (the H200 run found _dispatch_has_kernel_for_dispatch_key, which returns a bool,
+    in the check for cuda tensors). Tracing needs no such device: the checks look at torch.device."""
+    dev = torch.device(device)
+
+    def choose(x):
+        return x + len(functional._unavailable_reason("native", dev)) + len(functional._auto_backend(dev))
+
+    torch._dynamo.reset()
+    x = torch.zeros(3)
+    torch.testing.assert_close(torch.compile(choose, fullgraph=True, backend="eager")(x), choose(x))
+
+
 @needs_native
 def test_triton_on_cpu_tensors_only_in_the_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
