@@ -200,3 +200,33 @@ def test_log_counts_without_and_with_xdist(tmp_path):
     ]))
     assert device_check.log_counts(xdist) == (1, 1, 1, 1)
     assert device_check.log_counts(tmp_path / "missing.log") is None
+
+
+def test_a_stopped_test_step_still_says_why_its_failures_failed(tmp_path):
+    """-p early_failures: the error of a failure is in the log the moment it fails, before the
+    step is stopped at its limit (pytest writes its own failure report only at the end)."""
+    (tmp_path / "test_x.py").write_text(textwrap.dedent("""
+        import time, torch
+        def test_a():
+            torch.testing.assert_close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5]))
+        def test_b():
+            time.sleep(120)
+    """))
+    (planned,) = [s for s in device_check.plan(sys.executable, str(tmp_path), {}) if s.name == "tests"]
+    assert "early_failures" in planned.cmd and "tests" in planned.env["PYTHONPATH"].split(os.pathsep)
+    log = tmp_path / "tests.log"
+    step = device_check.Step("tests", [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p",
+                                       "early_failures", "test_x.py"], str(log),
+                             {"PYTHONPATH": os.path.join(ROOT, "tests")})
+    proc = subprocess.Popen(step.cmd, cwd=tmp_path, env={**os.environ, **step.env}, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while "test_b" not in log.read_text() and time.monotonic() < deadline:  # test_a is done
+        time.sleep(0.2)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    text = log.read_text()
+    assert "--- test_x.py::test_a failed (call):" in text
+    assert "Greatest absolute difference: 0.5" in text
+    assert "short test summary" not in text  # pytest's own report never came
+    assert device_check.log_counts(log) == (0, 1, 0, 0)
