@@ -37,8 +37,8 @@ import triton.language as tl
 from pylosses._dtypes import saved_grad_dtype
 from pylosses.reference import check_values
 
-from .common import (acc_dtype, acc_torch_dtype, exp_neg_abs, launch_device, reciprocal, sigmoid_exp, sign,
-                     sum_groups, to_element)
+from .common import (acc_dtype, acc_torch_dtype, exp_neg_abs, launch_device, reciprocal, sigmoid_exp, sigmoid_fast,
+                     sign, sum_groups, to_element)
 
 # how a program covers its elements (seg_fwd_kernel's WALK)
 PLANES, DEPTH_WALK, ROW_WALK = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -179,10 +179,15 @@ def _bce_grad_target(x, p, LOGITS: tl.constexpr):
 
 
 @triton.jit
-def _load_prob(ptr, mask, fallback, LOGITS: tl.constexpr, ACC: tl.constexpr):
-    # the probability at ptr where mask holds, else fallback (a missing neighbour is the element)
-    p, _ = _prob_exp(tl.load(ptr, mask=mask).to(ACC), LOGITS)
-    return tl.where(mask, p, fallback)
+def _load_neighbour(ptr, mask, x, p, LOGITS: tl.constexpr, ACC: tl.constexpr):
+    """(the input at ptr, its probability) where mask holds, else (x, p): a missing neighbour is
+    the element. The TV's signs are taken from the inputs, the loss from the probabilities."""
+    x_n = _load_value(ptr, mask, x, ACC)
+    if LOGITS:  # (its TV difference needs absolute accuracy only)
+        p_n = tl.where(mask, sigmoid_fast(x_n), p)
+    else:
+        p_n = x_n
+    return x_n, p_n
 
 
 @triton.jit
@@ -323,15 +328,17 @@ def _shift_out(v, last):
 
 
 @triton.jit
-def _axis(p, p_before, has_before, x, x_after, weight):
+def _axis(p, x_before, p_before, has_before, x, x_after, weight):
     """An axis's share of the TV: (its gradient on p, its loss) of an element, from the element
-    before it (as a probability; has_before: there is one) and the one after it (as it is: the
-    sign is the same). A missing neighbour's difference is set to 0, not taken from the element
-    itself standing in for it: on a GPU the compiler may compute a logit's sigmoid twice, once
-    for p and once for the stand-in, with roundings that differ, and the sign of that difference
-    (+-1, not 0) was the gradient's error at every edge of an H200 run."""
+    before it (has_before: there is one) and the one after it. Every sign is a difference of the
+    inputs (of logits, the sigmoid being increasing), never of probabilities: on a GPU the
+    compiler may compute a logit's sigmoid twice, once for the element and once for its neighbour,
+    with roundings that differ, and the sign of the difference of two equal logits' sigmoids came
+    out +-1, not 0 (an H200 run: at every edge, and between equal float16 neighbours). A missing
+    neighbour's difference is 0."""
     d = tl.where(has_before, p - p_before, 0.0)
-    return weight * (sign(d) - sign(x_after - x)), weight * tl.abs(d)
+    s = sign(tl.where(has_before, x - x_before, 0.0))
+    return weight * (s - sign(x_after - x)), weight * tl.abs(d)
 
 
 @triton.jit
@@ -348,18 +355,19 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, t
     if len(offs.shape) == 3:
         # rows in vectors of G (the last axis): each difference and its sign taken once, for
         # both its elements; the vector's outer neighbours loaded (left as a probability)
-        p_left = _load_prob(x_ptr + _first(offs) - 1, _first(mine) & (_first(w) > 0), _first(p), LOGITS, ACC)
+        x_left, p_left = _load_neighbour(x_ptr + _first(offs) - 1, _first(mine) & (_first(w) > 0), _first(x),
+                                         _first(p), LOGITS, ACC)
         x_last = _last(x)
         x_right = _load_value(x_ptr + _last(offs) + 1, _last(mine) & (_last(w) < W - 1), x_last, ACC)
         d_left = tl.where(w > 0, p - _shift_in(p, p_left), 0.0)  # (see _axis)
-        s_left = sign(d_left)
+        s_left = sign(tl.where(w > 0, x - _shift_in(x, x_left), 0.0))
         tv_w = w_w * (s_left - _shift_out(s_left, sign(x_right - x_last)))
         loss_w = w_w * tl.abs(d_left)
     else:
         # the left neighbour as a probability, the right one (for the sign) as it is
-        p_left = _load_prob(x_ptr + offs - 1, mine & (w > 0), p, LOGITS, ACC)
+        x_left, p_left = _load_neighbour(x_ptr + offs - 1, mine & (w > 0), x, p, LOGITS, ACC)
         x_right = _load_value(x_ptr + offs + 1, mine & (w < W - 1), x, ACC)
-        tv_w, loss_w = _axis(p, p_left, w > 0, x, x_right, w_w)
+        tv_w, loss_w = _axis(p, x_left, p_left, w > 0, x, x_right, w_w)
     if GRAD:
         chain = p * (1.0 - p) if LOGITS else 1.0
         g = alpha_w * _bce_grad_input(p, t, label, LOGITS, HARD) + chain * (tv_w + tv)
@@ -372,15 +380,15 @@ def _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, t
 
 
 @triton.jit
-def _column_terms(x_ptr, offs, mine, h, x, p, p_front, has_front, x_back, H, W, w_h, w_d, LOGITS: tl.constexpr,
-                  ACC: tl.constexpr, DEPTH: tl.constexpr):
+def _column_terms(x_ptr, offs, mine, h, x, p, x_front, p_front, has_front, x_back, H, W, w_h, w_d,
+                  LOGITS: tl.constexpr, ACC: tl.constexpr, DEPTH: tl.constexpr):
     """_axis of the column (neighbours loaded) and, in 3-D, of the depth (neighbours given)."""
     W64 = tl.full([], W, tl.int64)
-    p_up = _load_prob(x_ptr + offs - W64, mine & (h > 0), p, LOGITS, ACC)
+    x_up, p_up = _load_neighbour(x_ptr + offs - W64, mine & (h > 0), x, p, LOGITS, ACC)
     x_down = _load_value(x_ptr + offs + W64, mine & (h < H - 1), x, ACC)
-    tv, tv_loss = _axis(p, p_up, h > 0, x, x_down, w_h)
+    tv, tv_loss = _axis(p, x_up, p_up, h > 0, x, x_down, w_h)
     if DEPTH:  # (in 2-D, nothing: not even w_d * 0)
-        tv_d, loss_d = _axis(p, p_front, has_front, x, x_back, w_d)
+        tv_d, loss_d = _axis(p, x_front, p_front, has_front, x, x_back, w_d)
         tv += tv_d
         tv_loss += loss_d
     return tv, tv_loss
@@ -398,7 +406,7 @@ def _row_step(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, in_row, w, h, x, p, e, s
     p_next, e_next = _prob_exp(x_next, LOGITS)
     # the pair (this row, the one below): its loss here, its sign for both rows
     d = tl.where(has_down, p_next - p, 0.0)  # (see _axis)
-    s_down = sign(d)
+    s_down = sign(tl.where(has_down, x_next - x, 0.0))
     loss = _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, x, p, e, w_h * (s_up - s_down),
                       w_h * tl.abs(d), W, alpha_w, w_w, LOGITS, GRAD, GRAD_T, ACC)
     return loss, x_next, p_next, e_next, s_down
@@ -423,14 +431,14 @@ def _plane_tile(x_ptr, t_ptr, grad_ptr, grad_t_ptr, plane_id, tile_h, tile_w, la
             d = tl.where(before, tl.where(d == 0, D - 1, d - 1), d)
             plane = tl.full([], H, tl.int64) * W
             has_front = d > 0
-            p_front = _load_prob(x_ptr + offs - plane, mine & has_front, p, LOGITS, ACC)
+            x_front, p_front = _load_neighbour(x_ptr + offs - plane, mine & has_front, x, p, LOGITS, ACC)
             x_back = _load_value(x_ptr + offs + plane, mine & (d < D - 1), x, ACC)
         else:
-            p_front = p
+            x_front, p_front = x, p
             has_front = mine
             x_back = x
-        tv, tv_loss = _column_terms(x_ptr, offs, mine, h, x, p, p_front, has_front, x_back, H, W, w_h, w_d, LOGITS,
-                                    ACC, DEPTH)
+        tv, tv_loss = _column_terms(x_ptr, offs, mine, h, x, p, x_front, p_front, has_front, x_back, H, W, w_h, w_d,
+                                    LOGITS, ACC, DEPTH)
         loss = _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, offs, mine, w, x, p, e, tv, tv_loss, W, alpha_w, w_w,
                           LOGITS, GRAD, GRAD_T, ACC)
         total += tl.sum(tl.where(before, 0.0, loss))
@@ -478,8 +486,7 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         mine = in_row & (h < H)
         x = tl.load(x_ptr + offs, mask=mine, other=0.5).to(ACC)
         p, e = _prob_exp(x, LOGITS)
-        # the sign of p - p_up at a band's first row (the pair's loss is the band above's): the
-        # logits' sign is the probabilities'
+        # the sign of the pair (row above, band's first row) (its loss is the band above's)
         s_up = sign(x - _load_value(x_ptr + offs - W64, mine & (h > 0), x, ACC))
         acc = tl.zeros([BLOCK_H, BLOCK_W // VEC, VEC], ACC)
         # BLOCK_STEPS rows a pass (steps is a multiple of it): the next row's values take the
@@ -521,8 +528,8 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
             e_here = exp_neg_abs(x) if GRAD or GRAD_T else e
             # the pair (this plane, the one behind): its loss here, its sign for both planes
             d_back = tl.where(has_back, p_next - p, 0.0)  # (see _axis)
-            s_back = sign(d_back)
-            tv, tv_loss = _column_terms(x_ptr, here, mine, h, x, p, p, mine, x, H, W, w_h, w_d, LOGITS, ACC, False)
+            s_back = sign(tl.where(has_back, x_next - x, 0.0))
+            tv, tv_loss = _column_terms(x_ptr, here, mine, h, x, p, x, p, mine, x, H, W, w_h, w_d, LOGITS, ACC, False)
             acc += _tile_loss(x_ptr, t_ptr, grad_ptr, grad_t_ptr, here, mine, w, x, p, e_here,
                               tv + w_d * (s_front - s_back), tv_loss + w_d * tl.abs(d_back), W, alpha_w, w_w,
                               LOGITS, GRAD, GRAD_T, ACC)
