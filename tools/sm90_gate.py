@@ -110,6 +110,22 @@ ALLOWED = [
        "that is not a multiple of the pack, or misaligned pointers) with bfloat16 logits: 36 to 43 instructions an "
        "element against budgets of 32 to 39 (predicted 78% to 97% of copy bandwidth); aligned planes take packs")
       for c in (4, 8)),
+    # CUDA fused softmax region sums (softmax_region) and their backward: <class bound (0: chunked), mode, input>
+    ("softmax_region", "instructions", "", "CUDA, the fused softmax region sums, first version: on the register "
+     "path each class's three sums go through a warp butterfly (5 shuffles and adds each, in every lane) a tile of "
+     "32 pixels, beside expf and the region terms: 116 to 122 instructions an element (float32 against a budget of "
+     "about 32: predicted 27% of copy bandwidth; 16-bit inputs 13% to 14%; float64 330 to 336, 19%). The chunked "
+     "path's hot loop as the gate finds it is its max sweep (13 to 14), not its sums sweep, which costs about as "
+     "much as the register path's: its 'ok' is not a prediction of its speed. To be brought under budget: per-lane "
+     "sums in registers, added across the warp once a run of tiles, not once a tile"),
+    ("softmax_region_backward", "instructions", "", "CUDA, the fused softmax region backward, first version: a "
+     "thread a pixel, the softmax, sum_k p_k G_k and the gradient, with expf twice a class on the chunked path: "
+     "float32 89 to 112 instructions an element on the register path against 63 (predicted 56% to 70% of copy "
+     "bandwidth), 16-bit inputs 98 to 120 against 32 (26% to 33%), float64 151 to 200 against 126 (63% to 83%); "
+     "the chunked path's 16-bit 41 to 49 against 31 (64% to 77%)"),
+    *((family, "calls", "double>", "the slow path of the float64 IEEE division 1 / sum (math::preciprocal in "
+       "double; extreme operands only, the sum lies in [1, C])") for family in ("softmax_region",
+                                                                              "softmax_region_backward")),
     # Triton cross-entropy: labels "C=... dtype target ... grad on|off [weight] [smoothing]"
     *(("ce", "occupancy", text, "Triton, the cross-entropy with class weights or label smoothing, or a 16-bit input "
        "above 32 classes: each thread carries its pixels' state (8 pixels of a 16-bit input: w_t, the smoothing's "
