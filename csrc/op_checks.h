@@ -145,6 +145,28 @@ inline void check_softmax_region_args(const char* op, const at::Tensor& input, c
   }
 }
 
+// softmax_region_sums (op), on every device: the arguments above and the cross-entropy's options.
+inline void check_softmax_region_call(const char* op, const at::Tensor& input, const at::Tensor& labels,
+                                      const c10::optional<at::Tensor>& mask, int64_t mode,
+                                      const c10::optional<at::Tensor>& weight, double label_smoothing) {
+  check_softmax_region_args(op, input, labels, mask, mode);
+  check_ce_options(op, input, weight, label_smoothing);
+}
+
+// softmax_region_sums_backward: the forward's arguments, grad_sums (B, C, 4) and grad_ce (3).
+inline void check_softmax_region_backward_call(const at::Tensor& grad_sums, const at::Tensor& grad_ce,
+                                               const at::Tensor& input, const at::Tensor& labels,
+                                               const c10::optional<at::Tensor>& mask, int64_t mode,
+                                               const c10::optional<at::Tensor>& weight, double label_smoothing) {
+  constexpr const char* op = "softmax_region_sums_backward";
+  check_softmax_region_call(op, input, labels, mask, mode, weight, label_smoothing);
+  TORCH_CHECK_VALUE(grad_sums.dim() == 3 && grad_sums.size(0) == input.size(0) && grad_sums.size(1) == input.size(1) &&
+                        grad_sums.size(2) == 4,
+                    op, ": grad_sums must have the shape (B, C, 4), got ", grad_sums.sizes());
+  TORCH_CHECK_VALUE(grad_ce.dim() == 1 && grad_ce.size(0) == 3, op, ": grad_ce must have the shape (3), got ",
+                    grad_ce.sizes());
+}
+
 // cross_entropy_fwd: logits input (B, C, spatial...), class indices target (B, spatial...) of
 // int64, int32 or uint8, weight (C,) floating or undefined, label_smoothing in [0, 1].
 inline void check_ce_args(const at::Tensor& input, const at::Tensor& target, const c10::optional<at::Tensor>& weight,

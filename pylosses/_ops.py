@@ -35,9 +35,9 @@ SCHEMAS = {
     # pixels that the mask ((B, 1, spatial...) or none) keeps and whose label is not ignore_index
     # (a label outside [0, C) counts in sums[b, 0, 3]); and with_ce, the cross-entropy's sum of
     # losses, D and count, (3,) (cross_entropy_fwd's, weight, ignore_index, label_smoothing; the
-    # mask does not apply to it). The backward takes the gradients of both. Only the CPU kernel
-    # exists yet: functional.py composes the other backends from torch ops, region_sums and
-    # cross_entropy_fwd.
+    # mask does not apply to it). The backward takes the gradients of both. Native kernels on the
+    # CPU and CUDA (csrc/cpu/softmax_region.cpp, csrc/cuda/softmax_region.cu); functional.py
+    # composes the other backends from torch ops, region_sums and cross_entropy_fwd.
     "softmax_region_sums": "(Tensor input, Tensor labels, Tensor? mask, int mode, Tensor? weight, int ignore_index, "
                            "float label_smoothing, bool with_ce) -> (Tensor, Tensor)",
     "softmax_region_sums_backward": "(Tensor grad_sums, Tensor grad_ce, Tensor input, Tensor labels, Tensor? mask, "
@@ -183,7 +183,7 @@ NO_IGNORE = -2**63  # an ignore_index no label is (int64's lowest)
 
 def softmax_region_sums(input: Tensor, labels: Tensor, mask, mode: int, weight=None, ignore_index=None,
                         label_smoothing: float = 0.0, with_ce: bool = False):
-    """The native CPU kernel's softmax_region_sums (the only one yet): (sums, ce)."""
+    """The native kernel's softmax_region_sums (CPU or CUDA, as the tensors' device): (sums, ce)."""
     return torch.ops.pylosses.softmax_region_sums(input, labels, mask, mode, weight,
                                                   NO_IGNORE if ignore_index is None else ignore_index,
                                                   float(label_smoothing), with_ce)
@@ -207,20 +207,28 @@ def _softmax_region_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _softmax_region_backward(ctx, grad_sums, grad_ce):
-    input, labels, mask, weight = ctx.saved_tensors
-    if (grad_sums is None and grad_ce is None) or not ctx.needs_input_grad[0]:
-        return (None,) * 8
-    dtype = reference.compute_dtype(input, input)
-    grad_sums = input.new_zeros((input.shape[0], input.shape[1], reference.REGION_SUMS), dtype=dtype) \
-        if grad_sums is None else grad_sums.contiguous()
-    grad_ce = input.new_zeros((3,), dtype=dtype) if grad_ce is None else grad_ce
-    mode, ignore_index, label_smoothing = ctx.options
-    grad = torch.ops.pylosses.softmax_region_sums_backward(grad_sums, grad_ce, input, labels, mask, mode, weight,
-                                                           ignore_index, label_smoothing)
-    if torch.is_grad_enabled():  # create_graph=True: differentiating it again raises
-        grad = _NoDoubleBackward.apply(grad, input)
-    return (grad,) + (None,) * 7
+def _make_softmax_region_backward(backward_op):
+    """The autograd backward of softmax_region_sums, by backward_op (softmax_region_sums_backward,
+    or the tests' emulated CUDA kernel's)."""
+    def backward(ctx, grad_sums, grad_ce):
+        input, labels, mask, weight = ctx.saved_tensors
+        if (grad_sums is None and grad_ce is None) or not ctx.needs_input_grad[0]:
+            return (None,) * 8
+        dtype = reference.compute_dtype(input, input)
+        grad_sums = input.new_zeros((input.shape[0], input.shape[1], reference.REGION_SUMS), dtype=dtype) \
+            if grad_sums is None else grad_sums.contiguous()
+        grad_ce = input.new_zeros((3,), dtype=dtype) if grad_ce is None else grad_ce
+        mode, ignore_index, label_smoothing = ctx.options
+        grad = backward_op(grad_sums, grad_ce, input, labels, mask, mode, weight, ignore_index, label_smoothing)
+        if torch.is_grad_enabled():  # create_graph=True: differentiating it again raises
+            grad = _NoDoubleBackward.apply(grad, input)
+        return (grad,) + (None,) * 7
+
+    return backward
+
+
+_softmax_region_backward = _make_softmax_region_backward(
+    lambda *args: torch.ops.pylosses.softmax_region_sums_backward(*args))
 
 
 def cross_entropy(backend: str, input: Tensor, target: Tensor, weight, ignore_index: int, label_smoothing: float,

@@ -431,10 +431,11 @@ def _one_hot(labels: Tensor, classes: int) -> Tensor:
 def _kernel_region_sums(chosen: str, input: Tensor, target: Tensor, labels: Optional[Tensor], mask: Optional[Tensor],
                         sigmoid: bool, softmax: bool, mode: int, ignore_index: Optional[int]) -> Tensor:
     """The region sums from the kernels: softmax over a label map from the fused op
-    softmax_region_sums on the CPU (a mask (B, 1, spatial...) or none); elsewhere, and for the
-    other combinations, composed with torch ops for now: the softmax (float32, float64 for
-    float64) and a bool one-hot target are made in memory before region_sums (README, "Multi-class")."""
-    if (softmax and labels is not None and chosen == "native" and input.device.type == "cpu"
+    softmax_region_sums on the native backend, CPU or CUDA (a mask (B, 1, spatial...) or none);
+    on Triton, and for the other combinations, composed with torch ops for now: the softmax
+    (float32, float64 for float64) and a bool one-hot target are made in memory before
+    region_sums (README, "Multi-class")."""
+    if (softmax and labels is not None and chosen == "native" and input.device.type in ("cpu", "cuda")
             and (mask is None or mask.shape[1] == 1)):
         return _ops.softmax_region_sums(input, labels, mask, mode)[0]
     if labels is not None:
@@ -673,7 +674,7 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
                          f"got input of shape {tuple(input.shape)}")
     w = _class_weight(weight)
     dice_weight = w[1:] if w is not None and w.dim() == 1 and not include_background else w
-    if (classes > 1 and softmax and to_onehot_y and target.shape[1] == 1 and input.device.type == "cpu"
+    if (classes > 1 and softmax and to_onehot_y and target.shape[1] == 1 and input.device.type in ("cpu", "cuda")
             and _pick_backend(backend, input.device, input.numel()) == "native"):
         return _fused_dice_ce(input, target, include_background, squared_pred, jaccard, reduction, float(smooth_nr),
                               float(smooth_dr), batch, w, dice_weight, float(lambda_dice), float(lambda_ce),
@@ -713,15 +714,16 @@ def _fused_dice_ce(input: Tensor, target: Tensor, include_background: bool, squa
                    reduction: str, smooth_nr: float, smooth_dr: float, batch: bool, w: Optional[Tensor],
                    dice_weight: Optional[Tensor], lambda_dice: float, lambda_ce: float, label_smoothing: float,
                    ignore_index: Optional[int], lambda_tv: float) -> Tensor:
-    """dice_ce_loss(softmax=True, to_onehot_y=True) on the CPU's native kernel: the Dice's sums and
-    the cross-entropy's in one pass (op softmax_region_sums with_ce), their summed gradient in
-    one more. Without ignore_index the cross-entropy ignores label -100, as torch's; the Dice
-    raises on it first (a label outside [0, C), as MONAI's one-hot does)."""
+    """dice_ce_loss(softmax=True, to_onehot_y=True) on the native kernel (CPU or CUDA): the Dice's
+    sums and the cross-entropy's in one pass (op softmax_region_sums with_ce), their summed
+    gradient in one more. Without ignore_index the cross-entropy ignores label -100, as torch's;
+    the Dice raises on it first on the CPU (a label outside [0, C), as MONAI's one-hot does), and
+    on CUDA counts it in its sums, which makes the loss NaN (no host sync)."""
     classes, spatial = input.shape[1], input.dim() - 2
     labels = _label_map(input, target, ignore_index)
     dice_w = _dice_weight(dice_weight, _foreground_classes(input, include_background), input.device)
     if w is not None:
-        w = w.expand(classes) if w.dim() == 0 else w
+        w = (w.expand(classes) if w.dim() == 0 else w).to(input.device)
         if w.shape != (classes,):
             raise ValueError(f"weight must have one value a class, shape ({classes},), got {tuple(w.shape)}")
     mode = reference.region_mode(squared_pred, False)

@@ -26,7 +26,7 @@ from pylosses import _ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = [os.path.join(ROOT, "tests", "cuda_emulation", f"{name}.cpp")
-           for name in ("mse_loss", "seg_loss", "loss_backward", "region_loss", "cross_entropy")]
+           for name in ("mse_loss", "seg_loss", "loss_backward", "region_loss", "cross_entropy", "softmax_region")]
 EPS = {torch.float32: 2**-23, torch.float64: 2**-52, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 
 # shapes that also take the vector path (W a multiple of 8, and for float32 4: W = 12) and
@@ -610,3 +610,139 @@ def test_cross_entropy_bad_arguments(emulated, case):
         s = 1.5
     with pytest.raises((ValueError, TypeError), match="cross_entropy_fwd: "):
         emulated.cross_entropy_fwd(x, t, w, -100, s, reduction, True)
+
+
+# The fused softmax region sums (csrc/cuda/softmax_region.cu): the Dice's sums of softmax(input)
+# over a label map, and the cross-entropy's. The emulated device's grids have up to 6 blocks of 8
+# warps; the forward gives each warp a run of tiles of 32 pixels of a sample (SOFTMAX_SPLIT,
+# 2 x 42 tiles over up to 48 warps: runs that cross the samples' boundary, several warps a
+# sample), the backward a pixel a thread. OP_SHAPES' largest is left to the CPU's tests: the
+# emulated warp shuffles make it slow here.
+# C = 2, 3 take the register path of 8 classes, 14 that of 32, 40 the chunked path (OP_SHAPES
+# has each). Against the reference (test_multiclass_region's check_op_sums) without the
+# cross-entropy; with it, against the CPU kernel, which test_multiclass_region holds to the
+# reference.
+from test_multiclass_region import OP_SHAPES, _op_inputs, check_op_sums  # noqa: E402
+
+SOFTMAX_LABELS = [torch.int64, torch.int32, torch.uint8]
+SOFTMAX_SPLIT = (2, 4, 33, 40)
+
+
+@pytest.fixture(scope="module")
+def emulated_softmax(emulated):
+    """The emulated softmax_region_sums with the native op's fake kernel and autograd, whose
+    backward is the emulated softmax_region_sums_backward."""
+    torch.library.register_fake("pylosses_cuda_emulated::softmax_region_sums", _ops._softmax_region_sums_fake)
+    torch.library.register_fake("pylosses_cuda_emulated::softmax_region_sums_backward",
+                                _ops._softmax_region_sums_backward_fake)
+    torch.library.register_autograd("pylosses_cuda_emulated::softmax_region_sums",
+                                    _ops._make_softmax_region_backward(emulated.softmax_region_sums_backward),
+                                    setup_context=_ops._softmax_region_setup_context)
+    return lambda x, labels, mask, mode: emulated.softmax_region_sums(x, labels, mask, mode, None, _ops.NO_IGNORE,
+                                                                      0.0, False)[0]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_softmax_region_sums_against_reference(emulated_softmax, junk_memory, mode, masked):
+    """Sums and input gradients of OP_SHAPES' shapes (2 to 40 classes, 1-D to 3-D, empty batch
+    and plane) and SOFTMAX_SPLIT in float32, and but for the latter in float64, with the rows of
+    partials read from junk-filled memory."""
+    for i, shape in enumerate(OP_SHAPES[:-1] + [SOFTMAX_SPLIT]):
+        label_dtype = SOFTMAX_LABELS[(i + mode) % 3]
+        check_op_sums(emulated_softmax, shape, torch.float32, label_dtype, mode, masked, tol=4e-6)
+        if shape != SOFTMAX_SPLIT:
+            check_op_sums(emulated_softmax, shape, torch.float64, label_dtype, mode, masked)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_softmax_region_16_bit(emulated_softmax, dtype):
+    """16-bit logits (float32 arithmetic, the gradient rounded to the input's dtype) over the
+    register and the chunked paths, each mode."""
+    for mode, shape in enumerate([(2, 3, 5, 7), (1, 14, 3, 4, 5), (2, 40, 6)]):
+        check_op_sums(emulated_softmax, shape, dtype, SOFTMAX_LABELS[mode], mode, masked=mode != 1, tol=4e-6)
+
+
+def _close_to(got, want, tol, what):
+    assert got.dtype == want.dtype and got.shape == want.shape, (what, got.dtype, want.dtype, got.shape, want.shape)
+    got, want = got.double(), want.double()
+    assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{what}: NaNs differ"
+    finite = ~torch.isnan(want)
+    if finite.any():
+        err = float((got - want)[finite].abs().max() / want[finite].abs().max().clamp_min(1e-30))
+        assert err <= tol, f"{what}: off by {err:.3g} relative (tolerance {tol:.3g})"
+
+
+SOFTMAX_CE_OPTIONS = [  # (weight, ignore_index, label_smoothing)
+    (None, None, 0.0),
+    ("weight", 1, 0.0),
+    (None, 255, 0.2),
+    ("weight", 0, 0.1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("options", range(len(SOFTMAX_CE_OPTIONS)))
+def test_softmax_region_with_ce_matches_the_cpu(emulated, dtype, options):
+    """with_ce (the cross-entropy's sum, D and count beside the Dice's sums), weights,
+    ignore_index (a class, or 255 for a fifth of the pixels) and smoothing, a mask, every label
+    dtype: sums, ce and the backward from random grad_sums and grad_ce (and grad_ce = 0) against
+    the CPU kernel's."""
+    weight, ignore, smoothing = SOFTMAX_CE_OPTIONS[options]
+    tol = {torch.float32: 2e-5, torch.float64: 1e-12, torch.bfloat16: 2e-5}[dtype]
+    grad_tol = 2 * EPS[torch.bfloat16] if dtype == torch.bfloat16 else tol
+    for i, shape in enumerate([(2, 3, 5, 7), (3, 2, 11), (1, 14, 3, 4, 5), (2, 40, 6), (2, 4, 9, 7)]):
+        x, labels, mask = _op_inputs(shape, dtype, SOFTMAX_LABELS[i % 3], masked=i % 2 == 0, seed=options)
+        if ignore == 255:
+            g = torch.Generator().manual_seed(i)
+            labels = torch.where(torch.rand(labels.shape, generator=g) < 0.2, torch.full_like(labels, 255), labels)
+        w = None if weight is None else torch.linspace(0.5, 2.0, shape[1], dtype=torch.float64).to(
+            torch.float64 if dtype == torch.float64 else torch.float32)
+        args = (x, labels, mask, i % 3, w, _ops.NO_IGNORE if ignore is None else ignore, smoothing, True)
+        what = f"{shape} {dtype} {labels.dtype} options {SOFTMAX_CE_OPTIONS[options]}"
+        got, want = emulated.softmax_region_sums(*args), torch.ops.pylosses.softmax_region_sums(*args)
+        _close_to(got[0], want[0], tol, what + " sums")
+        _close_to(got[1], want[1], tol, what + " ce")
+        assert got[1][2] > 0 and got[1][0] > 0, what  # the cross-entropy was computed
+        g = torch.Generator().manual_seed(7)
+        grad_sums = torch.randn(want[0].shape, generator=g, dtype=want[0].dtype)
+        for grad_ce in (torch.randn(3, generator=g, dtype=want[1].dtype), torch.zeros(3, dtype=want[1].dtype)):
+            back = (grad_sums, grad_ce) + args[:-1]
+            _close_to(emulated.softmax_region_sums_backward(*back), torch.ops.pylosses.softmax_region_sums_backward(*back),
+                      grad_tol, what + f" grad (grad_ce {grad_ce.tolist()})")
+
+
+def test_softmax_region_out_of_range_labels_and_determinism(emulated, junk_memory):
+    """A label outside [0, C) that the mask keeps counts in sums[b, 0, 3] (one under the mask
+    does not); the cross-entropy leaves it out as the CPU does; the same bits run after run."""
+    x, labels, mask = _op_inputs(SOFTMAX_SPLIT, torch.float32, torch.int64, True)
+    labels[0, 0, 0], labels[1, 5, 5], labels[1, 6, 6] = 7, -1, 4
+    mask[0, 0, 0, 0], mask[1, 0, 5, 5], mask[1, 0, 6, 6] = True, False, True
+    args = (x, labels, mask, 0, None, -100, 0.0, True)
+    sums, ce = emulated.softmax_region_sums(*args)
+    assert sums[0, 0, 3] == 1 and sums[1, 0, 3] == 1 and (sums[:, 1:, 3] == 0).all()
+    want = torch.ops.pylosses.softmax_region_sums(*args)
+    _close_to(sums, want[0], 2e-5, "sums")
+    _close_to(ce, want[1], 2e-5, "ce")
+    again = emulated.softmax_region_sums(*args)
+    assert torch.equal(sums, again[0]) and torch.equal(ce, again[1])
+    back = (torch.randn(2, 4, 4), torch.tensor([0.5, 0.0, 0.0])) + args[:-1]
+    assert torch.equal(emulated.softmax_region_sums_backward(*back), emulated.softmax_region_sums_backward(*back))
+
+
+def test_softmax_region_empty_and_errors(emulated):
+    for shape in ((0, 3, 4, 4), (2, 3, 0, 4), (2, 0, 5)):
+        x, labels, _ = _op_inputs(shape, torch.float32, torch.int64, False) if shape[1] else \
+            (torch.zeros(shape), torch.zeros((2, 5), dtype=torch.int64), None)
+        sums, ce = emulated.softmax_region_sums(x, labels, None, 0, None, -100, 0.0, True)
+        assert torch.equal(sums, torch.zeros(shape[0], shape[1], 4)) and torch.equal(ce, torch.zeros(3))
+        grad = emulated.softmax_region_sums_backward(torch.ones(shape[0], shape[1], 4), torch.ones(3), x, labels, None,
+                                                     0, None, -100, 0.0)
+        assert grad.shape == x.shape and grad.dtype == x.dtype
+    x, labels, mask = _op_inputs((2, 3, 5, 7), torch.float32, torch.int64, True)
+    with pytest.raises(ValueError, match="softmax_region_sums: mode"):
+        emulated.softmax_region_sums(x, labels, mask, 3, None, -100, 0.0, False)
+    with pytest.raises(TypeError, match="labels"):
+        emulated.softmax_region_sums(x, labels.float(), mask, 0, None, -100, 0.0, False)
+    with pytest.raises(ValueError, match="softmax_region_sums_backward: grad_sums"):
+        emulated.softmax_region_sums_backward(torch.zeros(2, 3, 3), torch.zeros(3), x, labels, mask, 0, None, -100, 0.0)

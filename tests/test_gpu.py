@@ -310,3 +310,82 @@ def test_cross_entropy_on_the_gpu(backend):
     runs = [_loss_and_grad(lambda *a, **kw: pylosses.cross_entropy(*a, **kw, backend=backend), x, t, w, ignore_index,
                            0.1, "mean", torch.float32, device="cuda") for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+NATIVE_CUDA = HAS_CUDA and "native" in pylosses.available_backends("cuda")
+
+
+def _softmax_region_close(got, want, tol, what):
+    """A CUDA result against the CPU kernel's: NaN where it is NaN, else within tol of the largest value."""
+    got = got.cpu().double()
+    want = want.double()
+    assert got.shape == want.shape, what
+    assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{what}: NaNs differ"
+    finite = ~torch.isnan(want)
+    if finite.any():
+        err = float((got - want)[finite].abs().max() / want[finite].abs().max().clamp_min(1e-30))
+        assert err <= tol, f"{what}: off by {err:.3g} relative (tolerance {tol:.3g})"
+
+
+@pytest.mark.skipif(not NATIVE_CUDA, reason="no native CUDA kernels")
+@pytest.mark.parametrize("mode", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_softmax_region_sums_on_the_gpu(dtype, mode):
+    """The fused op softmax_region_sums and its backward on CUDA tensors against the CPU kernel's
+    on the same values: class counts on the register paths (2, 3, 14, 32) and the chunked one (40,
+    150), 1-D to 3-D, large planes (many warps a sample), masks, every label dtype, with_ce with
+    weights, ignore_index, smoothing, labels out of range, and two runs bitwise equal."""
+    from test_multiclass_region import _op_inputs
+
+    shapes = [(2, 3, 5, 7), (3, 2, 11), (1, 14, 3, 4, 5), (2, 32, 33, 17), (2, 40, 6), (2, 4, 257, 513),
+              (2, 40, 64, 96), (1, 150, 32, 32), (0, 3, 4, 4), (2, 3, 0, 4)]
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5}.get(dtype, 2e-5)
+    grad_tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}.get(dtype, tol)
+    for k, shape in enumerate(shapes):
+        label_dtype = (torch.int64, torch.int32, torch.uint8)[k % 3]
+        x, labels, mask = _op_inputs(shape, dtype, label_dtype, masked=k % 2 == 0, seed=k)
+        if labels.numel() and k % 4 == 1:
+            labels.view(-1)[0] = shape[1] + 1  # out of range: counted in sums[b, 0, 3]
+        weight = torch.linspace(0.5, 2.0, shape[1], dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+        for options in ((None, pylosses._ops.NO_IGNORE, 0.0, False), (weight, 1, 0.1, True), (None, 255, 0.0, True)):
+            w, ignore, smoothing, with_ce = options
+            args = (x, labels, mask, mode, w, ignore, smoothing, with_ce)
+            on_gpu = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+            want = torch.ops.pylosses.softmax_region_sums(*args)
+            got = torch.ops.pylosses.softmax_region_sums(*on_gpu)
+            what = f"{shape} {dtype} {label_dtype} mode {mode} options {options[1:]}"
+            assert got[0].device.type == "cuda" and got[0].dtype == want[0].dtype
+            _softmax_region_close(got[0], want[0], tol, what + " sums")
+            _softmax_region_close(got[1], want[1], tol, what + " ce")
+            again = torch.ops.pylosses.softmax_region_sums(*on_gpu)
+            assert torch.equal(got[0], again[0]) and torch.equal(got[1], again[1]), what
+            g = torch.Generator().manual_seed(k)
+            grad_sums = torch.randn(want[0].shape, generator=g, dtype=want[0].dtype)
+            grad_ce = torch.randn(3, generator=g, dtype=want[1].dtype) if with_ce else torch.zeros(3, dtype=want[1].dtype)
+            back = (grad_sums, grad_ce) + args[:-1]
+            want_grad = torch.ops.pylosses.softmax_region_sums_backward(*back)
+            got_grad = torch.ops.pylosses.softmax_region_sums_backward(
+                *(a.cuda() if isinstance(a, torch.Tensor) else a for a in back))
+            assert got_grad.dtype == dtype and got_grad.device.type == "cuda"
+            _softmax_region_close(got_grad, want_grad, grad_tol, what + " grad")
+
+
+@pytest.mark.skipif(not NATIVE_CUDA, reason="no native CUDA kernels")
+def test_fused_dice_ce_on_the_gpu():
+    """DiceCELoss(softmax=True, to_onehot_y=True) and DiceLoss(softmax=True) on the native CUDA
+    backend (the fused op) against the reference, values and input gradients."""
+    g = torch.Generator().manual_seed(0)
+    for shape in [(2, 4, 64, 65), (2, 40, 16, 32), (1, 3, 8, 16, 32)]:
+        x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+        t = torch.randint(0, shape[1], (shape[0], 1) + shape[2:], generator=g)
+        weight = torch.linspace(0.5, 2, shape[1], dtype=torch.float64)
+        for fn, options in ((pylosses.dice_ce_loss, {"weight": weight, "ignore_index": 1, "label_smoothing": 0.1}),
+                            (pylosses.dice_loss, {"squared_pred": True})):
+            want_x = x.clone().requires_grad_(True)
+            want = fn(want_x, t, softmax=True, to_onehot_y=True, **options, backend="reference")
+            got_x = x.cuda().float().requires_grad_(True)
+            got = fn(got_x, t.cuda(), softmax=True, to_onehot_y=True, **options, backend="native")
+            torch.testing.assert_close(got.double().cpu(), want, rtol=2e-5, atol=2e-5)
+            mine, = torch.autograd.grad(got, got_x)
+            truth, = torch.autograd.grad(want, want_x)
+            torch.testing.assert_close(mine.double().cpu(), truth, rtol=2e-5, atol=2e-5 * float(truth.abs().max()))

@@ -312,29 +312,38 @@ def _op_inputs(shape, dtype, label_dtype, masked, seed=0):
 def test_op_matches_reference_sums(mode, masked, dtype):
     """The sums and the input gradient of softmax_region_sums against the reference's region_sums
     of softmax(input) and a one-hot target, in float64 on the same values."""
-    from pylosses import _ops, reference
+    from pylosses import _ops
     for label_dtype, shape in zip([torch.int64, torch.int32, torch.uint8] * 3, OP_SHAPES):
-        x, labels, mask = _op_inputs(shape, dtype, label_dtype, masked)
-        x.requires_grad_(True)
-        sums = _ops.softmax_region_sums(x, labels, mask, mode)[0]
-        x64 = x.detach().double().requires_grad_(True)
-        one_hot = torch.nn.functional.one_hot(labels.long(), shape[1]).movedim(-1, 1) if x.numel() else \
-            torch.zeros(shape, dtype=torch.bool)
-        want = reference.region_sums(x64, one_hot.bool(), mask, False, mode, True)
-        assert sums.shape == want.shape and sums.dtype == reference.compute_dtype(x, x)
-        scale = want.abs().amax(dim=(0, 1), keepdim=True).clamp_min(1) if want.numel() else 1
-        tol = 1e-12 if dtype == torch.float64 else 2e-6
-        torch.testing.assert_close(sums.double() / scale, want / scale, rtol=0, atol=tol)
-        if x.numel() == 0:
-            continue
-        grad_sums = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        mine, = torch.autograd.grad(sums, x, grad_sums.to(sums.dtype))
-        truth, = torch.autograd.grad(want, x64, grad_sums)
-        assert mine.dtype == dtype
-        rtol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 2e-5}.get(dtype, 1e-12)
-        torch.testing.assert_close(mine.double(), truth, rtol=rtol, atol=rtol * truth.abs().max().item())
-        if masked:
-            assert (mine[~mask.expand_as(mine)] == 0).all()
+        check_op_sums(lambda *args: _ops.softmax_region_sums(*args)[0], shape, dtype, label_dtype, mode, masked)
+
+
+def check_op_sums(op, shape, dtype, label_dtype, mode, masked, tol=None):
+    """op(x, labels, mask, mode) -> sums (differentiable), a softmax_region_sums kernel's: its sums
+    and input gradient against the reference's region_sums of softmax(input) and a one-hot target,
+    in float64 on the same values (also tests/test_cuda_emulation.py's, for the CUDA kernel).
+    tol: the sums' tolerance (float32 and 16-bit inputs: 2e-6 of the largest sum)."""
+    from pylosses import reference
+    x, labels, mask = _op_inputs(shape, dtype, label_dtype, masked)
+    x.requires_grad_(True)
+    sums = op(x, labels, mask, mode)
+    x64 = x.detach().double().requires_grad_(True)
+    one_hot = torch.nn.functional.one_hot(labels.long(), shape[1]).movedim(-1, 1) if x.numel() else \
+        torch.zeros(shape, dtype=torch.bool)
+    want = reference.region_sums(x64, one_hot.bool(), mask, False, mode, True)
+    assert sums.shape == want.shape and sums.dtype == reference.compute_dtype(x, x)
+    scale = want.abs().amax(dim=(0, 1), keepdim=True).clamp_min(1) if want.numel() else 1
+    tol = tol or (1e-12 if dtype == torch.float64 else 2e-6)
+    torch.testing.assert_close(sums.double() / scale, want / scale, rtol=0, atol=tol)
+    if x.numel() == 0:
+        return
+    grad_sums = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mine, = torch.autograd.grad(sums, x, grad_sums.to(sums.dtype))
+    truth, = torch.autograd.grad(want, x64, grad_sums)
+    assert mine.dtype == dtype
+    rtol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 2e-5}.get(dtype, 1e-12)
+    torch.testing.assert_close(mine.double(), truth, rtol=rtol, atol=rtol * truth.abs().max().item())
+    if masked:
+        assert (mine[~mask.expand_as(mine)] == 0).all()
 
 
 @needs_native

@@ -63,7 +63,7 @@ def test_gate_covers_every_kernel_and_the_awkward_shapes(gate):
         assert shape in variants, shape
     if HAS_CUDA_KERNELS:
         cuda = {r["family"] for r in rows if r["backend"] == "cuda"}
-        assert {"mse", "seg", "loss_backward", "sum"} <= cuda
+        assert {"mse", "seg", "loss_backward", "sum", "ce", "softmax_region", "softmax_region_backward"} <= cuda
 
 
 @pytest.mark.skipif(not HAS_CUDA_KERNELS and os.environ.get("PYLOSSES_REQUIRE_CUDA") != "1",
@@ -191,3 +191,27 @@ def test_a_call_in_the_hot_loop_is_reported():
     assert (v.hot_instructions, v.hot_calls) == (3, 1)
     sm90_gate.judge(v)
     assert [f.split(":")[0] for f in v.failures] == ["calls"]
+
+
+def test_softmax_region_kernels_are_their_own_families():
+    """The fused softmax region kernels (csrc/cuda/softmax_region.cu), <class bound, mode, input>:
+    not taken for the region kernels whose names they contain; a lane a pixel, so no vector
+    path; the register path's pass covers the bound's classes, the chunked path's (bound 0) the
+    classes its stores (backward) or loads (forward) of the input's width hold."""
+    family = {name: next(f for key, f in sm90_gate._CUDA_FAMILY if key in name)
+              for name in ("softmax_region_sums_kernel", "softmax_region_grad_kernel", "softmax_region_sum_rows_kernel",
+                           "region_sums_kernel", "region_sums_backward_kernel")}
+    assert family == {"softmax_region_sums_kernel": "softmax_region", "softmax_region_grad_kernel":
+                      "softmax_region_backward", "softmax_region_sum_rows_kernel": "sum",
+                      "region_sums_kernel": "region", "region_sums_backward_kernel": "region_backward"}
+    name = "void pylosses::cuda::(anonymous namespace)::softmax_region_sums_kernel<32, (pylosses::math::RegionMode)0, float>(X)"
+    targs = sm90_gate.template_args(name)
+    assert targs == ["32", "(pylosses::math::RegionMode)0", "float"]
+    assert sm90_gate.cuda_streams("softmax_region", targs) == ((4, 1 / 32), 0)
+    assert sm90_gate.softmax_elements_per_pass(targs, []) == 32
+    chunked = ["0", "(pylosses::math::RegionMode)2", "c10::BFloat16"]
+    assert sm90_gate.cuda_streams("softmax_region_backward", chunked) == ((2, 0.0), 2)
+    hot = ["LDG.E.U16 R4, desc[UR4][R2.64]", "LDG.E R6, desc[UR4][R8.64]", "STG.E.U16 desc[UR4][R2.64], R5",
+           "STG.E.U16 desc[UR4][R2.64+0x2], R7"]
+    assert sm90_gate.softmax_elements_per_pass(chunked, hot) == 2  # two stores of the gradient: unrolled twice
+    assert sm90_gate.softmax_elements_per_pass(chunked, hot[:2]) == 1  # forward: the input's loads (16 bits)

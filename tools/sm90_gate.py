@@ -51,7 +51,7 @@ INSTRUCTIONS_PER_BYTE = 33.5e12 / 4.3e12  # the memory-bound budget on an H200 (
 # need half the SM's warps to hide DRAM latency; the segmentation kernel keeps three rows of
 # state a thread and is sized for a quarter.
 REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8, "region": 32, "region_backward": 32,
-                  "ce": 32}
+                  "ce": 32, "softmax_region": 16, "softmax_region_backward": 16}
 
 # What the gate lets pass, each with its reason: (kernel family, rule, a text the variant holds or
 # "" for every variant, why). The segmentation loss's instruction count is the subject of its own
@@ -113,6 +113,22 @@ ALLOWED = [
        "that is not a multiple of the pack, or misaligned pointers) with bfloat16 logits: 36 to 43 instructions an "
        "element against budgets of 32 to 39 (predicted 78% to 97% of copy bandwidth); aligned planes take packs")
       for c in (4, 8)),
+    # CUDA fused softmax region sums (softmax_region) and their backward: <class bound (0: chunked), mode, input>
+    ("softmax_region", "instructions", "", "CUDA, the fused softmax region sums, first version: on the register "
+     "path each class's three sums go through a warp butterfly (5 shuffles and adds each, in every lane) a tile of "
+     "32 pixels, beside expf and the region terms: 116 to 122 instructions an element (float32 against a budget of "
+     "about 32: predicted 27% of copy bandwidth; 16-bit inputs 13% to 14%; float64 330 to 336, 19%). The chunked "
+     "path's hot loop as the gate finds it is its max sweep (13 to 14), not its sums sweep, which costs about as "
+     "much as the register path's: its 'ok' is not a prediction of its speed. To be brought under budget: per-lane "
+     "sums in registers, added across the warp once a run of tiles, not once a tile"),
+    ("softmax_region_backward", "instructions", "", "CUDA, the fused softmax region backward, first version: a "
+     "thread a pixel, the softmax, sum_k p_k G_k and the gradient, with expf twice a class on the chunked path: "
+     "float32 89 to 112 instructions an element on the register path against 63 (predicted 56% to 70% of copy "
+     "bandwidth), 16-bit inputs 98 to 120 against 32 (26% to 33%), float64 151 to 200 against 126 (63% to 83%); "
+     "the chunked path's 16-bit 41 to 49 against 31 (64% to 77%)"),
+    *((family, "calls", "double>", "the slow path of the float64 IEEE division 1 / sum (math::preciprocal in "
+       "double; extreme operands only, the sum lies in [1, C])") for family in ("softmax_region",
+                                                                              "softmax_region_backward")),
     # Triton cross-entropy: labels "C=... dtype target ... grad on|off [weight] [smoothing]"
     *(("ce", "occupancy", text, "Triton, the cross-entropy with class weights or label smoothing, or a 16-bit input "
        "above 32 classes: each thread carries its pixels' state (8 pixels of a 16-bit input: w_t, the smoothing's "
@@ -696,7 +712,9 @@ def demangle(names):
     return dict(zip(names, done.splitlines()))
 
 
-_CUDA_FAMILY = (("seg_fwd", "seg"), ("mse", "mse"), ("loss_backward", "loss_backward"), ("sum_and_finish", "sum"),
+_CUDA_FAMILY = (("softmax_region_sum_rows", "sum"), ("softmax_region_sums_kernel", "softmax_region"),
+                ("softmax_region_grad", "softmax_region_backward"),
+                ("seg_fwd", "seg"), ("mse", "mse"), ("loss_backward", "loss_backward"), ("sum_and_finish", "sum"),
                 ("region_sums_backward", "region_backward"), ("region_sums", "region"), ("cross_entropy", "ce"))
 _TYPE_BYTES = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "bool": 1, "unsigned char": 1}
 
@@ -750,6 +768,10 @@ def cuda_output_bytes(family, targs):
     if family == "ce":  # <pixels, class bound, input, target>: see cuda_streams
         grad, classes = _saved_grad_bytes(names[0]), int(targs[1])
         return (grad, size[0] / classes) if classes else (grad,)
+    if family == "softmax_region":  # <class bound, mode, input>: the sums only
+        return ()
+    if family == "softmax_region_backward":  # the input's gradient, in its dtype
+        return (size[0],)
     return (0,)
 
 
@@ -781,7 +803,27 @@ def cuda_streams(family, targs):
         classes = int(targs[1])
         label = {"long": 8, "int": 4, "unsigned char": 1}[targs[3]] / classes if classes else 0.0
         return (size[0], label), written
+    if family in ("softmax_region", "softmax_region_backward"):
+        # <class bound kC, mode, input>: the input, and a label of a byte (uint8 labels, the
+        # smallest budget; the label's dtype is read at run time) shared by the kC classes of the
+        # bound; the chunked path (kC = 0, any C above 32) counts no label bytes
+        classes = int(targs[0])
+        return (size[0], 1 / classes if classes else 0.0), written
     return (), 0
+
+
+def softmax_elements_per_pass(targs, hot):
+    """Elements (pixel x class) of one pass of the hot loop of a softmax_region kernel: a lane takes
+    a pixel, so the register path's pass (the tile loop) covers the kC classes of the bound; the
+    chunked path's hot loop is a loop over classes, a class a pass unless nvcc unrolled it: counted
+    by the gradient's stores (backward) or the input's loads (forward, whose loops over the classes
+    load nothing else), of the input's width."""
+    classes = int(targs[0])
+    if classes:
+        return float(classes)
+    size = _TYPE_BYTES[_TYPES.findall(targs[2])[0]] * 8
+    access = "STG" if any(opcode(t).startswith("STG") for t in hot) else "LDG"
+    return float(max(1, sum(opcode(t).startswith(access) and access_bits(opcode(t)) == size for t in hot)))
 
 
 def cuda_elements_per_pass(family, targs, vec, hot):
@@ -810,7 +852,8 @@ def cuda_variants(so_path):
         short = [re.sub(r"pylosses::(cuda::\(anonymous namespace\)|math)::", "", a) for a in targs]
         v = Variant("cuda", family, kernel, "<" + ", ".join(short) + ">")
         v.threads = 256  # kThreads, every kernel (csrc/cuda/cuda_common.cuh)
-        vec = next((int(a) for a in targs if a.isdigit()), 1)
+        softmax = family.startswith("softmax_region")
+        vec = 1 if softmax else next((int(a) for a in targs if a.isdigit()), 1)
         if family == "seg":  # the launch's dynamic shared memory: two buffers of a tile's probabilities
             v.shared_bytes = 2 * v.threads * vec * (8 if "double" in targs[2:] else 4)
         fill_from_sass(v, instructions, resources.get(mangled, (0, 0, 0, 0)))
@@ -819,7 +862,8 @@ def cuda_variants(so_path):
             # loop: counted by the bits it stores, a pack storing every output it writes (a
             # float16 input's gradient is float32: a pack of 8 is two 128-bit stores, one pass)
             read, written = cuda_streams(family, targs)
-            v.elements_per_pass = cuda_elements_per_pass(family, targs, vec, hot_loop(instructions))
+            v.elements_per_pass = softmax_elements_per_pass(targs, hot_loop(instructions)) if softmax else \
+                cuda_elements_per_pass(family, targs, vec, hot_loop(instructions))
             v.vector_path = vec > 1
             v.writes_stream = vec > 1 and written > 0  # every one of them that writes may write the gradient
             v.bytes_per_element = float(sum(read) + written)
@@ -923,6 +967,9 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "sm90-static"))
     parser.add_argument("--only", choices=["triton", "cuda"])
     parser.add_argument("--quick", action="store_true", help="fewer Triton variants")
+    parser.add_argument("--cuda-object", metavar="PATH",
+                        help="judge the CUDA kernels of this sm_90 object (nvcc -c of one csrc/cuda/*.cu) in place "
+                             "of the built extension's: a check of one source without a full CUDA build")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: the gate compiles, the interpreter would not")
@@ -935,7 +982,9 @@ def main(argv=None):
             print(f"no Triton kernels to compile: {ops.TRITON_ERROR}")
             return 1
         variants += triton_variants(args.quick)
-    if args.only in (None, "cuda"):
+    if args.cuda_object:
+        variants += cuda_variants(args.cuda_object)
+    elif args.only in (None, "cuda"):
         so = built_extension()
         if so is None:
             print("no built extension (pylosses/_C*.so): build it with FORCE_CUDA=1 first")

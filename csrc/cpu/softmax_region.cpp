@@ -305,13 +305,6 @@ Problem<acc_t> problem(const Geometry& geo, const c10::optional<at::Tensor>& wei
   return pb;
 }
 
-void check_args(const char* op, const at::Tensor& input, const at::Tensor& labels,
-                const c10::optional<at::Tensor>& mask, int64_t mode, const c10::optional<at::Tensor>& weight,
-                double label_smoothing) {
-  check_softmax_region_args(op, input, labels, mask, mode);
-  check_ce_options(op, input, weight, label_smoothing);
-}
-
 // sums (B, C, 4): each (sample, class)'s three region sums of (softmax(input), one-hot(labels)) over
 // the pixels the mask keeps whose label is not ignore_index, then (at class 0) the count of labels
 // out of range; ce (3): with_ce, the cross-entropy's sum of losses, D and count (else zeros).
@@ -320,7 +313,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_region_sums_cpu(const at::Tensor& inp
                                                            const c10::optional<at::Tensor>& weight,
                                                            int64_t ignore_index, double label_smoothing,
                                                            bool with_ce) {
-  check_args("softmax_region_sums", input_, labels_, mask_, mode, weight, label_smoothing);
+  check_softmax_region_call("softmax_region_sums", input_, labels_, mask_, mode, weight, label_smoothing);
   const at::Tensor input = input_.contiguous(), labels = labels_.contiguous(), mask = mask_of(mask_);
   const Geometry geo(input);
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -373,13 +366,7 @@ at::Tensor softmax_region_sums_backward_cpu(const at::Tensor& grad_sums_, const 
                                             const c10::optional<at::Tensor>& mask_, int64_t mode,
                                             const c10::optional<at::Tensor>& weight, int64_t ignore_index,
                                             double label_smoothing) {
-  constexpr const char* op = "softmax_region_sums_backward";
-  check_args(op, input_, labels_, mask_, mode, weight, label_smoothing);
-  TORCH_CHECK_VALUE(grad_sums_.dim() == 3 && grad_sums_.size(0) == input_.size(0) &&
-                        grad_sums_.size(1) == input_.size(1) && grad_sums_.size(2) == kRegionSums,
-                    op, ": grad_sums must have the shape (B, C, 4), got ", grad_sums_.sizes());
-  TORCH_CHECK_VALUE(grad_ce.dim() == 1 && grad_ce.size(0) == kCeSums, op, ": grad_ce must have the shape (3), got ",
-                    grad_ce.sizes());
+  check_softmax_region_backward_call(grad_sums_, grad_ce, input_, labels_, mask_, mode, weight, label_smoothing);
   const at::Tensor input = input_.contiguous(), labels = labels_.contiguous(), mask = mask_of(mask_);
   const Geometry geo(input);
   at::Tensor grad = at::empty(input.sizes(), input.options());

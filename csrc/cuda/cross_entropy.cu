@@ -578,15 +578,9 @@ struct CeFinish {
 
 // Calls f(std::integral_constant<int, kC>{}) for the class bound of C (0: streaming).
 template <typename input_t, typename F>
-void dispatch_class_bound(int64_t C, const F& f) {
+void dispatch_ce_bound(int64_t C, const F& f) {
   if constexpr (kMaxRegisterClasses<input_t> >= 8) {
-    if (C <= 4) {
-      f(std::integral_constant<int, 4>{});
-    } else if (C <= 8) {
-      f(std::integral_constant<int, 8>{});
-    } else {
-      f(std::integral_constant<int, 0>{});
-    }
+    dispatch_class_bound<4, 8>(C, f);
   } else {
     f(std::integral_constant<int, 0>{});
   }
@@ -641,7 +635,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cuda(const at::
       // W = C without weights; with weights and smoothing the kernel sums them (no host sync)
       args.o = math::CeOptions<acc_t>{acc_t(1.0 - label_smoothing), acc_t(label_smoothing / double(C > 0 ? C : 1)),
                                        acc_t(C)};
-      dispatch_class_bound<input_t>(C, [&](auto bound) {
+      dispatch_ce_bound<input_t>(C, [&](auto bound) {
         constexpr int kC = decltype(bound)::value;
         constexpr int kPix = kCePix<kC, input_t>;
         const bool packs = kPix > 1 && P % kPix == 0 && packs_aligned<kPix>(args.x, args.t, args.loss, args.grad);

@@ -115,6 +115,17 @@ void dispatch_vec(bool vectorised, const F& f) {
   vectorised ? f(std::integral_constant<int, kVec>{}) : f(std::integral_constant<int, 1>{});
 }
 
+// Calls f(std::integral_constant<int, kC>{}) for the first class bound kC of kBounds (increasing)
+// that C fits, else for kC = 0 (a kernel's path for any C): the bound as a template argument.
+template <int... kBounds, typename F>
+void dispatch_class_bound(int64_t C, const F& f) {
+  bool done = false;
+  ((done = done || (C <= kBounds && (f(std::integral_constant<int, kBounds>{}), true))), ...);
+  if (!done) {
+    f(std::integral_constant<int, 0>{});
+  }
+}
+
 // The sum of v[c] over the warp, for each of kN values, by a fixed shuffle tree: the same bits
 // run after run. The result is valid in lane 0. Every thread of the warp must call it.
 template <int kN, typename T>

@@ -98,24 +98,42 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t smem_bytes, const Arg
 
 inline void __syncthreads() { ::pylosses::emu::block->barrier.arrive_and_wait(); }
 
-template <typename T>
-T __shfl_down_sync(unsigned, T value, int offset) {
-  auto& warp = *::pylosses::emu::block->warps[::pylosses::emu::linear_thread() / 32];
-  const int lane = ::pylosses::emu::linear_thread() % 32;
+namespace pylosses::emu {
+// The value of lane source(lane) of this thread's warp (its own where source is past the warp).
+template <typename T, typename Source>
+T exchange(T value, const Source& source) {
+  auto& warp = *block->warps[linear_thread() / 32];
+  const int lane = linear_thread() % 32, from = source(lane);
   warp.slots[lane] = static_cast<double>(value);
   warp.barrier.arrive_and_wait();
-  const T result = lane + offset < 32 ? static_cast<T>(warp.slots[lane + offset]) : value;
+  const T result = from < 32 ? static_cast<T>(warp.slots[from]) : value;
   warp.barrier.arrive_and_wait();
   return result;
 }
+}  // namespace pylosses::emu
 
-enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount };
+template <typename T>
+T __shfl_down_sync(unsigned, T value, int offset) {
+  return ::pylosses::emu::exchange(value, [offset](int lane) { return lane + offset; });
+}
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T value, int mask) {
+  return ::pylosses::emu::exchange(value, [mask](int lane) { return lane ^ mask; });
+}
+
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin };
 inline int cudaGetDevice(int* device) {
   *device = 0;
   return 0;
 }
-inline int cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
-  *value = ::pylosses::emu::kSMs;
+inline int cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  *value = attr == cudaDevAttrMultiProcessorCount ? ::pylosses::emu::kSMs : int(::pylosses::emu::kSmemPerSM);
+  return 0;
+}
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+template <typename Kernel>
+int cudaFuncSetAttribute(Kernel, cudaFuncAttribute, int) {
   return 0;
 }
 // The emulated device has no registers to run out of: threads and shared memory limit it.

@@ -1,0 +1,567 @@
+// The region losses with softmax=True over a label map, and with them the cross-entropy of
+// DiceCELoss, on CUDA (ops softmax_region_sums and softmax_region_sums_backward; the CPU kernel,
+// csrc/cpu/softmax_region.cpp, states what they compute, csrc/region_loss_math.h and
+// csrc/cross_entropy_math.h hold the per-pixel math that both share). No one-hot and no softmax
+// tensor in memory: a pixel's softmax lives in registers (or is recomputed), its one-hot is a
+// comparison of the label with the class.
+//
+// Layout. The contiguous input is B samples of C planes of S pixels; a pixel's C logits lie S
+// apart. Two ways to hold a pixel's classes, fixed by a class bound kC:
+// - kC > 0 (C <= kC, kC of 8 or 32; float64 8): the C logits in registers, read once; classes from C up to
+//   kC are skipped by a test that is the same in every thread (uniform, no divergence).
+// - kC = 0 (any C; the chunked path): the classes are read again for each sweep (max, then the
+//   exponentials' sum, then the sums or the gradient), from L1 or L2 after the first, a class at
+//   a time: nothing of size C is kept in registers.
+//
+// Forward (softmax_region_sums_kernel). Warps take tiles of 32 consecutive pixels of a sample,
+// a lane a pixel (the loads of a class are coalesced), each warp a contiguous run of tiles
+// (TileSplit, with a warp in the place of a block: a run crosses few samples). For each class the
+// warp adds its 32 pixels' three terms by a butterfly of shuffles (every lane gets the same
+// bits), and lane c % 32 adds them to its own accumulators of class c: registers on the register
+// path (lane c holds class c), the warp's slice of shared memory on the chunked path (8 warps x
+// 3C values a block). The labels out of range and the cross-entropy's three sums stay in each
+// lane and are added by a fixed shuffle tree. At the end of its part of a sample a warp writes
+// one row of partials (3C class sums, the bad labels, the cross-entropy's three) at row
+// sample + warp, and softmax_region_sum_rows_kernel adds each sample's rows in a fixed order (in
+// double) into sums (B, C, 4) and all of them into ce (3). No atomics, no host sync: the same bits
+// run after run.
+//
+// Backward (softmax_region_grad_kernel): a thread a pixel, grid-stride; the softmax, then
+// sum_k p_k G_k, then the gradient of every class, written coalesced along the plane. The
+// cross-entropy's part is scaled by grad_ce[0], read on the device (no host sync); where it is
+// 0 the kernel takes the loop without it, as the CPU does, so that a pixel that the Dice leaves
+// out (NaN padding under a mask) gets a zero gradient.
+#include <torch/library.h>
+
+#include <limits>
+
+#include "cuda_common.cuh"
+#include "../op_checks.h"
+#include "../cross_entropy_math.h"
+#include "../region_loss_math.h"
+
+namespace pylosses::cuda {
+namespace {
+
+using math::RegionMode;
+constexpr int kSums = math::kRegionSums;
+constexpr int kCeSums = 3;  // the cross-entropy's: sum of losses, D, pixels that count
+constexpr int kWarpsPerBlock = kThreads / kWarp;
+constexpr int kExtras = 1 + kCeSums;  // a row's values after the class sums: bad labels, then ce
+
+// Blocks of the forward and backward kernels that a multiprocessor keeps (64 registers a thread
+// at 4, 128 at 2): 2 for the 32-class register path and for float64, whose values spill at 64.
+template <int kC, typename acc_t>
+constexpr int kSoftmaxBlocksPerSM = kC > 8 || std::is_same_v<acc_t, double> ? 2 : 4;
+
+// Calls f(std::integral_constant<int, kC>{}) for C's class bound: 8 or 32 classes in registers,
+// else 0 (the chunked path); float64 only 8 (its 32-class backward spilled, 200 to 330 bytes).
+template <typename input_t, typename F>
+void dispatch_softmax_bound(int64_t C, const F& f) {
+  if constexpr (std::is_same_v<input_t, double>) {
+    dispatch_class_bound<8>(C, f);
+  } else {
+    dispatch_class_bound<8, 32>(C, f);
+  }
+}
+
+enum class LabelKind : int { kInt64 = 0, kInt32 = 1, kUInt8 = 2 };
+
+template <typename input_t>
+struct SoftmaxInputs {
+  using acc_t = acc_type_t<input_t>;
+  const input_t* x;       // (B, C, S)
+  const void* labels;     // (B, S) of label_kind
+  const bool* mask;       // (B, 1, S), or null
+  const acc_t* weight;    // (C), or null (all 1)
+  int64_t S, CS;          // pixels a plane, C * S
+  int64_t ignore_index;   // NO_IGNORE (int64's lowest) matches no label
+  double smoothing;       // label_smoothing
+  int C;
+  LabelKind label_kind;
+};
+
+// A pixel's label as the math needs it.
+template <typename acc_t>
+struct PixelLabel {
+  int cls = -1;       // the label where it lies in [0, C) and is not ignore_index, else -1
+  bool dice = false;  // the Dice takes the pixel: not ignore_index, and the mask keeps it
+  bool bad = false;   // the Dice takes it and its label is out of range: counted in sums[b, 0, 3]
+  acc_t w_t = 0;      // the label's weight, 0 where cls = -1
+};
+
+template <typename input_t>
+__device__ __forceinline__ PixelLabel<acc_type_t<input_t>> read_label(const SoftmaxInputs<input_t>& in, int64_t b,
+                                                                      int64_t s) {
+  using acc_t = acc_type_t<input_t>;
+  const int64_t i = b * in.S + s;
+  int64_t label;
+  switch (in.label_kind) {  // the same in every thread
+    case LabelKind::kInt32:
+      label = static_cast<const int32_t*>(in.labels)[i];
+      break;
+    case LabelKind::kUInt8:
+      label = static_cast<const uint8_t*>(in.labels)[i];
+      break;
+    default:
+      label = static_cast<const int64_t*>(in.labels)[i];
+  }
+  PixelLabel<acc_t> px;
+  const bool labelled = label != in.ignore_index;
+  const bool in_range = labelled && label >= 0 && label < in.C;
+  px.dice = labelled && (in.mask == nullptr || in.mask[i]);
+  px.bad = px.dice && !in_range;
+  px.cls = in_range ? int(label) : -1;
+  px.w_t = in_range ? (in.weight ? in.weight[label] : acc_t(1)) : acc_t(0);
+  return px;
+}
+
+template <typename input_t>
+__device__ __forceinline__ acc_type_t<input_t> class_weight(const SoftmaxInputs<input_t>& in, int c) {
+  return in.weight ? in.weight[c] : acc_type_t<input_t>(1);
+}
+
+// The cross-entropy's options, its gradient's scaled by `scale`, as the CPU kernel takes them:
+// W = the sum of the weights in double, in order (C without weights; only the smoothing uses it).
+template <typename input_t>
+__device__ __forceinline__ math::CeOptions<acc_type_t<input_t>> ce_options(const SoftmaxInputs<input_t>& in,
+                                                                           double scale) {
+  using acc_t = acc_type_t<input_t>;
+  double W = in.C;
+  if (in.weight && in.smoothing > 0) {
+    W = 0;
+    for (int c = 0; c < in.C; ++c) {
+      W += double(in.weight[c]);
+    }
+  }
+  return {acc_t((1.0 - in.smoothing) * scale), acc_t(in.smoothing / double(in.C) * scale), acc_t(W)};
+}
+
+// f(c) for each class c < C: unrolled up to the bound kC on the register path (each class's
+// test the same in every thread), a loop on the chunked path (kC = 0).
+template <int kC, typename F>
+__device__ __forceinline__ void for_each_class(int C, const F& f) {
+  if constexpr (kC > 0) {
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+      if (c < C) {
+        f(c);
+      }
+    }
+  } else {
+    for (int c = 0; c < C; ++c) {
+      f(c);
+    }
+  }
+}
+
+// A pixel's softmax: the shift m (the max), the exponentials e_c = exp(x_c - m) and 1 / their
+// sum, and for the cross-entropy log(sum), y_t = x_t - m and sum_c w_c y_c. On the register path
+// (kC > 0) the exponentials stay in e; on the chunked path exp_of(c) recomputes them.
+template <int kC, typename input_t>
+struct PixelSoftmax {
+  using acc_t = acc_type_t<input_t>;
+  acc_t e[kC > 0 ? kC : 1];
+  acc_t m = 0, inv = 0, log_sum = 0, y_t = 0, wy = 0;
+  const input_t* x = nullptr;  // the pixel's class 0 (null: a lane past the plane's end)
+  int64_t S = 0;
+
+  // with_ce: also log_sum, y_t and wy, for the label px.cls
+  __device__ __forceinline__ PixelSoftmax(const SoftmaxInputs<input_t>& in, const input_t* x_, int cls, bool with_ce)
+      : x(x_), S(in.S) {
+    const int C = in.C;
+    acc_t sum = 0;
+    if constexpr (kC > 0) {
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        e[c] = c < C && x ? static_cast<acc_t>(x[c * S]) : acc_t(0);
+        m = c == 0 ? e[c] : c < C ? math::pmax(e[c], m) : m;
+      }
+      for_each_class<kC>(C, [&](int c) {
+        const acc_t y = e[c] - m;
+        if (with_ce) {
+          y_t = c == cls ? y : y_t;
+          wy += class_weight(in, c) * y;
+        }
+        e[c] = math::pexp(y);
+        sum += e[c];
+      });
+    } else {
+      m = x ? static_cast<acc_t>(x[0]) : acc_t(0);
+      for (int c = 1; c < C; ++c) {
+        m = math::pmax(value(c), m);
+      }
+      for (int c = 0; c < C; ++c) {
+        const acc_t y = value(c) - m;
+        if (with_ce) {
+          wy += class_weight(in, c) * y;
+        }
+        sum += math::pexp(y);
+      }
+      if (with_ce && cls >= 0) {
+        y_t = value(cls) - m;
+      }
+    }
+    inv = math::preciprocal(sum);
+    if (with_ce) {
+      log_sum = math::plog(sum);
+    }
+  }
+  __device__ __forceinline__ acc_t value(int c) const { return x ? static_cast<acc_t>(x[c * S]) : acc_t(0); }
+  // p_c
+  __device__ __forceinline__ acc_t prob(int c) const {
+    if constexpr (kC > 0) {
+      return e[c] * inv;
+    } else {
+      return math::pexp(value(c) - m) * inv;
+    }
+  }
+};
+
+// The sum of v over the warp, in every lane: a butterfly, whose pairs add the same two values in
+// either lane, so that every lane holds the same bits.
+template <int kN, typename T>
+__device__ __forceinline__ void warp_allsum(T (&v)[kN]) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+#pragma unroll
+    for (int k = 0; k < kN; ++k) {
+      v[k] += __shfl_xor_sync(0xffffffffu, v[k], offset);
+    }
+  }
+}
+
+template <typename input_t>
+struct SumsArgs {
+  using acc_t = acc_type_t<input_t>;
+  SoftmaxInputs<input_t> in;
+  acc_t* rows;       // split.rows(B) rows of row_len = 3C + kExtras
+  int64_t row_len;
+  TileSplit split;   // tiles of 32 pixels, tiles_per_group a sample's, a warp in the place of a block
+  uint32_t warps;    // split.blocks(): the warps that have tiles
+  bool with_ce;
+};
+
+template <int kC, RegionMode kMode, typename input_t>
+__global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<input_t>>)
+    softmax_region_sums_kernel(const SumsArgs<input_t> a) {
+  using acc_t = acc_type_t<input_t>;
+  PYLOSSES_DYNAMIC_SMEM(smem);  // the chunked path's class sums: 3C a warp
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const uint32_t w = blockIdx.x * kWarpsPerBlock + warp;
+  if (w >= a.warps) {
+    return;  // (the kernel has no block barrier)
+  }
+  const SoftmaxInputs<input_t>& in = a.in;
+  const int C = in.C;
+  const math::CeOptions<acc_t> o = ce_options(in, 1.0);
+  acc_t* class_sums = reinterpret_cast<acc_t*>(smem) + int64_t(warp) * 3 * C;
+  const uint32_t tiles_per_sample = a.split.tiles_per_group;
+  const uint32_t first = w * a.split.tiles_per_block;
+  const uint32_t end = first + std::min(a.split.tiles_per_block, a.split.n_tiles - first);
+  for (uint32_t tile = first; tile < end;) {
+    const uint32_t b = tile / tiles_per_sample;
+    const uint32_t stop = std::min<uint64_t>(end, uint64_t(b + 1) * tiles_per_sample);
+    acc_t own[3] = {};      // register path: the sums of class `lane`
+    acc_t extra[kExtras] = {};  // this lane's bad labels and cross-entropy sums
+    if constexpr (kC == 0) {
+      for (int c = lane; c < C; c += kWarp) {
+        class_sums[3 * c] = class_sums[3 * c + 1] = class_sums[3 * c + 2] = acc_t(0);
+      }
+    }
+    for (; tile < stop; ++tile) {
+      const int64_t s = int64_t(tile - b * tiles_per_sample) * kWarp + lane;
+      const bool valid = s < in.S;
+      const PixelLabel<acc_t> px = valid ? read_label(in, b, s) : PixelLabel<acc_t>{};
+      const PixelSoftmax<kC, input_t> sm(in, valid ? in.x + int64_t(b) * in.CS + s : nullptr, px.cls, a.with_ce);
+      extra[0] += px.bad ? acc_t(1) : acc_t(0);
+      if (a.with_ce) {
+        const acc_t v = px.cls >= 0 ? acc_t(1) : acc_t(0);
+        const acc_t loss = math::ce_loss(o, sm.log_sum, sm.y_t, px.w_t, v, sm.wy);
+        extra[1] += px.cls >= 0 ? loss : acc_t(0);  // a select: padding's NaN stays out
+        extra[2] += px.w_t;
+        extra[3] += v;
+      }
+      const auto add_class = [&](int c) {
+        const acc_t p = px.dice ? sm.prob(c) : acc_t(0);
+        const acc_t t = px.dice && c == px.cls ? acc_t(1) : acc_t(0);
+        acc_t terms[3];
+        math::region_terms<kMode>(p, t, terms[0], terms[1], terms[2]);
+        warp_allsum(terms);
+        if (lane == c % kWarp) {
+#pragma unroll
+          for (int k = 0; k < 3; ++k) {
+            if constexpr (kC > 0) {
+              own[k] += terms[k];
+            } else {
+              class_sums[3 * c + k] += terms[k];
+            }
+          }
+        }
+      };
+      for_each_class<kC>(C, add_class);
+    }
+    acc_t* row = a.rows + a.split.row(b, w) * a.row_len;
+    if constexpr (kC > 0) {
+      if (lane < C) {
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+          row[3 * lane + k] = own[k];
+        }
+      }
+    } else {
+      for (int c = lane; c < C; c += kWarp) {
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+          row[3 * c + k] = class_sums[3 * c + k];
+        }
+      }
+    }
+    warp_sum(extra);
+    if (lane == 0) {
+#pragma unroll
+      for (int k = 0; k < kExtras; ++k) {
+        row[3 * C + k] = extra[k];
+      }
+    }
+  }
+}
+
+// sums (B, C, 4) and ce (3) from the rows, a thread an output value: a sample's rows in order,
+// in double; ce over the samples in order.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    softmax_region_sum_rows_kernel(const acc_t* rows, int64_t row_len, TileSplit split, int64_t B, int C,
+                                   acc_t* sums, acc_t* ce) {
+  const int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  const int64_t n_sums = B * C * kSums;
+  const auto sample_sum = [&](int64_t b, int64_t column) {
+    const uint64_t per_sample = split.tiles_per_group, per_warp = split.tiles_per_block;
+    const int64_t first = split.row(uint32_t(b), uint32_t(uint64_t(b) * per_sample / per_warp));
+    const int64_t last = split.row(uint32_t(b), uint32_t((uint64_t(b + 1) * per_sample - 1) / per_warp));
+    double s = 0;
+    for (int64_t r = first; r <= last; ++r) {
+      s += static_cast<double>(rows[r * row_len + column]);
+    }
+    return s;
+  };
+  if (i < n_sums) {
+    const int64_t b = i / (int64_t(C) * kSums), c = i / kSums % C, k = i % kSums;
+    const double s = k < 3 ? sample_sum(b, 3 * c + k) : c == 0 ? sample_sum(b, 3 * int64_t(C)) : 0.0;
+    sums[i] = static_cast<acc_t>(s);
+  } else if (i < n_sums + kCeSums) {
+    double s = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      s += sample_sum(b, 3 * int64_t(C) + 1 + (i - n_sums));
+    }
+    ce[i - n_sums] = static_cast<acc_t>(s);
+  }
+}
+
+template <typename input_t>
+struct GradArgs {
+  using acc_t = acc_type_t<input_t>;
+  SoftmaxInputs<input_t> in;
+  const acc_t* grad_sums;  // (B, C, 4)
+  const double* grad_ce;   // (3): [0] scales the cross-entropy's gradient
+  input_t* grad;           // (B, C, S)
+  int64_t pixels;          // B * S
+};
+
+template <int kC, RegionMode kMode, typename input_t>
+__global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<input_t>>)
+    softmax_region_grad_kernel(const GradArgs<input_t> a) {
+  using acc_t = acc_type_t<input_t>;
+  const SoftmaxInputs<input_t>& in = a.in;
+  const int C = in.C;
+  const double scale = a.grad_ce[0];
+  const math::CeOptions<acc_t> o = ce_options(in, scale);
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  const auto walk = [&](auto ce_tag) {
+    constexpr bool kCe = decltype(ce_tag)::value;
+    // the pixel's sample b and place s by counting (a 64-bit division only for the first)
+    const int64_t first = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+    const int64_t step_b = stride / in.S, step_s = stride - step_b * in.S;
+    int64_t b = first / in.S, s = first - b * in.S;
+    for (int64_t i = first; i < a.pixels; i += stride, b += step_b, s += step_s) {
+      if (s >= in.S) {
+        s -= in.S;
+        ++b;
+      }
+      const PixelLabel<acc_t> px = read_label(in, b, s);
+      const int64_t offset = b * in.CS + s;
+      const PixelSoftmax<kC, input_t> sm(in, in.x + offset, px.cls, false);
+      const acc_t* g = a.grad_sums + b * C * kSums;
+      const auto grad_p = [&](int c, acc_t p) {
+        return math::region_grad_p<kMode>(p, c == px.cls ? acc_t(1) : acc_t(0), g[c * kSums], g[c * kSums + 1]);
+      };
+      acc_t dot = 0;  // sum_k p_k G_k
+      const auto add_dot = [&](int c) {
+        const acc_t p = sm.prob(c);
+        dot += p * grad_p(c, p);
+      };
+      const acc_t factor = math::ce_grad_prob_factor(o, px.w_t, acc_t(1));
+      const auto write = [&](int c) {
+        const acc_t p = sm.prob(c);
+        acc_t dx = px.dice ? p * (grad_p(c, p) - dot) : acc_t(0);
+        if constexpr (kCe) {
+          if (px.cls >= 0) {
+            dx += math::ce_grad(o, p, factor, c == px.cls ? acc_t(1) : acc_t(0), px.w_t, acc_t(1),
+                                class_weight(in, c));
+          }
+        }
+        a.grad[offset + int64_t(c) * in.S] = static_cast<input_t>(dx);
+      };
+      for_each_class<kC>(C, add_dot);
+      for_each_class<kC>(C, write);
+    }
+  };
+  scale != 0 ? walk(std::true_type{}) : walk(std::false_type{});
+}
+
+template <typename input_t>
+SoftmaxInputs<input_t> softmax_inputs(const at::Tensor& input, const at::Tensor& labels, const at::Tensor& mask,
+                                      const at::Tensor& weight, int64_t ignore_index, double label_smoothing) {
+  SoftmaxInputs<input_t> in{};
+  in.x = input.const_data_ptr<input_t>();
+  in.labels = labels.const_data_ptr();
+  in.mask = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+  in.weight = weight.defined() ? weight.const_data_ptr<acc_type_t<input_t>>() : nullptr;
+  in.C = int(input.size(1));
+  in.S = in.C == 0 || input.size(0) == 0 ? 0 : input.numel() / (input.size(0) * in.C);
+  in.CS = int64_t(in.C) * in.S;
+  in.ignore_index = ignore_index;
+  in.smoothing = label_smoothing;
+  in.label_kind = labels.scalar_type() == at::kInt    ? LabelKind::kInt32
+                  : labels.scalar_type() == at::kByte ? LabelKind::kUInt8
+                                                      : LabelKind::kInt64;
+  return in;
+}
+
+// The input, labels, mask and weight as the kernels read them: contiguous, the weight in the
+// accumulation dtype.
+struct Operands {
+  at::Tensor input, labels, mask, weight;
+  Operands(const at::Tensor& input_, const at::Tensor& labels_, const c10::optional<at::Tensor>& mask_,
+           const c10::optional<at::Tensor>& weight_)
+      : input(input_.contiguous()), labels(labels_.contiguous()) {
+    TORCH_CHECK_VALUE(input.size(1) <= std::numeric_limits<int>::max(), "softmax_region_sums: too many classes, ",
+                      input.size(1));
+    if (mask_.has_value() && mask_->defined()) {
+      mask = mask_->contiguous();
+    }
+    if (weight_.has_value() && weight_->defined()) {
+      weight = weight_->to(acc_dtype()).contiguous();
+    }
+  }
+  at::ScalarType acc_dtype() const { return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+};
+
+std::tuple<at::Tensor, at::Tensor> softmax_region_sums_cuda(const at::Tensor& input_, const at::Tensor& labels_,
+                                                            const c10::optional<at::Tensor>& mask_, int64_t mode,
+                                                            const c10::optional<at::Tensor>& weight_,
+                                                            int64_t ignore_index, double label_smoothing,
+                                                            bool with_ce) {
+  const c10::cuda::CUDAGuard guard(input_.device());
+  check_softmax_region_call("softmax_region_sums", input_, labels_, mask_, mode, weight_, label_smoothing);
+  const Operands op(input_, labels_, mask_, weight_);
+  const int64_t B = op.input.size(0), C = op.input.size(1);
+  const auto options = op.input.options().dtype(op.acc_dtype());
+  at::Tensor sums = at::zeros({B, C, kSums}, options);
+  at::Tensor ce = at::zeros({kCeSums}, options);
+  if (op.input.numel() == 0) {
+    return {sums, ce};
+  }
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_float(op.input.scalar_type(), [&](auto in_tag) {
+    using input_t = decltype(in_tag);
+    using acc_t = acc_type_t<input_t>;
+    SumsArgs<input_t> args{};
+    args.in = softmax_inputs<input_t>(op.input, op.labels, op.mask, op.weight, ignore_index, label_smoothing);
+    args.with_ce = with_ce;
+    args.row_len = 3 * C + kExtras;
+    math::dispatch_region_mode(mode, [&](auto mode_tag) {
+      dispatch_softmax_bound<input_t>(C, [&](auto bound) {
+        constexpr int kC = decltype(bound)::value;
+        constexpr auto kernel = &softmax_region_sums_kernel<kC, decltype(mode_tag)::value, input_t>;
+        const int64_t tiles_per_sample = ceil_div(args.in.S, kWarp), n_tiles = B * tiles_per_sample;
+        int64_t blocks = 0;
+        size_t smem = 0;
+        if constexpr (kC > 0) {
+          blocks = grid_size<kernel>(ceil_div(n_tiles, kWarpsPerBlock));
+        } else {
+          // 3C sums a warp; the occupancy read at each launch (C changes it)
+          smem = size_t(kWarpsPerBlock) * 3 * C * sizeof(acc_t);
+          int device = 0, sms = 0, per_sm = 0, most = 0;
+          C10_CUDA_CHECK(cudaGetDevice(&device));
+          C10_CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+          TORCH_CHECK_VALUE(smem <= size_t(most), "softmax_region_sums: ", C,
+                            " classes need more shared memory than a CUDA block has (", smem, " bytes)");
+          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+          C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+          C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+          blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(n_tiles, kWarpsPerBlock),
+                                                          int64_t(sms) * std::max(per_sm, 1)));
+        }
+        args.split = TileSplit::make(n_tiles, tiles_per_sample, std::min(n_tiles, blocks * kWarpsPerBlock));
+        args.warps = uint32_t(args.split.blocks());
+        at::Tensor rows = at::empty({args.split.rows(B) * args.row_len}, options);
+        args.rows = rows.mutable_data_ptr<acc_t>();
+        PYLOSSES_LAUNCH(kernel, ceil_div(args.warps, kWarpsPerBlock), kThreads, smem, stream, args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const auto finish = &softmax_region_sum_rows_kernel<acc_t>;
+        PYLOSSES_LAUNCH(finish, ceil_div(B * C * kSums + kCeSums, kThreads), kThreads, 0, stream,
+                        args.rows, args.row_len, args.split, B, int(C), sums.mutable_data_ptr<acc_t>(),
+                        ce.mutable_data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+  return {sums, ce};
+}
+
+// The gradient of the input: the CPU kernel's (csrc/cpu/softmax_region.cpp), with grad_ce read on the device.
+at::Tensor softmax_region_sums_backward_cuda(const at::Tensor& grad_sums, const at::Tensor& grad_ce,
+                                             const at::Tensor& input_, const at::Tensor& labels_,
+                                             const c10::optional<at::Tensor>& mask_, int64_t mode,
+                                             const c10::optional<at::Tensor>& weight_, int64_t ignore_index,
+                                             double label_smoothing) {
+  const c10::cuda::CUDAGuard guard(input_.device());
+  check_softmax_region_backward_call(grad_sums, grad_ce, input_, labels_, mask_, mode, weight_, label_smoothing);
+  const Operands op(input_, labels_, mask_, weight_);
+  at::Tensor grad = at::empty(op.input.sizes(), op.input.options());
+  if (op.input.numel() == 0) {
+    return grad;
+  }
+  // on the device, in the kernels' dtypes (copies of a few values; no host sync)
+  const at::Tensor g = grad_sums.to(op.input.device(), op.acc_dtype()).contiguous();
+  const at::Tensor g_ce = grad_ce.to(op.input.device(), at::kDouble).contiguous();
+  dispatch_float(op.input.scalar_type(), [&](auto in_tag) {
+    using input_t = decltype(in_tag);
+    using acc_t = acc_type_t<input_t>;
+    GradArgs<input_t> args{};
+    args.in = softmax_inputs<input_t>(op.input, op.labels, op.mask, op.weight, ignore_index, label_smoothing);
+    args.grad_sums = g.const_data_ptr<acc_t>();
+    args.grad_ce = g_ce.const_data_ptr<double>();
+    args.grad = grad.mutable_data_ptr<input_t>();
+    args.pixels = op.input.size(0) * args.in.S;
+    math::dispatch_region_mode(mode, [&](auto mode_tag) {
+      dispatch_softmax_bound<input_t>(args.in.C, [&](auto bound) {
+        constexpr auto kernel = &softmax_region_grad_kernel<decltype(bound)::value, decltype(mode_tag)::value, input_t>;
+        PYLOSSES_LAUNCH(kernel, grid_size<kernel>(ceil_div(args.pixels, kThreads)), kThreads, 0,
+                        c10::cuda::getCurrentCUDAStream(), args);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  });
+  return grad;
+}
+
+}  // namespace
+
+PYLOSSES_CUDA_IMPL(m) {
+  m.impl("softmax_region_sums", &softmax_region_sums_cuda);
+  m.impl("softmax_region_sums_backward", &softmax_region_sums_backward_cuda);
+}
+
+}  // namespace pylosses::cuda
