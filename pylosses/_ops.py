@@ -35,9 +35,9 @@ SCHEMAS = {
     # pixels that the mask ((B, 1, spatial...) or none) keeps and whose label is not ignore_index
     # (a label outside [0, C) counts in sums[b, 0, 3]); and with_ce, the cross-entropy's sum of
     # losses, D and count, (3,) (cross_entropy_fwd's, weight, ignore_index, label_smoothing; the
-    # mask does not apply to it). The backward takes the gradients of both. Only the CPU kernel
-    # exists yet: functional.py composes the other backends from torch ops, region_sums and
-    # cross_entropy_fwd.
+    # mask does not apply to it). The backward takes the gradients of both. Kernels: native on the
+    # CPU (csrc/cpu/softmax_region.cpp) and triton (triton_kernels/softmax_region.py); functional.py
+    # composes native CUDA from torch ops, region_sums and cross_entropy_fwd.
     "softmax_region_sums": "(Tensor input, Tensor labels, Tensor? mask, int mode, Tensor? weight, int ignore_index, "
                            "float label_smoothing, bool with_ce) -> (Tensor, Tensor)",
     "softmax_region_sums_backward": "(Tensor grad_sums, Tensor grad_ce, Tensor input, Tensor labels, Tensor? mask, "
@@ -181,12 +181,12 @@ def _make_region_backward(backward_op):
 NO_IGNORE = -2**63  # an ignore_index no label is (int64's lowest)
 
 
-def softmax_region_sums(input: Tensor, labels: Tensor, mask, mode: int, weight=None, ignore_index=None,
+def softmax_region_sums(backend: str, input: Tensor, labels: Tensor, mask, mode: int, weight=None, ignore_index=None,
                         label_smoothing: float = 0.0, with_ce: bool = False):
-    """The native CPU kernel's softmax_region_sums (the only one yet): (sums, ce)."""
-    return torch.ops.pylosses.softmax_region_sums(input, labels, mask, mode, weight,
-                                                  NO_IGNORE if ignore_index is None else ignore_index,
-                                                  float(label_smoothing), with_ce)
+    """The backend's softmax_region_sums (native: the CPU kernel only, yet): (sums, ce)."""
+    return _op(backend, "softmax_region_sums")(input, labels, mask, mode, weight,
+                                               NO_IGNORE if ignore_index is None else ignore_index,
+                                               float(label_smoothing), with_ce)
 
 
 def _softmax_region_sums_fake(input, labels, mask, mode, weight, ignore_index, label_smoothing, with_ce):
@@ -207,20 +207,22 @@ def _softmax_region_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _softmax_region_backward(ctx, grad_sums, grad_ce):
-    input, labels, mask, weight = ctx.saved_tensors
-    if (grad_sums is None and grad_ce is None) or not ctx.needs_input_grad[0]:
-        return (None,) * 8
-    dtype = reference.compute_dtype(input, input)
-    grad_sums = input.new_zeros((input.shape[0], input.shape[1], reference.REGION_SUMS), dtype=dtype) \
-        if grad_sums is None else grad_sums.contiguous()
-    grad_ce = input.new_zeros((3,), dtype=dtype) if grad_ce is None else grad_ce
-    mode, ignore_index, label_smoothing = ctx.options
-    grad = torch.ops.pylosses.softmax_region_sums_backward(grad_sums, grad_ce, input, labels, mask, mode, weight,
-                                                           ignore_index, label_smoothing)
-    if torch.is_grad_enabled():  # create_graph=True: differentiating it again raises
-        grad = _NoDoubleBackward.apply(grad, input)
-    return (grad,) + (None,) * 7
+def _make_softmax_region_backward(backward_op):
+    def backward(ctx, grad_sums, grad_ce):
+        input, labels, mask, weight = ctx.saved_tensors
+        if (grad_sums is None and grad_ce is None) or not ctx.needs_input_grad[0]:
+            return (None,) * 8
+        dtype = reference.compute_dtype(input, input)
+        grad_sums = input.new_zeros((input.shape[0], input.shape[1], reference.REGION_SUMS), dtype=dtype) \
+            if grad_sums is None else grad_sums.contiguous()
+        grad_ce = input.new_zeros((3,), dtype=dtype) if grad_ce is None else grad_ce
+        mode, ignore_index, label_smoothing = ctx.options
+        grad = backward_op(grad_sums, grad_ce, input, labels, mask, mode, weight, ignore_index, label_smoothing)
+        if torch.is_grad_enabled():  # create_graph=True: differentiating it again raises
+            grad = _NoDoubleBackward.apply(grad, input)
+        return (grad,) + (None,) * 7
+
+    return backward
 
 
 def cross_entropy(backend: str, input: Tensor, target: Tensor, weight, ignore_index: int, label_smoothing: float,
@@ -353,6 +355,11 @@ def _register(backend: str) -> None:
     torch.library.register_autograd(f"pylosses::{prefix}region_sums",
                                     _make_region_backward(_op(backend, "region_sums_backward")),
                                     setup_context=_region_setup_context)
+    torch.library.register_fake(f"pylosses::{prefix}softmax_region_sums", _softmax_region_sums_fake)
+    torch.library.register_fake(f"pylosses::{prefix}softmax_region_sums_backward", _softmax_region_sums_backward_fake)
+    torch.library.register_autograd(f"pylosses::{prefix}softmax_region_sums",
+                                    _make_softmax_region_backward(_op(backend, "softmax_region_sums_backward")),
+                                    setup_context=_softmax_region_setup_context)
 
 
 def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target):
@@ -370,16 +377,13 @@ def _triton_cross_entropy_fwd(input, target, weight, ignore_index, label_smoothi
 
 
 _register("native")  # without the extension its ops have no kernels, and every call raises
-torch.library.register_fake("pylosses::softmax_region_sums", _softmax_region_sums_fake)
-torch.library.register_fake("pylosses::softmax_region_sums_backward", _softmax_region_sums_backward_fake)
-torch.library.register_autograd("pylosses::softmax_region_sums", _softmax_region_backward,
-                                setup_context=_softmax_region_setup_context)
 try:
     from .triton_kernels import common as triton_common
     from .triton_kernels import cross_entropy as triton_cross_entropy
     from .triton_kernels import mse as triton_mse
     from .triton_kernels import region as triton_region
     from .triton_kernels import segmentation as triton_segmentation
+    from .triton_kernels import softmax_region as triton_softmax_region
 
     TRITON_ERROR = None
 except ImportError as error:  # no Triton: the triton backend is unavailable
@@ -388,6 +392,8 @@ else:
     for _name, _impl in (("mse_loss_fwd", triton_mse.mse_loss_fwd), ("seg_loss_fwd", _triton_seg_loss_fwd),
                          ("loss_backward", triton_common.loss_backward), ("region_sums", triton_region.region_sums),
                          ("region_sums_backward", triton_region.region_sums_backward),
-                         ("cross_entropy_fwd", _triton_cross_entropy_fwd)):
+                         ("cross_entropy_fwd", _triton_cross_entropy_fwd),
+                         ("softmax_region_sums", triton_softmax_region.softmax_region_sums),
+                         ("softmax_region_sums_backward", triton_softmax_region.softmax_region_sums_backward)):
         _library.impl("triton_" + _name, _impl, "CompositeExplicitAutograd")
     _register("triton")
