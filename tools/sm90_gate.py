@@ -146,6 +146,10 @@ ALLOWED = [
        "above 32 classes 72 (28), bfloat16 80 to 162 (12 to 25), float64 106 (18), where the launch assumes 32; "
        "float32 up to 32 classes without weights keeps 62 to 64 registers and 32 warps")
       for text in (" ce", "C=40", "bfloat16", "float64")),
+    ("softmax_region_backward", "occupancy", "C=14 float32 target uint8 linear backward", "Triton 3.6 (the GPU "
+     "machine's version, the CI leg): 68 registers, 28 warps an SM where the launch assumes 32; Triton 3.8 "
+     "compiles the same kernel to 64 registers and 32 warps (the other variants' numbers above are 3.8's; 3.6's lie "
+     "within about 15 registers and 3 instructions an element of them)"),
     ("softmax_region_backward", "instructions", "bfloat16", "Triton, the softmax region gradient of a bfloat16 "
      "input up to 32 classes: 34.5 instructions an element (C=14) and 40 to 49 with the cross-entropy's weights "
      "and smoothing, against a budget of 31.2 (predicted 63% to 90% of copy bandwidth); above 32 classes 19 to 27, "
