@@ -35,9 +35,9 @@ SCHEMAS = {
     # pixels that the mask ((B, 1, spatial...) or none) keeps and whose label is not ignore_index
     # (a label outside [0, C) counts in sums[b, 0, 3]); and with_ce, the cross-entropy's sum of
     # losses, D and count, (3,) (cross_entropy_fwd's, weight, ignore_index, label_smoothing; the
-    # mask does not apply to it). The backward takes the gradients of both. Native kernels on the
-    # CPU and CUDA (csrc/cpu/softmax_region.cpp, csrc/cuda/softmax_region.cu); functional.py
-    # composes the other backends from torch ops, region_sums and cross_entropy_fwd.
+    # mask does not apply to it). The backward takes the gradients of both. Kernels: native on the
+    # CPU and CUDA (csrc/cpu/softmax_region.cpp, csrc/cuda/softmax_region.cu) and triton
+    # (triton_kernels/softmax_region.py).
     "softmax_region_sums": "(Tensor input, Tensor labels, Tensor? mask, int mode, Tensor? weight, int ignore_index, "
                            "float label_smoothing, bool with_ce) -> (Tensor, Tensor)",
     "softmax_region_sums_backward": "(Tensor grad_sums, Tensor grad_ce, Tensor input, Tensor labels, Tensor? mask, "
@@ -181,12 +181,12 @@ def _make_region_backward(backward_op):
 NO_IGNORE = -2**63  # an ignore_index no label is (int64's lowest)
 
 
-def softmax_region_sums(input: Tensor, labels: Tensor, mask, mode: int, weight=None, ignore_index=None,
+def softmax_region_sums(backend: str, input: Tensor, labels: Tensor, mask, mode: int, weight=None, ignore_index=None,
                         label_smoothing: float = 0.0, with_ce: bool = False):
-    """The native kernel's softmax_region_sums (CPU or CUDA, as the tensors' device): (sums, ce)."""
-    return torch.ops.pylosses.softmax_region_sums(input, labels, mask, mode, weight,
-                                                  NO_IGNORE if ignore_index is None else ignore_index,
-                                                  float(label_smoothing), with_ce)
+    """The backend's softmax_region_sums (native: CPU or CUDA, as the tensors' device): (sums, ce)."""
+    return _op(backend, "softmax_region_sums")(input, labels, mask, mode, weight,
+                                               NO_IGNORE if ignore_index is None else ignore_index,
+                                               float(label_smoothing), with_ce)
 
 
 def _softmax_region_sums_fake(input, labels, mask, mode, weight, ignore_index, label_smoothing, with_ce):
@@ -208,8 +208,8 @@ def _softmax_region_setup_context(ctx, inputs, output):
 
 
 def _make_softmax_region_backward(backward_op):
-    """The autograd backward of softmax_region_sums, by backward_op (softmax_region_sums_backward,
-    or the tests' emulated CUDA kernel's)."""
+    """The autograd backward of softmax_region_sums, by backward_op (a backend's
+    softmax_region_sums_backward, or the tests' emulated CUDA kernel's)."""
     def backward(ctx, grad_sums, grad_ce):
         input, labels, mask, weight = ctx.saved_tensors
         if (grad_sums is None and grad_ce is None) or not ctx.needs_input_grad[0]:
@@ -225,10 +225,6 @@ def _make_softmax_region_backward(backward_op):
         return (grad,) + (None,) * 7
 
     return backward
-
-
-_softmax_region_backward = _make_softmax_region_backward(
-    lambda *args: torch.ops.pylosses.softmax_region_sums_backward(*args))
 
 
 def cross_entropy(backend: str, input: Tensor, target: Tensor, weight, ignore_index: int, label_smoothing: float,
@@ -361,6 +357,11 @@ def _register(backend: str) -> None:
     torch.library.register_autograd(f"pylosses::{prefix}region_sums",
                                     _make_region_backward(_op(backend, "region_sums_backward")),
                                     setup_context=_region_setup_context)
+    torch.library.register_fake(f"pylosses::{prefix}softmax_region_sums", _softmax_region_sums_fake)
+    torch.library.register_fake(f"pylosses::{prefix}softmax_region_sums_backward", _softmax_region_sums_backward_fake)
+    torch.library.register_autograd(f"pylosses::{prefix}softmax_region_sums",
+                                    _make_softmax_region_backward(_op(backend, "softmax_region_sums_backward")),
+                                    setup_context=_softmax_region_setup_context)
 
 
 def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target):
@@ -378,16 +379,13 @@ def _triton_cross_entropy_fwd(input, target, weight, ignore_index, label_smoothi
 
 
 _register("native")  # without the extension its ops have no kernels, and every call raises
-torch.library.register_fake("pylosses::softmax_region_sums", _softmax_region_sums_fake)
-torch.library.register_fake("pylosses::softmax_region_sums_backward", _softmax_region_sums_backward_fake)
-torch.library.register_autograd("pylosses::softmax_region_sums", _softmax_region_backward,
-                                setup_context=_softmax_region_setup_context)
 try:
     from .triton_kernels import common as triton_common
     from .triton_kernels import cross_entropy as triton_cross_entropy
     from .triton_kernels import mse as triton_mse
     from .triton_kernels import region as triton_region
     from .triton_kernels import segmentation as triton_segmentation
+    from .triton_kernels import softmax_region as triton_softmax_region
 
     TRITON_ERROR = None
 except ImportError as error:  # no Triton: the triton backend is unavailable
@@ -396,6 +394,8 @@ else:
     for _name, _impl in (("mse_loss_fwd", triton_mse.mse_loss_fwd), ("seg_loss_fwd", _triton_seg_loss_fwd),
                          ("loss_backward", triton_common.loss_backward), ("region_sums", triton_region.region_sums),
                          ("region_sums_backward", triton_region.region_sums_backward),
-                         ("cross_entropy_fwd", _triton_cross_entropy_fwd)):
+                         ("cross_entropy_fwd", _triton_cross_entropy_fwd),
+                         ("softmax_region_sums", triton_softmax_region.softmax_region_sums),
+                         ("softmax_region_sums_backward", triton_softmax_region.softmax_region_sums_backward)):
         _library.impl("triton_" + _name, _impl, "CompositeExplicitAutograd")
     _register("triton")

@@ -428,16 +428,22 @@ def _one_hot(labels: Tensor, classes: int) -> Tensor:
     return labels.long().unsqueeze(1) == torch.arange(classes, device=labels.device).view(shape)
 
 
+def _fused_softmax_region(chosen: str, input: Tensor) -> bool:
+    """Whether the backend has the fused op softmax_region_sums for the input: triton everywhere,
+    native on the CPU and CUDA."""
+    return chosen == "triton" or (chosen == "native" and input.device.type in ("cpu", "cuda"))
+
+
 def _kernel_region_sums(chosen: str, input: Tensor, target: Tensor, labels: Optional[Tensor], mask: Optional[Tensor],
                         sigmoid: bool, softmax: bool, mode: int, ignore_index: Optional[int]) -> Tensor:
     """The region sums from the kernels: softmax over a label map from the fused op
-    softmax_region_sums on the native backend, CPU or CUDA (a mask (B, 1, spatial...) or none);
-    on Triton, and for the other combinations, composed with torch ops for now: the softmax
-    (float32, float64 for float64) and a bool one-hot target are made in memory before
-    region_sums (README, "Multi-class")."""
-    if (softmax and labels is not None and chosen == "native" and input.device.type in ("cpu", "cuda")
+    softmax_region_sums (a mask (B, 1, spatial...) or none) on the native (CPU and CUDA) and triton
+    backends; for the other combinations, composed with torch ops: the softmax (float32, float64
+    for float64) and a bool one-hot target are made in memory before region_sums (README,
+    "Multi-class")."""
+    if (softmax and labels is not None and _fused_softmax_region(chosen, input)
             and (mask is None or mask.shape[1] == 1)):
-        return _ops.softmax_region_sums(input, labels, mask, mode)[0]
+        return _ops.softmax_region_sums(chosen, input, labels, mask, mode)[0]
     if labels is not None:
         target = _one_hot(labels, input.shape[1])
     if softmax:
@@ -674,11 +680,11 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
                          f"got input of shape {tuple(input.shape)}")
     w = _class_weight(weight)
     dice_weight = w[1:] if w is not None and w.dim() == 1 and not include_background else w
-    if (classes > 1 and softmax and to_onehot_y and target.shape[1] == 1 and input.device.type in ("cpu", "cuda")
-            and _pick_backend(backend, input.device, input.numel()) == "native"):
-        return _fused_dice_ce(input, target, include_background, squared_pred, jaccard, reduction, float(smooth_nr),
-                              float(smooth_dr), batch, w, dice_weight, float(lambda_dice), float(lambda_ce),
-                              float(label_smoothing), ignore_index, float(lambda_tv))
+    chosen = _pick_backend(backend, input.device, input.numel())
+    if classes > 1 and softmax and to_onehot_y and target.shape[1] == 1 and _fused_softmax_region(chosen, input):
+        return _fused_dice_ce(chosen, input, target, include_background, squared_pred, jaccard, reduction,
+                              float(smooth_nr), float(smooth_dr), batch, w, dice_weight, float(lambda_dice),
+                              float(lambda_ce), float(label_smoothing), ignore_index, float(lambda_tv))
     loss = lambda_dice * dice_loss(input, target, include_background, to_onehot_y, sigmoid, softmax, None,
                                    squared_pred, jaccard, reduction, smooth_nr, smooth_dr, batch, dice_weight,
                                    ignore_index=ignore_index, backend=backend)
@@ -710,15 +716,16 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
     return loss
 
 
-def _fused_dice_ce(input: Tensor, target: Tensor, include_background: bool, squared_pred: bool, jaccard: bool,
-                   reduction: str, smooth_nr: float, smooth_dr: float, batch: bool, w: Optional[Tensor],
+def _fused_dice_ce(chosen: str, input: Tensor, target: Tensor, include_background: bool, squared_pred: bool,
+                   jaccard: bool, reduction: str, smooth_nr: float, smooth_dr: float, batch: bool, w: Optional[Tensor],
                    dice_weight: Optional[Tensor], lambda_dice: float, lambda_ce: float, label_smoothing: float,
                    ignore_index: Optional[int], lambda_tv: float) -> Tensor:
-    """dice_ce_loss(softmax=True, to_onehot_y=True) on the native kernel (CPU or CUDA): the Dice's
-    sums and the cross-entropy's in one pass (op softmax_region_sums with_ce), their summed
-    gradient in one more. Without ignore_index the cross-entropy ignores label -100, as torch's;
-    the Dice raises on it first on the CPU (a label outside [0, C), as MONAI's one-hot does), and
-    on CUDA counts it in its sums, which makes the loss NaN (no host sync)."""
+    """dice_ce_loss(softmax=True, to_onehot_y=True) on the fused op (native CPU and CUDA, triton):
+    the Dice's sums and the cross-entropy's in one pass (op softmax_region_sums with_ce), their
+    summed gradient in one more. Without ignore_index the cross-entropy ignores label -100, as
+    torch's; the Dice raises on it first on the CPU (a label outside [0, C), as MONAI's one-hot
+    does), and on a GPU counts it as out of range (the loss NaN), as the composed losses do: the op
+    is then given no ignore_index (its cross-entropy adds nothing for such a label)."""
     classes, spatial = input.shape[1], input.dim() - 2
     labels = _label_map(input, target, ignore_index)
     dice_w = _dice_weight(dice_weight, _foreground_classes(input, include_background), input.device)
@@ -727,10 +734,8 @@ def _fused_dice_ce(input: Tensor, target: Tensor, include_background: bool, squa
         if w.shape != (classes,):
             raise ValueError(f"weight must have one value a class, shape ({classes},), got {tuple(w.shape)}")
     mode = reference.region_mode(squared_pred, False)
-    ignore = -100 if ignore_index is None else ignore_index
-
     def fn(input, labels):
-        sums, ce = _ops.softmax_region_sums(input, labels, None, mode, w, ignore, label_smoothing, True)
+        sums, ce = _ops.softmax_region_sums(chosen, input, labels, None, mode, w, ignore_index, label_smoothing, True)
         dice = reference.dice_from_sums(sums, mode, include_background, jaccard, smooth_nr, smooth_dr, batch, dice_w,
                                         reduction, spatial, input.dtype)
         total, denominator, counted = ce.unbind()

@@ -2,6 +2,7 @@
 DiceCELoss: the reference against MONAI's own classes (and torch's cross-entropy), every backend
 against the reference, and the API's errors."""
 
+import os
 import warnings
 
 import pytest
@@ -288,13 +289,48 @@ def test_module_repr_and_buffers():
     assert torch.equal(loss.class_weight, torch.tensor([1.0, 2.0, 3.0]))
 
 
-# the fused op softmax_region_sums (the native CPU kernel) ------------------------------------
+# the fused op softmax_region_sums: the native CPU kernel and the Triton kernels -------------
 
-NATIVE = "native" in BACKENDS
-needs_native = pytest.mark.skipif(not NATIVE, reason="the native backend is not built")
-# (B, C, spatial...): odd sizes, 2 to 40 classes, 1-D to 3-D, empty batch and plane; the last is
-# split into several work items and blocks
-OP_SHAPES = [(2, 3, 5, 7), (3, 2, 11), (1, 14, 3, 4, 5), (2, 40, 6), (0, 3, 4, 4), (2, 3, 0, 4), (2, 4, 70, 90)]
+OP_BACKENDS = [b for b in ("native", "triton") if b in BACKENDS]
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# (B, C, spatial...): odd sizes, 2 to 40 classes (above 32 the Triton kernels walk chunks of
+# classes), 1-D to 3-D, empty batch and plane; LARGE is split into several CPU work items and
+# blocks, too slow for Triton's interpreter, which takes SMALL in its place: several Triton tiles a
+# sample, with PROGRAMS = 3 (the fixture op_backend) several a program and several programs a sample
+LARGE, SMALL = (2, 4, 70, 90), (2, 4, 9, 23)
+OP_SHAPES = [(2, 3, 5, 7), (3, 2, 11), (1, 14, 3, 4, 5), (2, 40, 6), (0, 3, 4, 4), (2, 3, 0, 4), LARGE]
+
+
+@pytest.fixture(params=OP_BACKENDS)
+def op_backend(request, monkeypatch):
+    """A backend of the op; triton's launches aim at 3 programs (not 8192), so that small shapes
+    give programs of several tiles."""
+    if request.param == "triton":
+        from pylosses.triton_kernels import softmax_region
+        monkeypatch.setattr(softmax_region, "PROGRAMS", 3)
+    return request.param
+
+
+CHUNKED_CASES = (4, 20)  # (float64, masked, squared) and (bfloat16, unmasked, l1): see _op_shapes
+
+
+def _op_shapes(backend, case=None):
+    """OP_SHAPES for the backend; in Triton's interpreter SMALL for LARGE, and for a test case
+    numbered `case` two of the others in turn (each in several of the cases), the 40 classes (a
+    chunk walk of 10 to 40 steps, slow there) only in CHUNKED_CASES, on one sample."""
+    if not (backend == "triton" and INTERPRETED):
+        return OP_SHAPES
+    shapes = [SMALL if s == LARGE else s for s in OP_SHAPES]
+    if case is None:
+        return shapes
+    chunked = [s for s in shapes if s[1] > 32]
+    shapes = [s for s in shapes if s[1] <= 32]
+    picked = [shapes[case % len(shapes)], shapes[(case + 3) % len(shapes)]]
+    return picked + [(1,) + s[1:] for s in chunked] if case in CHUNKED_CASES else picked
+
+
+def _op(backend, name):
+    return getattr(torch.ops.pylosses, pylosses._ops.PREFIX[backend] + name)
 
 
 def _op_inputs(shape, dtype, label_dtype, masked, seed=0):
@@ -305,16 +341,21 @@ def _op_inputs(shape, dtype, label_dtype, masked, seed=0):
     return x, labels, mask
 
 
-@needs_native
+DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
 @pytest.mark.parametrize("mode", [0, 1, 2])
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
-def test_op_matches_reference_sums(mode, masked, dtype):
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_op_matches_reference_sums(op_backend, mode, masked, dtype):
     """The sums and the input gradient of softmax_region_sums against the reference's region_sums
     of softmax(input) and a one-hot target, in float64 on the same values."""
     from pylosses import _ops
-    for label_dtype, shape in zip([torch.int64, torch.int32, torch.uint8] * 3, OP_SHAPES):
-        check_op_sums(lambda *args: _ops.softmax_region_sums(*args)[0], shape, dtype, label_dtype, mode, masked)
+    case = (DTYPES.index(dtype) * 2 + masked) * 3 + mode
+    for shape in _op_shapes(op_backend, case):
+        label_dtype = [torch.int64, torch.int32, torch.uint8][(shape[1] + len(shape)) % 3]
+        check_op_sums(lambda *args: _ops.softmax_region_sums(op_backend, *args)[0], shape, dtype, label_dtype, mode,
+                      masked)
 
 
 def check_op_sums(op, shape, dtype, label_dtype, mode, masked, tol=None):
@@ -335,6 +376,8 @@ def check_op_sums(op, shape, dtype, label_dtype, mode, masked, tol=None):
     tol = tol or (1e-12 if dtype == torch.float64 else 2e-6)
     torch.testing.assert_close(sums.double() / scale, want / scale, rtol=0, atol=tol)
     if x.numel() == 0:
+        grad, = torch.autograd.grad(sums, x, torch.ones_like(sums))
+        assert grad.shape == x.shape
         return
     grad_sums = torch.randn(want.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     mine, = torch.autograd.grad(sums, x, grad_sums.to(sums.dtype))
@@ -346,30 +389,73 @@ def check_op_sums(op, shape, dtype, label_dtype, mode, masked, tol=None):
         assert (mine[~mask.expand_as(mine)] == 0).all()
 
 
-@needs_native
-def test_op_counts_labels_out_of_range_and_is_deterministic():
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (1, 40, 6)], ids=str)
+def test_op_cross_entropy_sums(op_backend, shape):
+    """with_ce: the cross-entropy's sum of losses, D and count against torch's, with weights,
+    ignore_index and label smoothing; a label out of range adds nothing to them (and counts for
+    the Dice, in sums[b, 0, 3], where the mask keeps it). The gradient of the loss's sum and of
+    the sums at once against the reference's, and the gradient of the sums alone when ce's is 0."""
+    from pylosses import _ops, reference
+    dtype = torch.float64 if shape[1] > 32 else torch.float32  # (the interpreter's fewest chunks)
+    x, labels, mask = _op_inputs(shape, dtype, torch.int64, True, seed=3)
+    labels[0].view(-1)[:5] = torch.tensor([2, -3, shape[1], 200, 2])  # ignore_index 2, then out of range
+    mask[0].view(-1)[:4] = torch.tensor([True, True, False, True])
+    w = torch.rand(shape[1], generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 0.5
+    kept = (labels >= 0) & (labels < shape[1])
+    for weight, smoothing in ((None, 0.0), (w, 0.2)):
+        xg = x.clone().requires_grad_(True)
+        sums, ce = _ops.softmax_region_sums(op_backend, xg, labels, mask, 1, weight, 2, smoothing, True)
+        x64 = x.double().requires_grad_(True)
+        safe = torch.where(kept, labels, torch.full_like(labels, 2))  # out of range: as ignored for torch
+        loss = torch.nn.functional.cross_entropy(x64, safe, weight, ignore_index=2, reduction="sum",
+                                                 label_smoothing=smoothing)
+        counts = kept & (labels != 2)
+        d = (weight[safe] if weight is not None else torch.ones(labels.shape, dtype=torch.float64))[counts].sum()
+        tol = 1e-12 if dtype == torch.float64 else 2e-6
+        torch.testing.assert_close(ce, torch.stack([loss.detach(), d, counts.sum().double()]).to(ce.dtype),
+                                   rtol=tol, atol=tol)
+        assert sums[0, 0, 3] == 2 and (sums[1:, 0, 3] == 0).all() and (sums[:, 1:, 3] == 0).all()
+        keep = mask & (labels != 2).unsqueeze(1)
+        one_hot = torch.nn.functional.one_hot(safe, shape[1]).movedim(-1, 1).bool() & kept.unsqueeze(1)
+        want = reference.region_sums(x64, one_hot, keep, False, 1, True)
+        torch.testing.assert_close(sums[..., :3].double(), want[..., :3], rtol=tol, atol=tol)
+        grad_sums = torch.randn(sums.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        for scale in (0.7, 0.0) if shape[1] <= 32 else (0.7,):  # (the interpreter's chunk walks are slow)
+            mine, = torch.autograd.grad((sums, ce), xg, (grad_sums.to(sums.dtype), torch.tensor([scale, 1.0, 1.0],
+                                                                                             dtype=ce.dtype)),
+                                        retain_graph=True)
+            truth, = torch.autograd.grad((want[..., :3] * grad_sums[..., :3]).sum() + scale * loss, x64,
+                                         retain_graph=True)
+            torch.testing.assert_close(mine.double(), truth, rtol=tol * 10, atol=tol * 10 * truth.abs().max().item())
+
+
+def test_op_counts_labels_out_of_range_and_is_deterministic(op_backend):
     """A label outside [0, C) where the mask keeps the pixel counts in sums[b, 0, 3] (the loss is
-    then NaN); one under the mask does not. Run twice, the same bits."""
+    then NaN); one under the mask does not. Run twice, the same bits, the gradient too."""
     from pylosses import _ops
-    x, labels, mask = _op_inputs((2, 4, 70, 90), torch.float32, torch.int64, True)
+    x, labels, mask = _op_inputs(_op_shapes(op_backend)[-1], torch.float32, torch.int64, True)
     labels[0, 0, 0], labels[1, 5, 5] = 7, -1
     mask[0, 0, 0, 0], mask[1, 0, 5, 5] = True, False
-    sums = _ops.softmax_region_sums(x, labels, mask, 0)[0]
+    x.requires_grad_(True)
+    runs = []
+    for _ in range(2):
+        sums, ce = _ops.softmax_region_sums(op_backend, x, labels, mask, 0, None, None, 0.1, True)
+        runs.append((sums, ce, torch.autograd.grad((sums, ce), x, (torch.ones_like(sums), torch.ones_like(ce)))[0]))
+    sums = runs[0][0]
     assert sums[0, 0, 3] == 1 and sums[1, 0, 3] == 0 and (sums[:, 1:, 3] == 0).all()
-    assert torch.equal(sums, _ops.softmax_region_sums(x, labels, mask, 0)[0])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
-@needs_native
-def test_op_opcheck_and_errors():
+def test_op_opcheck_and_errors(op_backend):
     from pylosses import _ops
-    op = torch.ops.pylosses.softmax_region_sums
+    op = _op(op_backend, "softmax_region_sums")
     x, labels, mask = _op_inputs((2, 3, 5, 7), torch.float32, torch.int64, True)
     w = torch.tensor([0.5, 1.0, 2.0])
     for args in [(x.requires_grad_(True), labels, None, 0, None, -100, 0.0, False),
                  (x, labels.to(torch.uint8), mask, 1, w, 2, 0.1, True),
                  (x.detach().double(), labels.int(), mask, 2, None, _ops.NO_IGNORE, 0.0, True)]:
         torch.library.opcheck(op, args)
-    torch.library.opcheck(torch.ops.pylosses.softmax_region_sums_backward,
+    torch.library.opcheck(_op(op_backend, "softmax_region_sums_backward"),
                           (torch.randn(2, 3, 4), torch.randn(3), x.detach(), labels, mask, 0, w, 1, 0.2))
     cases = [((x, labels.float(), None, 0), TypeError, "labels"),
              ((x, labels[:, :4], None, 0), ValueError, "labels"),
@@ -379,31 +465,33 @@ def test_op_opcheck_and_errors():
              ((x, labels, None, 0, None, None, 1.5), ValueError, "label_smoothing")]
     for args, error, match in cases:
         with pytest.raises(error, match=match):
-            _ops.softmax_region_sums(*args)
+            _ops.softmax_region_sums(op_backend, *args)
 
 
-@needs_native
 @pytest.mark.parametrize("options", [{}, {"weight": [0.5, 1.0, 2.0, 1.5], "label_smoothing": 0.2},
                                      {"ignore_index": 1, "reduction": "sum", "include_background": False},
                                      {"ignore_index": 255, "squared_pred": True, "batch": True, "lambda_tv": 0.1},
                                      {"lambda_dice": 0.3, "lambda_ce": 2.0, "jaccard": True}])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
-def test_fused_dice_ce_matches_the_composed_losses(options, dtype):
-    """DiceCELoss(softmax=True, to_onehot_y=True) on the CPU's native backend (one op for the
-    Dice's sums and the cross-entropy, one pass for their summed gradient) against the reference
-    in float64: values and input gradients, over label dtypes, 2-D and 3-D, and with every pixel
-    ignored (NaN, as torch's mean)."""
+def test_fused_dice_ce_matches_the_composed_losses(op_backend, options, dtype):
+    """DiceCELoss(softmax=True, to_onehot_y=True) on the fused op (one op for the Dice's sums and
+    the cross-entropy, one pass for their summed gradient) against the reference in float64:
+    values and input gradients, over label dtypes, 2-D and 3-D (in Triton's interpreter one of
+    them a case, in turn), and with every pixel ignored (NaN, as torch's mean)."""
     options = dict(options)
     if "weight" in options:
         options["weight"] = torch.tensor(options["weight"], dtype=torch.float64)
-    for shape, label_dtype in [((2, 4, 9, 7), torch.int64), ((1, 4, 3, 5, 6), torch.uint8),
-                               ((2, 4, 70, 90), torch.int32)]:
+    shapes = [((2, 4, 9, 7), torch.int64), ((1, 4, 3, 5, 6), torch.uint8), (LARGE, torch.int32)]
+    if op_backend == "triton" and INTERPRETED:
+        shapes = [[((2, 4, 9, 7), torch.int64), ((1, 4, 3, 5, 6), torch.uint8), (SMALL, torch.int32)][
+            (len(options) + DTYPES.index(dtype)) % 3]]
+    for shape, label_dtype in shapes:
         x = _logits(shape)
         t = _labels(shape, ignore=options.get("ignore_index") if options.get("ignore_index", 0) >= 4 else None)
         t = t.to(label_dtype) if label_dtype != torch.uint8 or t.max() < 256 else t
         exact, xg = x.clone().requires_grad_(True), x.to(dtype).requires_grad_(True)
         want = pylosses.dice_ce_loss(exact, t, softmax=True, to_onehot_y=True, **options, backend="reference")
-        got = pylosses.dice_ce_loss(xg, t, softmax=True, to_onehot_y=True, **options, backend="native")
+        got = pylosses.dice_ce_loss(xg, t, softmax=True, to_onehot_y=True, **options, backend=op_backend)
         # bfloat16: with lambda_tv the gradient is the kernel's, rounded, plus torch's total variation's, rounded
         tol = {torch.float64: 1e-12, torch.float32: 2e-5}.get(dtype, 3e-2)
         assert got.dtype == dtype
@@ -413,7 +501,7 @@ def test_fused_dice_ce_matches_the_composed_losses(options, dtype):
         torch.testing.assert_close(mine.double(), truth, rtol=tol, atol=tol * float(truth.abs().max()))
     x = _logits((2, 3, 4, 4)).requires_grad_(True)
     t = torch.full((2, 1, 4, 4), 7)
-    loss = pylosses.dice_ce_loss(x, t, softmax=True, to_onehot_y=True, ignore_index=7, backend="native")
+    loss = pylosses.dice_ce_loss(x, t, softmax=True, to_onehot_y=True, ignore_index=7, backend=op_backend)
     want = pylosses.dice_ce_loss(x.detach(), t, softmax=True, to_onehot_y=True, ignore_index=7, backend="reference")
     assert torch.isnan(loss) and torch.isnan(want)
     assert (torch.autograd.grad(loss, x)[0] == 0).all()

@@ -57,7 +57,8 @@ def test_gate_covers_every_kernel_and_the_awkward_shapes(gate):
     rows = table["rows"]
     triton = {r["kernel"] for r in rows if r["backend"] == "triton"}
     assert {"mse_fwd_kernel", "seg_fwd_kernel", "loss_backward_kernel", "sum_groups_kernel", "region_sums_kernel",
-            "region_grad_kernel", "cross_entropy_fwd_kernel"} <= triton
+            "region_grad_kernel", "cross_entropy_fwd_kernel", "softmax_region_sums_kernel",
+            "softmax_region_grad_kernel"} <= triton
     variants = " ".join(r["variant"] for r in rows)
     for shape in ("H=1", "W=1", "odd W", "3-D", "misaligned", "odd n", "odd S", "rows S=1"):
         assert shape in variants, shape

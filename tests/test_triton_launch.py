@@ -46,13 +46,14 @@ class _Recorder:
 def test_launches_run_under_the_tensors_device(monkeypatch):
     """Triton launches on the current device: every launch of every launcher must happen
     inside torch.cuda.device(<the tensors' device>), here cuda:1 while cuda:0 is current."""
-    from pylosses.triton_kernels import common, mse, region, segmentation
+    from pylosses.triton_kernels import common, mse, region, segmentation, softmax_region
 
     recorder = _Recorder()
     monkeypatch.setattr(torch.cuda, "device", recorder.device)
     for module, name in ((common, "sum_groups_kernel"), (common, "loss_backward_kernel"), (mse, "mse_fwd_kernel"),
                          (segmentation, "seg_fwd_kernel"), (region, "region_sums_kernel"),
-                         (region, "region_grad_kernel")):
+                         (region, "region_grad_kernel"), (softmax_region, "softmax_region_sums_kernel"),
+                         (softmax_region, "softmax_region_grad_kernel")):
         monkeypatch.setattr(module, name, recorder.kernel(name))
     with FakeTensorMode():  # tensors that say cuda:1, on a machine without one
         x = torch.empty(2, 3, 5, 40, device="cuda:1")
@@ -64,9 +65,15 @@ def test_launches_run_under_the_tensors_device(monkeypatch):
             x, t = torch.empty(shape, device="cuda:1"), torch.empty(shape, device="cuda:1")
             region.region_sums(x, t, None, True, 0)
             region.region_sums_backward(torch.empty(*shape[:2], 4, device="cuda:1"), x, t, None, True, 0, True, True)
+        x, labels = torch.empty(2, 3, 5, 40, device="cuda:1"), torch.empty(2, 5, 40, device="cuda:1", dtype=torch.int64)
+        w, mask = torch.empty(3, device="cuda:1"), torch.empty(2, 1, 5, 40, device="cuda:1", dtype=torch.bool)
+        softmax_region.softmax_region_sums(x, labels, mask, 0, w, -100, 0.1, True)
+        grad_sums, grad_ce = torch.empty(2, 3, 4, device="cuda:1"), torch.empty(3, device="cuda:1")
+        softmax_region.softmax_region_sums_backward(grad_sums, grad_ce, x, labels, mask, 0, w, -100, 0.1)
     names = [name for name, _ in recorder.launches]
     assert set(names) == {"sum_groups_kernel", "loss_backward_kernel", "mse_fwd_kernel", "seg_fwd_kernel",
-                          "region_sums_kernel", "region_grad_kernel"}, names
+                          "region_sums_kernel", "region_grad_kernel", "softmax_region_sums_kernel",
+                          "softmax_region_grad_kernel"}, names
     assert all(device == 1 for _, device in recorder.launches), recorder.launches
     assert recorder.current == 0  # and the current device is as it was
 

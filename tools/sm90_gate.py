@@ -113,6 +113,54 @@ ALLOWED = [
        "that is not a multiple of the pack, or misaligned pointers) with bfloat16 logits: 36 to 43 instructions an "
        "element against budgets of 32 to 39 (predicted 78% to 97% of copy bandwidth); aligned planes take packs")
       for c in (4, 8)),
+    # Triton cross-entropy: labels "C=... dtype target ... grad on|off [weight] [smoothing]"
+    *(("ce", "occupancy", text, "Triton, the cross-entropy with class weights or label smoothing, or a 16-bit input "
+       "above 32 classes: each thread carries its pixels' state (8 pixels of a 16-bit input: w_t, the smoothing's "
+       "sums, the online softmax's) beside its logits; at .maxnreg 64 they spill, so they run unlimited: float32 71 "
+       "to 80 registers (25 to 28 warps an SM), bfloat16 79 to 146 (13 to 25 warps) where the launch assumes 32; "
+       "without weights and smoothing float32 keeps 32 at every C, bfloat16 up to 32 classes")
+      for text in (" weight", "smoothing", "C=40 bfloat16")),
+    *(("ce", "instructions", text, "Triton, the cross-entropy of a bfloat16 input with class weights or label "
+       "smoothing: the per-pixel work (labels, log, reciprocal, w_t, the smoothing's sums), copied in each lane that "
+       "shares a pixel, over few classes a thread: 33 to 56 instructions an element with the gradient against a "
+       "budget of 31.2, 26.5 without it against 15.6 (predicted 56% to 93% of copy bandwidth); without weights and "
+       "smoothing bfloat16 passes (25 to 30), float32 passes with them")
+      for text in ("bfloat16 target int64 mean grad on", "bfloat16 target uint8 sum grad off weight")),
+    # Triton softmax_region_sums (softmax_region) and its backward (softmax_region_backward): labels
+    # "C=... dtype target ... mode [mask] [ce] [weight] [smoothing] [backward]"; measured with Triton
+    # 3.8 on (2, C, 64, 64) when they were added
+    *(("softmax_region", "instructions", text, "Triton, the softmax region sums: the softmax of each pixel (its "
+       "maximum, an exponential and a reciprocal a class, lanes' shuffles) and three sums a class read only the "
+       "logits, so their budget is the input's bytes alone, with no gradient written (15.6 for 16-bit inputs, 31.2 "
+       "for float32, 62.3 for float64): float32 takes 30 to 35 instructions an element without the cross-entropy "
+       "(C=14: 34.8, predicted 90% of copy bandwidth), 31 to 69 with it, weights and smoothing (the cross-entropy's "
+       "per-pixel log and w_t, copied in each lane of a pixel); bfloat16 32 to 74 and float16 65 (predicted 21% to "
+       "49%), float64 113 (55%); the forward is one of two passes, the backward within budget but for bfloat16")
+      for text in ("C=14 float32", " ce", "bfloat16", "float16", "float64")),
+    *(("softmax_region", "occupancy", text, "Triton, the softmax region sums: each thread carries three sums of "
+       "its classes across its tiles beside the tile's logits and exponentials; unlimited rather than spilling: "
+       "float32 with the cross-entropy 89 to 102 registers (19 to 21 warps an SM), bfloat16 72 to 168 (12 to 28), "
+       "float16 with the cross-entropy 140 (14), float64 140 (14), where the gate asks for 16 (the launch was sized for 32); float32 without "
+       "the cross-entropy keeps 64 registers and 32 warps")
+      for text in (" ce", "bfloat16", "float16", "float64")),
+    *(("softmax_region_backward", "occupancy", text, "Triton, the softmax region gradient: the tile's "
+       "probabilities, the sums' gradients g0 and g1 of its classes and sum_k p_k G_k, with the cross-entropy's "
+       "weights and factors: float32 with the cross-entropy 78 to 92 registers (21 to 25 warps an SM), float32 "
+       "above 32 classes 72 (28), bfloat16 80 to 162 (12 to 25), float64 106 (18), where the gate asks for 16 (the launch was sized for 32); "
+       "float32 up to 32 classes without weights keeps 62 to 64 registers and 32 warps")
+      for text in (" ce", "C=40", "bfloat16", "float64")),
+    ("softmax_region_backward", "occupancy", "C=14 float32 target uint8 linear backward", "Triton 3.6 (the GPU "
+     "machine's version, the CI leg): 68 registers, 28 warps an SM where the launch assumes 32; Triton 3.8 "
+     "compiles the same kernel to 64 registers and 32 warps (the other variants' numbers above are 3.8's; 3.6's lie "
+     "within about 15 registers and 3 instructions an element of them)"),
+    ("softmax_region_backward", "instructions", "bfloat16", "Triton, the softmax region gradient of a bfloat16 "
+     "input up to 32 classes: 34.5 instructions an element (C=14) and 40 to 49 with the cross-entropy's weights "
+     "and smoothing, against a budget of 31.2 (predicted 63% to 90% of copy bandwidth); above 32 classes 19 to 27, "
+     "and float32 19 to 47 against 62.3, pass"),
+    *((family, "calls", "float64", "Triton: the slow path of the float64 IEEE division of 1 / (the sum of "
+       "exponentials), a divisor in [1, C] that never takes it") for family in ("softmax_region",
+                                                                              "softmax_region_backward")),
+    # (after the Triton entries: these match every variant, and the first match is the reason)
     # CUDA fused softmax region sums (softmax_region) and their backward: <class bound (0: chunked), mode, input>
     ("softmax_region", "instructions", "", "CUDA, the fused softmax region sums, first version: on the register "
      "path each class's three sums go through a warp butterfly (5 shuffles and adds each, in every lane) a tile of "
@@ -129,19 +177,6 @@ ALLOWED = [
     *((family, "calls", "double>", "the slow path of the float64 IEEE division 1 / sum (math::preciprocal in "
        "double; extreme operands only, the sum lies in [1, C])") for family in ("softmax_region",
                                                                               "softmax_region_backward")),
-    # Triton cross-entropy: labels "C=... dtype target ... grad on|off [weight] [smoothing]"
-    *(("ce", "occupancy", text, "Triton, the cross-entropy with class weights or label smoothing, or a 16-bit input "
-       "above 32 classes: each thread carries its pixels' state (8 pixels of a 16-bit input: w_t, the smoothing's "
-       "sums, the online softmax's) beside its logits; at .maxnreg 64 they spill, so they run unlimited: float32 71 "
-       "to 80 registers (25 to 28 warps an SM), bfloat16 79 to 146 (13 to 25 warps) where the launch assumes 32; "
-       "without weights and smoothing float32 keeps 32 at every C, bfloat16 up to 32 classes")
-      for text in (" weight", "smoothing", "C=40 bfloat16")),
-    *(("ce", "instructions", text, "Triton, the cross-entropy of a bfloat16 input with class weights or label "
-       "smoothing: the per-pixel work (labels, log, reciprocal, w_t, the smoothing's sums), copied in each lane that "
-       "shares a pixel, over few classes a thread: 33 to 56 instructions an element with the gradient against a "
-       "budget of 31.2, 26.5 without it against 15.6 (predicted 56% to 93% of copy bandwidth); without weights and "
-       "smoothing bfloat16 passes (25 to 30), float32 passes with them")
-      for text in ("bfloat16 target int64 mean grad on", "bfloat16 target uint8 sum grad off weight")),
 ]
 
 
@@ -484,7 +519,7 @@ def triton_cases(quick=False):
     """(label, family, call) for every launcher variant the gate compiles: call() launches it."""
     import torch
 
-    from pylosses.triton_kernels import common, cross_entropy, mse, region, segmentation
+    from pylosses.triton_kernels import common, cross_entropy, mse, region, segmentation, softmax_region
 
     dtypes = [getattr(torch, d) for d in DTYPE_NAMES]
     cases = []
@@ -614,12 +649,44 @@ def triton_cases(quick=False):
         ce_case(14, torch.float32, torch.int64, True, False, False, reduction=0)
         ce_case(14, torch.bfloat16, torch.int64, True, False, True)
         ce_case(40, torch.bfloat16, torch.uint8, False, True, False, reduction=2)
+
+    def softmax_region_case(classes, dtype, t_dtype, mode, masked, ce, weight, smoothing, backward):
+        """softmax_region_sums (backward: its backward) on (2, classes, 64, 64): C <= 32 one class
+        tile in registers, above chunks of classes walked twice (three times backward)"""
+        shape = (2, classes, 64, 64)
+        label = (f"C={classes} {str(dtype)[6:]} target {str(t_dtype)[6:]} {['linear', 'squared', 'l1'][mode]}"
+                 f"{' mask' if masked else ''}{' ce' if ce else ''}{' weight' if weight else ''}"
+                 f"{' smoothing' if smoothing else ''}{' backward' if backward else ''}")
+
+        def call():
+            x, t = _tensor(shape, dtype), _tensor((shape[0], *shape[2:]), t_dtype)
+            mask = _tensor((shape[0], 1, *shape[2:]), torch.bool) if masked else None
+            w = torch.ones(classes) if weight else None
+            if backward:
+                acc = common.acc_torch_dtype(dtype)
+                softmax_region.softmax_region_sums_backward(_tensor((2, classes, 4), acc), _tensor((3,), acc), x, t,
+                                                            mask, mode, w, -100, 0.1 if smoothing else 0.0)
+            else:
+                softmax_region.softmax_region_sums(x, t, mask, mode, w, -100, 0.1 if smoothing else 0.0, ce)
+
+        cases.append((label, "softmax_region", call, True))
+
+    for classes in (4, 14, 40):
+        for dtype in (torch.float32, torch.bfloat16):
+            for backward in (False, True):
+                softmax_region_case(classes, dtype, torch.uint8, 0, False, False, False, False, backward)
+                softmax_region_case(classes, dtype, torch.int64, 1, True, True, True, True, backward)
+    if not quick:
+        softmax_region_case(4, torch.float64, torch.int64, 2, True, True, False, False, False)
+        softmax_region_case(4, torch.float64, torch.int64, 2, True, False, False, False, True)
+        softmax_region_case(14, torch.float16, torch.int32, 2, False, True, False, True, False)
     return cases
 
 
 _TRITON_FAMILY = {"mse_fwd_kernel": "mse", "seg_fwd_kernel": "seg", "loss_backward_kernel": "loss_backward",
                   "sum_groups_kernel": "sum", "region_sums_kernel": "region", "region_grad_kernel": "region_backward",
-                  "cross_entropy_fwd_kernel": "ce"}
+                  "cross_entropy_fwd_kernel": "ce", "softmax_region_sums_kernel": "softmax_region",
+                  "softmax_region_grad_kernel": "softmax_region_backward"}
 
 
 def _element_bytes(type_name):

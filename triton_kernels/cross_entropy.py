@@ -100,23 +100,33 @@ def check_ce_args(input: torch.Tensor, target: torch.Tensor, weight, label_smoot
         raise ValueError(f"{op}: input must have at least one class, got shape {list(input.shape)}")
     if not input.is_floating_point():
         raise TypeError(f"{op}: input must be floating point, got {input.dtype}")
-    if target.shape != input.shape[:1] + input.shape[2:]:
-        raise ValueError(f"{op}: target must have the input's shape without the class axis (axis 1), input "
-                         f"{list(input.shape)}, got target {list(target.shape)}")
-    if target.dtype not in (torch.int64, torch.int32, torch.uint8):
-        raise TypeError(f"{op}: target must hold class indices as int64, int32 or uint8, got {target.dtype}")
-    _check_same_device(op, input, "input", target, "target")
+    check_label_map(op, input, target, "target")
     if weight is not None:
-        if weight.dim() != 1 or weight.shape[0] != input.shape[1]:
-            raise ValueError(f"{op}: weight must be 1-D with one value a class, ({input.shape[1]}), got shape "
-                             f"{list(weight.shape)}")
-        if not weight.is_floating_point():
-            raise TypeError(f"{op}: weight must be floating point, got {weight.dtype}")
-        _check_same_device(op, input, "input", weight, "weight")
+        check_weight(op, input, weight)
     if reduction not in (0, 1, 2):
         raise ValueError(f"{op}: reduction must be 0 (none), 1 (mean) or 2 (sum), got {reduction}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"{op}: label_smoothing must lie in [0, 1], got {label_smoothing}")
+
+
+def check_label_map(op: str, input: torch.Tensor, labels: torch.Tensor, name: str) -> None:
+    """csrc/op_checks.h's check_label_map: class indices (B, spatial...) of int64, int32 or uint8."""
+    if labels.shape != input.shape[:1] + input.shape[2:]:
+        raise ValueError(f"{op}: {name} must have the input's shape without the class axis (axis 1), input "
+                         f"{list(input.shape)}, got {name} {list(labels.shape)}")
+    if labels.dtype not in (torch.int64, torch.int32, torch.uint8):
+        raise TypeError(f"{op}: {name} must hold class indices as int64, int32 or uint8, got {labels.dtype}")
+    _check_same_device(op, input, "input", labels, name)
+
+
+def check_weight(op: str, input: torch.Tensor, weight: torch.Tensor) -> None:
+    """csrc/op_checks.h's check_ce_options, of a weight given: (C,), floating point, on the input's device."""
+    if weight.dim() != 1 or weight.shape[0] != input.shape[1]:
+        raise ValueError(f"{op}: weight must be 1-D with one value a class, ({input.shape[1]}), got shape "
+                         f"{list(weight.shape)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{op}: weight must be floating point, got {weight.dtype}")
+    _check_same_device(op, input, "input", weight, "weight")
 
 
 def _check_same_device(op, a, a_name, b, b_name):
@@ -516,18 +526,14 @@ def _register_tile(x_ptr, t_ptr, w_ptr, loss_ptr, grad_ptr, x_base, t_base, p_ba
 
 
 @triton.jit
-def _chunked_tile(x_ptr, t_ptr, w_ptr, loss_ptr, grad_ptr, x_base, t_base, p_base, limit, C, P, ignore_index, keep,
-                  smooth, REDUCTION: tl.constexpr, GRAD: tl.constexpr, WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-                  IGNORE: tl.constexpr, ROWS: tl.constexpr, EVEN_C: tl.constexpr, EVEN_P: tl.constexpr,
-                  ACC: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
-    """_register_tile for C > REGISTER_CLASSES: the classes in chunks of BLOCK_C, each a thread's
-    (one lane a pixel: the class sums are additions in registers), walked twice: for the
-    maximum, the sum of exponentials (and w_t, and the smoothing's sum), then for the gradients
-    and the label's logit. What a pixel carries through a walk is what costs registers (a
-    thread has VEC pixels, 8 of a 16-bit input): the loss is A L - kw y_t - s / C v wy, its
-    first and last terms taken before the second walk."""
-    pixel_ok = _span(p_base, 0, VEC) < limit
-    label, counts, bad = _labels(t_ptr, t_base, p_base, limit, pixel_ok, C, ignore_index, IGNORE, EVEN_P, VEC)
+def online_softmax(x_ptr, w_ptr, x_base, t_base, pixel_ok, label, C, P, ROWS: tl.constexpr, EVEN_C: tl.constexpr,
+                   EVEN_P: tl.constexpr, X_T: tl.constexpr, WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
+                   ACC: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The first walk of a tile's classes in chunks of BLOCK_C, one lane a pixel (C > REGISTER_CLASSES):
+    (the maximum m, the sum of exponentials s = sum_c exp(x_c - m), the label's logit (X_T, else 0),
+    its weight (WEIGHT, else 0), the smoothing's sum of w_c (x_c - m) (SMOOTH) and the weights' sum
+    W of each thread), per pixel of the tile ([1, THREADS, VEC]; W [1, THREADS]); label: -1 where
+    none counts."""
     row, _ = _classes(0, BLOCK_C, 1, BLOCK_C)  # 0, ..., BLOCK_C - 1 as a [1, 1, 1, BLOCK_C] tile
     # The running maximum starts at the lowest finite value, not -inf: the first chunk's rescaling
     # factors are then exp(-huge) = 0 and 0 * (-huge) = 0, where -inf would give NaN; a pixel whose
@@ -555,7 +561,7 @@ def _chunked_tile(x_ptr, t_ptr, w_ptr, loss_ptr, grad_ptr, x_base, t_base, p_bas
         m_new = tl.maximum(m, _class_max(x))
         y = x - m_new[:, :, :, None]
         s = s * _exp(m - m_new) + _class_sum(_exp(y))
-        if not GRAD:
+        if X_T:
             x_t += _class_sum(tl.where(row == rel[:, :, :, None], x, 0.0))
         if WEIGHT or SMOOTH:
             w_cls, w_chunk = _class_weights(w_ptr, x_base, c0, C, WEIGHT, ACC, 1, VEC, BLOCK_C)
@@ -567,8 +573,28 @@ def _chunked_tile(x_ptr, t_ptr, w_ptr, loss_ptr, grad_ptr, x_base, t_base, p_bas
                 wy += weight_sum[:, :, None] * (m - m_new) + _class_sum(wy_chunk)
                 weight_sum += w_chunk
         m = m_new
-        if WEIGHT or not GRAD:
+        if WEIGHT or X_T:
             rel = tl.where(rel >= BLOCK_C, rel - BLOCK_C, -1)
+    return m, s, x_t, w_t, wy, weight_sum
+
+
+@triton.jit
+def _chunked_tile(x_ptr, t_ptr, w_ptr, loss_ptr, grad_ptr, x_base, t_base, p_base, limit, C, P, ignore_index, keep,
+                  smooth, REDUCTION: tl.constexpr, GRAD: tl.constexpr, WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
+                  IGNORE: tl.constexpr, ROWS: tl.constexpr, EVEN_C: tl.constexpr, EVEN_P: tl.constexpr,
+                  ACC: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """_register_tile for C > REGISTER_CLASSES: the classes in chunks of BLOCK_C, each a thread's
+    (one lane a pixel: the class sums are additions in registers), walked twice: for the
+    maximum, the sum of exponentials (and w_t, and the smoothing's sum), then for the gradients
+    and the label's logit. What a pixel carries through a walk is what costs registers (a
+    thread has VEC pixels, 8 of a 16-bit input): the loss is A L - kw y_t - s / C v wy, its
+    first and last terms taken before the second walk."""
+    pixel_ok = _span(p_base, 0, VEC) < limit
+    label, counts, bad = _labels(t_ptr, t_base, p_base, limit, pixel_ok, C, ignore_index, IGNORE, EVEN_P, VEC)
+    row, _ = _classes(0, BLOCK_C, 1, BLOCK_C)  # 0, ..., BLOCK_C - 1 as a [1, 1, 1, BLOCK_C] tile
+    X_T: tl.constexpr = not GRAD  # (with GRAD the second walk takes the label's logit)
+    m, s, x_t, w_t, wy, weight_sum = online_softmax(x_ptr, w_ptr, x_base, t_base, pixel_ok, label, C, P, ROWS, EVEN_C,
+                                                    EVEN_P, X_T, WEIGHT, SMOOTH, ACC, VEC, BLOCK_C)
     if not WEIGHT:
         w_t = counts.to(ACC)
     log_sum = _log_sum(s)
@@ -675,22 +701,33 @@ def cross_entropy_fwd_kernel(x_ptr, t_ptr, w_ptr, loss_ptr, grad_ptr, partial_pt
         tl.store(out + 2, tl.sum(count if WEIGHT else weight_total))
 
 
+def class_tiles(layout, C: int, element_size: int) -> None:
+    """Sets layout.vec, chunked, block_c, lanes, even_c and block_p: how a tile of one warp covers
+    the classes and pixels (the module's docstring)."""
+    layout.vec = vec = VECTOR_BYTES // element_size
+    values = THREAD_VALUES[element_size]
+    layout.chunked = C > REGISTER_CLASSES
+    if layout.chunked:  # chunks of a thread's classes, one lane a pixel
+        layout.block_c, layout.lanes = max(1, CHUNK_VALUES[element_size] // vec), 1
+    else:
+        # lanes sharing a pixel's classes: a thread holds vec pixels of block_c / lanes classes
+        layout.block_c = triton.next_power_of_2(max(C, 1))
+        layout.lanes = min(layout.block_c, max(1, layout.block_c * vec // values), 32)
+    layout.even_c = C % layout.block_c == 0
+    layout.block_p = (32 // layout.lanes) * vec  # (one warp a program)
+
+
+def weight_rows(weight, vec: int):
+    """The class weights as _class_weights reads them: each repeated vec times, then W, their sum."""
+    return torch.cat([weight.repeat_interleave(vec), weight.sum(0, keepdim=True)])
+
+
 class _Layout:
     """How the tiles cover the classes and pixels, and how many a program takes."""
 
     def __init__(self, n_samples: int, C: int, P: int, element_size: int, options: bool):
-        self.vec = vec = VECTOR_BYTES // element_size
-        values = THREAD_VALUES[element_size]
-        self.chunked = C > REGISTER_CLASSES
-        if self.chunked:  # chunks of a thread's classes, one lane a pixel
-            self.block_c, self.lanes = max(1, CHUNK_VALUES[element_size] // vec), 1
-        else:
-            # lanes sharing a pixel's classes: a thread holds vec pixels of block_c / lanes classes
-            self.block_c = triton.next_power_of_2(max(C, 1))
-            self.lanes = min(self.block_c, max(1, self.block_c * vec // values), 32)
-        self.even_c = C % self.block_c == 0
+        class_tiles(self, C, element_size)
         self.max_registers = None if options or (element_size < 4 and self.chunked) else MAX_REGISTERS
-        self.block_p = (32 // self.lanes) * vec  # (one warp a program)
         self.rows = P == 1
         if self.rows:
             self.tiles_per_sample = 1
@@ -725,7 +762,7 @@ def cross_entropy_fwd(input: torch.Tensor, target: torch.Tensor, weight, ignore_
     w = weight.to(device=x.device, dtype=acc).contiguous() if weight is not None else None
     layout = _Layout(n_samples, C, P, x.element_size(), weight is not None or label_smoothing != 0.0)
     if w is not None:
-        w = torch.cat([w.repeat_interleave(layout.vec), w.sum(0, keepdim=True)])  # (see _class_weights; W)
+        w = weight_rows(w, layout.vec)
     grad = torch.empty(x.shape if compute_grad else (0,), dtype=saved_grad_dtype(x.dtype), device=x.device)
     loss = torch.empty(t.shape, dtype=x.dtype, device=x.device) if reduction == NONE.value else None
     partials = torch.empty((layout.programs if reduction != NONE.value else 0, PARTIALS.value), dtype=acc,

@@ -136,6 +136,18 @@ def _store(ptr, offs, value, in_range, MASKED: tl.constexpr):
 
 
 @triton.jit
+def region_grad_p(p, t, g0, g1, MODE: tl.constexpr):
+    """math::region_grad_p: d (g0 s0 + g1 s1 + g2 s2) / dp of an element"""
+    if MODE == L1:
+        dp = g0 * sign(p - t) + g1 * sign(p)
+    elif MODE == SQUARED:
+        dp = g0 * t + 2.0 * g1 * p
+    else:
+        dp = g0 * t + g1
+    return dp
+
+
+@triton.jit
 def _write_grads(x_ptr, t_ptr, m_ptr, grad_input_ptr, grad_target_ptr, offs, m_offs, in_range, g0, g1, g2,
                  SIGMOID: tl.constexpr, MODE: tl.constexpr, MASK: tl.constexpr, GRAD_INPUT: tl.constexpr,
                  GRAD_TARGET: tl.constexpr, MASKED: tl.constexpr, ACC: tl.constexpr):
@@ -145,12 +157,7 @@ def _write_grads(x_ptr, t_ptr, m_ptr, grad_input_ptr, grad_target_ptr, offs, m_o
     if MASK != NO_MASK:
         keep = _load_keep(m_ptr, m_offs, in_range, MASKED)
     if GRAD_INPUT:
-        if MODE == L1:
-            dp = g0 * sign(p - t) + g1 * sign(p)
-        elif MODE == SQUARED:
-            dp = g0 * t + 2.0 * g1 * p
-        else:
-            dp = g0 * t + g1
+        dp = region_grad_p(p, t, g0, g1, MODE)
         if SIGMOID:
             dp = dp * (p * (1.0 - p))
         if MASK != NO_MASK:
