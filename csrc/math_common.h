@@ -48,6 +48,23 @@ C10_HOST_DEVICE inline float plog2_approx(float x) {
   return x >= 0.5f && x <= 2.f ? y + 0x1p-22f : y * (1.f + 0x1p-22f);
 #endif
 }
+
+// exp(y) for y <= 0 (a softmax's logits less their max), float32, from the special-function
+// unit: ex2.approx.ftz of y log2(e) (MUFU.EX2 within 2 ulp; rounding y log2(e) adds |y| 2^-24
+// relative), results below 2^-126 flushed to 0: an error below 2^-21 absolute for any y (the
+// largest, e^y |y| 2^-24 at y = -1, is 2^-25.4), which a sum of such terms with the largest
+// exp(0) = 1 can take. The emulation returns expf with an error of 2^-20 relative, always in
+// the same direction.
+C10_HOST_DEVICE inline float pexp_nonpositive_approx(float y) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(y * 1.4426950408889634f));
+  return r;
+#else
+  return ::expf(y) * (1.f + 0x1p-20f);
+#endif
+}
+C10_HOST_DEVICE inline double pexp_nonpositive_approx(double y) { return ::exp(y); }
 #endif
 
 // std::max's rule, written out so that it is usable on the device: a NaN in `a` propagates.

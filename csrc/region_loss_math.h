@@ -57,6 +57,20 @@ C10_HOST_DEVICE inline void region_terms(T p, T t, T& s0, T& s1, T& s2) {
   }
 }
 
+// The three sums of a one-hot target (t in {0, 1}, one class a pixel) and p in [0, 1] (a softmax)
+// from what a kernel can add a pixel at a time: s1, the sum of the mode's term of p over every
+// pixel (region_terms with t = 0), and over the pixels labelled with the class, `hit_p`, the sum
+// of p, and `hits`, their count. kL1's sum |p - t| is sum_{t=0} p + sum_{t=1} (1 - p).
+template <RegionMode kMode, typename T>
+C10_HOST_DEVICE inline void one_hot_region_sums(T hit_p, T s1, T hits, T& s0, T& s2) {
+  if constexpr (kMode == RegionMode::kL1) {
+    s0 = (s1 - hit_p) + (hits - hit_p);
+  } else {
+    s0 = hit_p;
+  }
+  s2 = hits;
+}
+
 // The gradient of g0 s0 + g1 s1 + g2 s2 with respect to an element's p (dp) and t (dt), g the
 // loss's gradient with respect to its (sample, channel)'s sums. |.|'s derivative at 0 is 0, as
 // torch's abs gives it.

@@ -5,6 +5,7 @@ tests' process runs Triton in its interpreter, which compiles nothing)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -216,3 +217,18 @@ def test_softmax_region_kernels_are_their_own_families():
            "STG.E.U16 desc[UR4][R2.64+0x2], R7"]
     assert sm90_gate.softmax_elements_per_pass(chunked, hot) == 2  # two stores of the gradient: unrolled twice
     assert sm90_gate.softmax_elements_per_pass(chunked, hot[:2]) == 1  # forward: the input's loads (16 bits)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc")
+def test_gate_judges_one_cuda_source(tmp_path):
+    """--cuda-source: one csrc/cuda/*.cu compiled for sm_90 with setup.py's flags and judged,
+    without a CUDA build of the extension; the table names the command that made it."""
+    source = os.path.join("csrc", "cuda", "loss_backward.cu")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "sm90_gate.py"), "--only", "cuda",
+                           "--cuda-source", source, "--out", str(tmp_path)],
+                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "table.json").read_text())["rows"]
+    assert rows and {r["family"] for r in rows} == {"loss_backward"}
+    assert all(r["registers"] > 0 and not r["failures"] for r in rows)
+    assert f"--cuda-source {source}" in (tmp_path / "table.md").read_text()

@@ -162,21 +162,24 @@ ALLOWED = [
                                                                               "softmax_region_backward")),
     # (after the Triton entries: these match every variant, and the first match is the reason)
     # CUDA fused softmax region sums (softmax_region) and their backward: <class bound (0: chunked), mode, input>
-    ("softmax_region", "instructions", "", "CUDA, the fused softmax region sums, first version: on the register "
-     "path each class's three sums go through a warp butterfly (5 shuffles and adds each, in every lane) a tile of "
-     "32 pixels, beside expf and the region terms: 116 to 122 instructions an element (float32 against a budget of "
-     "about 32: predicted 27% of copy bandwidth; 16-bit inputs 13% to 14%; float64 330 to 336, 19%). The chunked "
-     "path's hot loop as the gate finds it is its max sweep (13 to 14), not its sums sweep, which costs about as "
-     "much as the register path's: its 'ok' is not a prediction of its speed. To be brought under budget: per-lane "
-     "sums in registers, added across the warp once a run of tiles, not once a tile"),
-    ("softmax_region_backward", "instructions", "", "CUDA, the fused softmax region backward, first version: a "
-     "thread a pixel, the softmax, sum_k p_k G_k and the gradient, with expf twice a class on the chunked path: "
-     "float32 89 to 112 instructions an element on the register path against 63 (predicted 56% to 70% of copy "
-     "bandwidth), 16-bit inputs 98 to 120 against 32 (26% to 33%), float64 151 to 200 against 126 (63% to 83%); "
-     "the chunked path's 16-bit 41 to 49 against 31 (64% to 77%)"),
-    *((family, "calls", "double>", "the slow path of the float64 IEEE division 1 / sum (math::preciprocal in "
-       "double; extreme operands only, the sum lies in [1, C])") for family in ("softmax_region",
-                                                                              "softmax_region_backward")),
+    ("softmax_region", "instructions", "", "CUDA, the fused softmax region sums, <class bound, mode, input, with "
+     "the cross-entropy>: per-lane sums (a class's term of p in registers, the label's p and count in the lane's "
+     "own column of shared memory), added across the warp once a run of tiles; expf from MUFU.EX2. float32 without "
+     "the cross-entropy is within budget (21 to 29 instructions an element against 31 to 32); with it 34 to 48 "
+     "(the log, w_t, sum w_c y_c: predicted 67% to 92% of copy bandwidth); 16-bit inputs, whose budget is half, "
+     "22 to 30 without it (55% to 72%) and 36 to 49 with it (34% to 44%); float64 100 to 184 (34% to 63%). The "
+     "chunked path's hot loop as the gate finds it is its max sweep (13 to 16), not its sums sweep, a warp "
+     "butterfly of each class's sums a tile of 32 pixels: about 30 instructions a class and pixel (C above 32 only): "
+     "its 'ok' is not a prediction of its speed"),
+    ("softmax_region_backward", "instructions", "", "CUDA, the fused softmax region backward: a thread a pixel, the "
+     "softmax, sum_k p_k G_k and the gradient; on the register path (up to 8 classes) G_c and the class weights "
+     "kept in registers, expf from MUFU.EX2: float32 53 to 60 instructions an element against 63 and float64 119 to "
+     "134 against 126 pass (predicted 94% or more of copy bandwidth); 16-bit inputs 59 to 65 against 32 (49% to "
+     "55%). The chunked path (above 8 classes) reads each class's logit three times and its hot loop as the gate "
+     "finds it is the max sweep: its 16-bit 40 to 45 against 31 (69% to 78%)"),
+    *((family, "calls", text, "the slow path of the float64 IEEE division 1 / sum (math::preciprocal in "
+       "double; extreme operands only, the sum lies in [1, C])")
+      for family, text in (("softmax_region", "double,"), ("softmax_region_backward", "double>"))),
 ]
 
 
@@ -774,6 +777,19 @@ def built_extension():
     return ext.__file__
 
 
+def compile_cuda_source(source, out_dir):
+    """nvcc -c of one csrc/cuda/*.cu for sm_90 with setup.py's flags (and torch's, as its
+    BuildExtension adds them): the object that --cuda-object judges, without a full CUDA build."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
+
+    obj = os.path.join(out_dir, os.path.splitext(os.path.basename(source))[0] + ".o")
+    command = ["nvcc", "-c", source, "-o", obj, "-O3", "-lineinfo", "-std=c++20", "-Xcompiler", "-fPIC",
+               "-gencode", "arch=compute_90,code=sm_90", "-DTORCH_EXTENSION_NAME=_C", *COMMON_NVCC_FLAGS,
+               *(f"-I{p}" for p in include_paths("cuda")), f"-I{os.path.join(ROOT, 'csrc')}"]
+    subprocess.run(command, check=True)
+    return obj
+
+
 def demangle(names):
     done = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
     return dict(zip(names, done.splitlines()))
@@ -979,9 +995,9 @@ def summary(variants):
     return "\n".join(lines)
 
 
-def markdown(variants, versions):
+def markdown(variants, versions, command="python tools/sm90_gate.py"):
     lines = ["# sm_90 compiled-code gate (a prediction from static code, not a measurement)", "",
-             f"Compiled without a GPU: {versions}. Command: `python tools/sm90_gate.py`.", "",
+             f"Compiled without a GPU: {versions}. Command: `{command}`.", "",
              "Instructions an element: the SASS of the hot loop (the innermost loop that loads from global memory, "
              "every instruction in it) over the elements a thread handles in one pass of it. Budget: "
              f"{INSTRUCTIONS_PER_BYTE:.1f} instructions a byte of compulsory traffic (H200: 33.5 T instructions/s, "
@@ -1037,12 +1053,19 @@ def main(argv=None):
     parser.add_argument("--cuda-object", metavar="PATH",
                         help="judge the CUDA kernels of this sm_90 object (nvcc -c of one csrc/cuda/*.cu) in place "
                              "of the built extension's: a check of one source without a full CUDA build")
+    parser.add_argument("--cuda-source", metavar="PATH",
+                        help="compile this csrc/cuda/*.cu for sm_90 (nvcc, setup.py's flags; the object in "
+                             "build/sm90_gate/) and judge its kernels, as --cuda-object does")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: the gate compiles, the interpreter would not")
     sys.path.insert(0, ROOT)
     import pylosses._ops as ops
 
+    if args.cuda_source:
+        folder = os.path.join(ROOT, "build", "sm90_gate")
+        os.makedirs(folder, exist_ok=True)
+        args.cuda_object = compile_cuda_source(args.cuda_source, folder)
     variants = []
     if args.only in (None, "triton"):
         if ops.TRITON_ERROR is not None:
@@ -1067,7 +1090,9 @@ def main(argv=None):
     for v in variants:
         judge(v)
     os.makedirs(args.out, exist_ok=True)
-    text = markdown(variants, versions())
+    shown = [os.path.relpath(a, ROOT) if os.path.isabs(a) and a.startswith(ROOT) else a
+             for a in (sys.argv[1:] if argv is None else argv)]
+    text = markdown(variants, versions(), " ".join(["python tools/sm90_gate.py", *shown]))
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(text)
     with open(os.path.join(args.out, "table.json"), "w") as f:

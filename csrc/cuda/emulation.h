@@ -34,10 +34,11 @@ struct dim3 {
 namespace pylosses::emu {
 
 // Resources of the emulated device: a few multiprocessors, so that grids have several blocks,
-// and little shared memory, so that kernels with more of it get fewer (the grids differ).
+// and the least shared memory of the GPUs CUDA 13 builds for (64 KB an SM, Turing's; an H200
+// has 228 KB), so that kernels with more than 32 KB a block get fewer blocks (the grids differ).
 constexpr int kSMs = 3;
 constexpr int kThreadsPerSM = 512;
-constexpr size_t kSmemPerSM = 24 << 10;
+constexpr size_t kSmemPerSM = 64 << 10;
 
 struct Warp {
   explicit Warp(int n) : barrier(n) {}

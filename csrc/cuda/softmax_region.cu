@@ -7,30 +7,37 @@
 //
 // Layout. The contiguous input is B samples of C planes of S pixels; a pixel's C logits lie S
 // apart. Two ways to hold a pixel's classes, fixed by a class bound kC:
-// - kC > 0 (C <= kC, kC of 8 or 32; float64 8): the C logits in registers, read once; classes from C up to
-//   kC are skipped by a test that is the same in every thread (uniform, no divergence).
+// - kC > 0 (C <= kC; kC of 8 or 32 in the forward, 8 in the backward and in float64): the C
+//   logits in registers, read once; classes from C up to kC are skipped by a test that is the
+//   same in every thread (uniform, no divergence).
 // - kC = 0 (any C; the chunked path): the classes are read again for each sweep (max, then the
 //   exponentials' sum, then the sums or the gradient), from L1 or L2 after the first, a class at
 //   a time: nothing of size C is kept in registers.
 //
 // Forward (softmax_region_sums_kernel). Warps take tiles of 32 consecutive pixels of a sample,
 // a lane a pixel (the loads of a class are coalesced), each warp a contiguous run of tiles
-// (TileSplit, with a warp in the place of a block: a run crosses few samples). For each class the
-// warp adds its 32 pixels' three terms by a butterfly of shuffles (every lane gets the same
-// bits), and lane c % 32 adds them to its own accumulators of class c: registers on the register
-// path (lane c holds class c), the warp's slice of shared memory on the chunked path (8 warps x
-// 3C values a block). The labels out of range and the cross-entropy's three sums stay in each
-// lane and are added by a fixed shuffle tree. At the end of its part of a sample a warp writes
-// one row of partials (3C class sums, the bad labels, the cross-entropy's three) at row
-// sample + warp, and softmax_region_sum_rows_kernel adds each sample's rows in a fixed order (in
-// double) into sums (B, C, 4) and all of them into ce (3). No atomics, no host sync: the same bits
-// run after run.
+// (TileSplit, with a warp in the place of a block: a run crosses few samples).
+// - Register path: each lane adds its own pixels' terms, in registers for the term of p that
+//   every class gets (p, p^2 or |p|), and for the label's class (the one-hot target: one class a
+//   pixel) its p and a count into the lane's own column of shared memory; at the end of the run
+//   a shuffle tree adds the lanes' sums of each class, once (math::one_hot_region_sums turns the
+//   three into the mode's sums). About 8 instructions a class and pixel.
+// - Chunked path: for each class the warp adds its 32 pixels' three terms by a butterfly of
+//   shuffles (every lane gets the same bits), and lane c % 32 adds them to the warp's sums of
+//   class c in shared memory (8 warps x 3C values a block): some 30 instructions a class and
+//   pixel, kept for C above the register bound, where there are too many sums for each lane.
+// The labels out of range and the cross-entropy's three sums stay in each lane and are added by
+// a fixed shuffle tree. At the end of its part of a sample a warp writes one row of partials (3C
+// class sums, the bad labels, the cross-entropy's three) at row sample + warp, and
+// softmax_region_sum_rows_kernel adds each sample's rows in a fixed order (in double) into sums
+// (B, C, 4) and all of them into ce (3). No atomics, no host sync: the same bits run after run.
 //
 // Backward (softmax_region_grad_kernel): a thread a pixel, grid-stride; the softmax, then
 // sum_k p_k G_k, then the gradient of every class, written coalesced along the plane. The
 // cross-entropy's part is scaled by grad_ce[0], read on the device (no host sync); where it is
 // 0 the kernel takes the loop without it, as the CPU does, so that a pixel that the Dice leaves
-// out (NaN padding under a mask) gets a zero gradient.
+// out (NaN padding under a mask) gets a zero gradient. Its register path holds up to 8 classes;
+// above 8 it takes the chunked path, a class at a time.
 #include <torch/library.h>
 
 #include <limits>
@@ -49,13 +56,17 @@ constexpr int kCeSums = 3;  // the cross-entropy's: sum of losses, D, pixels tha
 constexpr int kWarpsPerBlock = kThreads / kWarp;
 constexpr int kExtras = 1 + kCeSums;  // a row's values after the class sums: bad labels, then ce
 
-// Blocks of the forward and backward kernels that a multiprocessor keeps (64 registers a thread
-// at 4, 128 at 2): 2 for the 32-class register path and for float64, whose values spill at 64.
+// Blocks of the forward kernel that a multiprocessor keeps (64 registers a thread at 4, 128 at
+// 2): 2 for the 32-class register path and for float64, whose values spill at 64.
 template <int kC, typename acc_t>
 constexpr int kSoftmaxBlocksPerSM = kC > 8 || std::is_same_v<acc_t, double> ? 2 : 4;
+// The backward's: 3 (80 registers) for the 8-class register path, which keeps G_c a class.
+template <int kC, typename acc_t>
+constexpr int kSoftmaxGradBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : kC > 0 ? 3 : 4;
 
-// Calls f(std::integral_constant<int, kC>{}) for C's class bound: 8 or 32 classes in registers,
-// else 0 (the chunked path); float64 only 8 (its 32-class backward spilled, 200 to 330 bytes).
+// Calls f(std::integral_constant<int, kC>{}) for C's class bound in the forward: 8 or 32 classes
+// in registers, else 0 (the chunked path); float64 only 8 (at 32 it spilled). The backward's is 8:
+// at 32 its exponentials and loop state spilled from the 128 registers of 2 blocks an SM.
 template <typename input_t, typename F>
 void dispatch_softmax_bound(int64_t C, const F& f) {
   if constexpr (std::is_same_v<input_t, double>) {
@@ -155,9 +166,10 @@ __device__ __forceinline__ void for_each_class(int C, const F& f) {
   }
 }
 
-// A pixel's softmax: the shift m (the max), the exponentials e_c = exp(x_c - m) and 1 / their
-// sum, and for the cross-entropy log(sum), y_t = x_t - m and sum_c w_c y_c. On the register path
-// (kC > 0) the exponentials stay in e; on the chunked path exp_of(c) recomputes them.
+// A pixel's softmax: the shift m (the max), the exponentials e_c = exp(x_c - m) (in float32 from
+// MUFU.EX2: math::pexp_nonpositive_approx; the CPU's are accurate) and 1 / their sum, and for the
+// cross-entropy log(sum), y_t = x_t - m and sum_c w_c y_c. On the register path (kC > 0) the
+// exponentials stay in e; on the chunked path prob(c) recomputes them.
 template <int kC, typename input_t>
 struct PixelSoftmax {
   using acc_t = acc_type_t<input_t>;
@@ -166,8 +178,9 @@ struct PixelSoftmax {
   const input_t* x = nullptr;  // the pixel's class 0 (null: a lane past the plane's end)
   int64_t S = 0;
 
-  // with_ce: also log_sum, y_t and wy, for the label px.cls
-  __device__ __forceinline__ PixelSoftmax(const SoftmaxInputs<input_t>& in, const input_t* x_, int cls, bool with_ce)
+  // with_ce: also log_sum, y_t and wy, for the label cls; with_label: y_t alone
+  __device__ __forceinline__ PixelSoftmax(const SoftmaxInputs<input_t>& in, const input_t* x_, int cls, bool with_ce,
+                                          bool with_label = false)
       : x(x_), S(in.S) {
     const int C = in.C;
     acc_t sum = 0;
@@ -179,11 +192,13 @@ struct PixelSoftmax {
       }
       for_each_class<kC>(C, [&](int c) {
         const acc_t y = e[c] - m;
-        if (with_ce) {
+        if (with_ce || with_label) {
           y_t = c == cls ? y : y_t;
+        }
+        if (with_ce) {
           wy += class_weight(in, c) * y;
         }
-        e[c] = math::pexp(y);
+        e[c] = math::pexp_nonpositive_approx(y);
         sum += e[c];
       });
     } else {
@@ -196,9 +211,9 @@ struct PixelSoftmax {
         if (with_ce) {
           wy += class_weight(in, c) * y;
         }
-        sum += math::pexp(y);
+        sum += math::pexp_nonpositive_approx(y);
       }
-      if (with_ce && cls >= 0) {
+      if ((with_ce || with_label) && cls >= 0) {
         y_t = value(cls) - m;
       }
     }
@@ -213,7 +228,7 @@ struct PixelSoftmax {
     if constexpr (kC > 0) {
       return e[c] * inv;
     } else {
-      return math::pexp(value(c) - m) * inv;
+      return math::pexp_nonpositive_approx(value(c) - m) * inv;
     }
   }
 };
@@ -239,14 +254,20 @@ struct SumsArgs {
   int64_t row_len;
   TileSplit split;   // tiles of 32 pixels, tiles_per_group a sample's, a warp in the place of a block
   uint32_t warps;    // split.blocks(): the warps that have tiles
-  bool with_ce;
 };
 
-template <int kC, RegionMode kMode, typename input_t>
+// Dynamic shared memory of the forward: on the register path each lane's own columns of the
+// one-hot sums (2C values a lane), on the chunked path each warp's class sums (3C).
+template <int kC, typename acc_t>
+size_t sums_smem_bytes(int64_t C) {
+  return size_t(kWarpsPerBlock) * (kC > 0 ? 2 * kWarp : 3) * size_t(C) * sizeof(acc_t);
+}
+
+template <int kC, RegionMode kMode, typename input_t, bool kCe>
 __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<input_t>>)
     softmax_region_sums_kernel(const SumsArgs<input_t> a) {
   using acc_t = acc_type_t<input_t>;
-  PYLOSSES_DYNAMIC_SMEM(smem);  // the chunked path's class sums: 3C a warp
+  PYLOSSES_DYNAMIC_SMEM(smem);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const uint32_t w = blockIdx.x * kWarpsPerBlock + warp;
   if (w >= a.warps) {
@@ -255,16 +276,26 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<i
   const SoftmaxInputs<input_t>& in = a.in;
   const int C = in.C;
   const math::CeOptions<acc_t> o = ce_options(in, 1.0);
-  acc_t* class_sums = reinterpret_cast<acc_t*>(smem) + int64_t(warp) * 3 * C;
+  // register path: this lane's hit sums, hits[c * kWarp] (sum of p_c over the pixels labelled
+  // c) and hits[(C + c) * kWarp] (their count), a column of the warp's [2C][kWarp] slice: lanes
+  // touch only their own column (no barrier), and a warp's accesses fall in 32 banks.
+  // chunked path: class_sums[3c + k], the warp's sums of class c.
+  acc_t* const warp_smem = reinterpret_cast<acc_t*>(smem) + int64_t(warp) * (kC > 0 ? 2 * kWarp : 3) * C;
+  acc_t* const hits = warp_smem + lane;
+  acc_t* const class_sums = warp_smem;
   const uint32_t tiles_per_sample = a.split.tiles_per_group;
   const uint32_t first = w * a.split.tiles_per_block;
   const uint32_t end = first + std::min(a.split.tiles_per_block, a.split.n_tiles - first);
   for (uint32_t tile = first; tile < end;) {
     const uint32_t b = tile / tiles_per_sample;
     const uint32_t stop = std::min<uint64_t>(end, uint64_t(b + 1) * tiles_per_sample);
-    acc_t own[3] = {};      // register path: the sums of class `lane`
-    acc_t extra[kExtras] = {};  // this lane's bad labels and cross-entropy sums
-    if constexpr (kC == 0) {
+    acc_t s1[kC > 0 ? kC : 1] = {};  // register path: this lane's sums of each class's s1 term
+    acc_t extra[kExtras] = {};       // this lane's bad labels and cross-entropy sums
+    if constexpr (kC > 0) {
+      for (int c = 0; c < 2 * C; ++c) {
+        hits[c * kWarp] = acc_t(0);
+      }
+    } else {
       for (int c = lane; c < C; c += kWarp) {
         class_sums[3 * c] = class_sums[3 * c + 1] = class_sums[3 * c + 2] = acc_t(0);
       }
@@ -273,42 +304,58 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<i
       const int64_t s = int64_t(tile - b * tiles_per_sample) * kWarp + lane;
       const bool valid = s < in.S;
       const PixelLabel<acc_t> px = valid ? read_label(in, b, s) : PixelLabel<acc_t>{};
-      const PixelSoftmax<kC, input_t> sm(in, valid ? in.x + int64_t(b) * in.CS + s : nullptr, px.cls, a.with_ce);
+      const PixelSoftmax<kC, input_t> sm(in, valid ? in.x + int64_t(b) * in.CS + s : nullptr, px.cls, kCe, kC > 0);
       extra[0] += px.bad ? acc_t(1) : acc_t(0);
-      if (a.with_ce) {
+      if constexpr (kC > 0) {
+        // each class's s1 term in this lane's registers (kL1's |p| is p: p >= 0), the label's
+        // p (the same bits as prob(cls)) and count in its column
+        constexpr RegionMode kTerm = kMode == RegionMode::kL1 ? RegionMode::kLinear : kMode;
+        if (px.dice) {
+          for_each_class<kC>(C, [&](int c) {
+            acc_t unused0, term, unused2;
+            math::region_terms<kTerm>(sm.prob(c), acc_t(0), unused0, term, unused2);
+            s1[c] += term;
+          });
+          if (px.cls >= 0) {
+            hits[px.cls * kWarp] += math::pexp_nonpositive_approx(sm.y_t) * sm.inv;
+            hits[(C + px.cls) * kWarp] += acc_t(1);
+          }
+        }
+      } else {
+        // each class's three terms summed over the tile's 32 pixels, added by lane c % 32
+        for (int c = 0; c < C; ++c) {
+          const acc_t p = px.dice ? sm.prob(c) : acc_t(0);
+          const acc_t t = px.dice && c == px.cls ? acc_t(1) : acc_t(0);
+          acc_t terms[3];
+          math::region_terms<kMode>(p, t, terms[0], terms[1], terms[2]);
+          warp_allsum(terms);
+          if (lane == c % kWarp) {
+#pragma unroll
+            for (int k = 0; k < 3; ++k) {
+              class_sums[3 * c + k] += terms[k];
+            }
+          }
+        }
+      }
+      if constexpr (kCe) {
         const acc_t v = px.cls >= 0 ? acc_t(1) : acc_t(0);
         const acc_t loss = math::ce_loss(o, sm.log_sum, sm.y_t, px.w_t, v, sm.wy);
         extra[1] += px.cls >= 0 ? loss : acc_t(0);  // a select: padding's NaN stays out
         extra[2] += px.w_t;
         extra[3] += v;
       }
-      const auto add_class = [&](int c) {
-        const acc_t p = px.dice ? sm.prob(c) : acc_t(0);
-        const acc_t t = px.dice && c == px.cls ? acc_t(1) : acc_t(0);
-        acc_t terms[3];
-        math::region_terms<kMode>(p, t, terms[0], terms[1], terms[2]);
-        warp_allsum(terms);
-        if (lane == c % kWarp) {
-#pragma unroll
-          for (int k = 0; k < 3; ++k) {
-            if constexpr (kC > 0) {
-              own[k] += terms[k];
-            } else {
-              class_sums[3 * c + k] += terms[k];
-            }
-          }
-        }
-      };
-      for_each_class<kC>(C, add_class);
     }
     acc_t* row = a.rows + a.split.row(b, w) * a.row_len;
     if constexpr (kC > 0) {
-      if (lane < C) {
-#pragma unroll
-        for (int k = 0; k < 3; ++k) {
-          row[3 * lane + k] = own[k];
+      // the lanes' sums of each class by a shuffle tree, once a run
+      for_each_class<kC>(C, [&](int c) {
+        acc_t v[3] = {hits[c * kWarp], s1[c], hits[(C + c) * kWarp]};
+        warp_sum(v);
+        if (lane == 0) {
+          math::one_hot_region_sums<kMode>(v[0], v[1], v[2], row[3 * c], row[3 * c + 2]);
+          row[3 * c + 1] = v[1];
         }
-      }
+      });
     } else {
       for (int c = lane; c < C; c += kWarp) {
 #pragma unroll
@@ -369,7 +416,7 @@ struct GradArgs {
 };
 
 template <int kC, RegionMode kMode, typename input_t>
-__global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<input_t>>)
+__global__ void __launch_bounds__(kThreads, kSoftmaxGradBlocksPerSM<kC, acc_type_t<input_t>>)
     softmax_region_grad_kernel(const GradArgs<input_t> a) {
   using acc_t = acc_type_t<input_t>;
   const SoftmaxInputs<input_t>& in = a.in;
@@ -383,6 +430,14 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<i
     const int64_t first = int64_t(blockIdx.x) * kThreads + threadIdx.x;
     const int64_t step_b = stride / in.S, step_s = stride - step_b * in.S;
     int64_t b = first / in.S, s = first - b * in.S;
+    // the class weights in registers on the register path (no test of their presence a pixel)
+    [[maybe_unused]] acc_t weights[kC > 0 ? kC : 1];
+    if constexpr (kC > 0 && kCe) {
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        weights[c] = c < C ? class_weight(in, c) : acc_t(0);
+      }
+    }
     for (int64_t i = first; i < a.pixels; i += stride, b += step_b, s += step_s) {
       if (s >= in.S) {
         s -= in.S;
@@ -395,20 +450,37 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<i
       const auto grad_p = [&](int c, acc_t p) {
         return math::region_grad_p<kMode>(p, c == px.cls ? acc_t(1) : acc_t(0), g[c * kSums], g[c * kSums + 1]);
       };
+      // G_c = grad_p(c, p_c): kept on the register path (G's coefficients read once a pixel; the
+      // gradient's stores could alias them), recomputed on the chunked path
+      [[maybe_unused]] acc_t kept[kC > 0 ? kC : 1];
       acc_t dot = 0;  // sum_k p_k G_k
       const auto add_dot = [&](int c) {
         const acc_t p = sm.prob(c);
-        dot += p * grad_p(c, p);
+        const acc_t G = grad_p(c, p);
+        if constexpr (kC > 0) {
+          kept[c] = G;
+        }
+        dot += p * G;
       };
       const acc_t factor = math::ce_grad_prob_factor(o, px.w_t, acc_t(1));
       const auto write = [&](int c) {
         const acc_t p = sm.prob(c);
-        acc_t dx = px.dice ? p * (grad_p(c, p) - dot) : acc_t(0);
+        acc_t G;
+        if constexpr (kC > 0) {
+          G = kept[c];
+        } else {
+          G = grad_p(c, p);
+        }
+        acc_t dx = px.dice ? p * (G - dot) : acc_t(0);
         if constexpr (kCe) {
-          if (px.cls >= 0) {
-            dx += math::ce_grad(o, p, factor, c == px.cls ? acc_t(1) : acc_t(0), px.w_t, acc_t(1),
-                                class_weight(in, c));
+          acc_t w_c;
+          if constexpr (kC > 0) {
+            w_c = weights[c];
+          } else {
+            w_c = class_weight(in, c);
           }
+          const acc_t ce = math::ce_grad(o, p, factor, c == px.cls ? acc_t(1) : acc_t(0), px.w_t, acc_t(1), w_c);
+          dx += px.cls >= 0 ? ce : acc_t(0);  // a select: padding's NaN stays out
         }
         a.grad[offset + int64_t(c) * in.S] = static_cast<input_t>(dx);
       };
@@ -457,6 +529,38 @@ struct Operands {
   at::ScalarType acc_dtype() const { return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 };
 
+// The forward for the class bound kC (its grid read from the occupancy at each launch: the
+// shared memory grows with C), then its rows added into sums (B, C, 4) and ce (3).
+template <int kC, RegionMode kMode, bool kCe, typename input_t>
+void launch_sums(SumsArgs<input_t> args, int64_t B, at::Tensor& sums, at::Tensor& ce) {
+  using acc_t = acc_type_t<input_t>;
+  constexpr auto kernel = &softmax_region_sums_kernel<kC, kMode, input_t, kCe>;
+  const int64_t C = args.in.C;
+  const int64_t tiles_per_sample = ceil_div(args.in.S, kWarp), n_tiles = B * tiles_per_sample;
+  const size_t smem = sums_smem_bytes<kC, acc_t>(C);
+  int device = 0, sms = 0, per_sm = 0, most = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  TORCH_CHECK_VALUE(smem <= size_t(most), "softmax_region_sums: ", C,
+                    " classes need more shared memory than a CUDA block has (", smem, " bytes)");
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(n_tiles, kWarpsPerBlock),
+                                                                int64_t(sms) * std::max(per_sm, 1)));
+  args.split = TileSplit::make(n_tiles, tiles_per_sample, std::min(n_tiles, blocks * kWarpsPerBlock));
+  args.warps = uint32_t(args.split.blocks());
+  at::Tensor rows = at::empty({args.split.rows(B) * args.row_len}, sums.options());
+  args.rows = rows.mutable_data_ptr<acc_t>();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  PYLOSSES_LAUNCH(kernel, ceil_div(args.warps, kWarpsPerBlock), kThreads, smem, stream, args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const auto finish = &softmax_region_sum_rows_kernel<acc_t>;
+  PYLOSSES_LAUNCH(finish, ceil_div(B * C * kSums + kCeSums, kThreads), kThreads, 0, stream, args.rows, args.row_len,
+                  args.split, B, int(C), sums.mutable_data_ptr<acc_t>(), ce.mutable_data_ptr<acc_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 std::tuple<at::Tensor, at::Tensor> softmax_region_sums_cuda(const at::Tensor& input_, const at::Tensor& labels_,
                                                             const c10::optional<at::Tensor>& mask_, int64_t mode,
                                                             const c10::optional<at::Tensor>& weight_,
@@ -472,48 +576,16 @@ std::tuple<at::Tensor, at::Tensor> softmax_region_sums_cuda(const at::Tensor& in
   if (op.input.numel() == 0) {
     return {sums, ce};
   }
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_float(op.input.scalar_type(), [&](auto in_tag) {
     using input_t = decltype(in_tag);
-    using acc_t = acc_type_t<input_t>;
     SumsArgs<input_t> args{};
     args.in = softmax_inputs<input_t>(op.input, op.labels, op.mask, op.weight, ignore_index, label_smoothing);
-    args.with_ce = with_ce;
     args.row_len = 3 * C + kExtras;
     math::dispatch_region_mode(mode, [&](auto mode_tag) {
       dispatch_softmax_bound<input_t>(C, [&](auto bound) {
-        constexpr int kC = decltype(bound)::value;
-        constexpr auto kernel = &softmax_region_sums_kernel<kC, decltype(mode_tag)::value, input_t>;
-        const int64_t tiles_per_sample = ceil_div(args.in.S, kWarp), n_tiles = B * tiles_per_sample;
-        int64_t blocks = 0;
-        size_t smem = 0;
-        if constexpr (kC > 0) {
-          blocks = grid_size<kernel>(ceil_div(n_tiles, kWarpsPerBlock));
-        } else {
-          // 3C sums a warp; the occupancy read at each launch (C changes it)
-          smem = size_t(kWarpsPerBlock) * 3 * C * sizeof(acc_t);
-          int device = 0, sms = 0, per_sm = 0, most = 0;
-          C10_CUDA_CHECK(cudaGetDevice(&device));
-          C10_CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-          TORCH_CHECK_VALUE(smem <= size_t(most), "softmax_region_sums: ", C,
-                            " classes need more shared memory than a CUDA block has (", smem, " bytes)");
-          C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-          C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-          C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-          blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(n_tiles, kWarpsPerBlock),
-                                                          int64_t(sms) * std::max(per_sm, 1)));
-        }
-        args.split = TileSplit::make(n_tiles, tiles_per_sample, std::min(n_tiles, blocks * kWarpsPerBlock));
-        args.warps = uint32_t(args.split.blocks());
-        at::Tensor rows = at::empty({args.split.rows(B) * args.row_len}, options);
-        args.rows = rows.mutable_data_ptr<acc_t>();
-        PYLOSSES_LAUNCH(kernel, ceil_div(args.warps, kWarpsPerBlock), kThreads, smem, stream, args);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        const auto finish = &softmax_region_sum_rows_kernel<acc_t>;
-        PYLOSSES_LAUNCH(finish, ceil_div(B * C * kSums + kCeSums, kThreads), kThreads, 0, stream,
-                        args.rows, args.row_len, args.split, B, int(C), sums.mutable_data_ptr<acc_t>(),
-                        ce.mutable_data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        dispatch_bool(with_ce, [&](auto ce_tag) {
+          launch_sums<decltype(bound)::value, decltype(mode_tag)::value, decltype(ce_tag)::value>(args, B, sums, ce);
+        });
       });
     });
   });
@@ -546,7 +618,7 @@ at::Tensor softmax_region_sums_backward_cuda(const at::Tensor& grad_sums, const 
     args.grad = grad.mutable_data_ptr<input_t>();
     args.pixels = op.input.size(0) * args.in.S;
     math::dispatch_region_mode(mode, [&](auto mode_tag) {
-      dispatch_softmax_bound<input_t>(args.in.C, [&](auto bound) {
+      dispatch_class_bound<8>(args.in.C, [&](auto bound) {
         constexpr auto kernel = &softmax_region_grad_kernel<decltype(bound)::value, decltype(mode_tag)::value, input_t>;
         PYLOSSES_LAUNCH(kernel, grid_size<kernel>(ceil_div(args.pixels, kThreads)), kThreads, 0,
                         c10::cuda::getCurrentCUDAStream(), args);
