@@ -5,6 +5,7 @@ import datetime
 import os
 import platform
 import re
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -92,6 +93,21 @@ def step_of(call: Callable, mode: str, x: torch.Tensor, t) -> Callable[[], None]
         x.grad = None
         call(x, t).backward()
     return step
+
+
+def command_line(module: str, argv: Optional[List[str]]) -> str:
+    """How `python -m module` was run, for a table's header: its arguments but --out (a path of
+    this machine's)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    shown, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            shown.append(a)
+    return " ".join(["python -m", module, *shown])
 
 
 def ceiling_columns(peer: str) -> str:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import pylosses
-from benchmarks.common import ceiling_columns, ceiling_row, compulsory_bytes, machine, step_of
+from benchmarks.common import ceiling_columns, ceiling_row, compulsory_bytes, machine, step_of, command_line
 
 
 PEER = {"cross_entropy": "torch", "dice_ce": "monai"}  # the eager peer each loss replaces
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     lines = [f"{what}. Machine: "
              f"{info.get('gpu', info['cpu'])}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), "
              f"torch {info['torch']}; {info['date']}. Median of {args.repeats} calls, providers taking turns. "
-             f"Command: `python -m benchmarks.multiclass --loss {args.loss} --repeats {args.repeats}`.", "",
+             f"Command: `{command_line('benchmarks.multiclass', argv)}`.", "",
              "| shape | mode | " + " | ".join(f"{p} ms" for p in names) + ceiling_columns(PEER[args.loss]),
              "|---|---|" + "---:|" * (len(names) + 6)]
     print("\n".join(lines), flush=True)

@@ -20,7 +20,7 @@ import sys
 import torch
 
 import pylosses
-from benchmarks.common import ceiling_columns, ceiling_row, compulsory_bytes, machine, step_of
+from benchmarks.common import ceiling_columns, ceiling_row, compulsory_bytes, machine, step_of, command_line
 
 LOSSES = {"dice": ("DiceLoss", pylosses.dice_loss), "tversky": ("TverskyLoss", pylosses.tversky_loss),
           "generalized_dice": ("GeneralizedDiceLoss", pylosses.generalized_dice_loss)}
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     lines = [f"Region losses on logits (sigmoid=True), 0/1 float32 targets, float32, mean. Machine: "
              f"{info.get('gpu', info['cpu'])}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), "
              f"torch {info['torch']}; {info['date']}. Median of {args.repeats} calls, providers taking turns. "
-             f"Command: `python -m benchmarks.region --repeats {args.repeats}`.", "",
+             f"Command: `{command_line('benchmarks.region', argv)}`.", "",
              "| loss | shape | mode | " + " | ".join(f"{p} ms" for p in names) + ceiling_columns("MONAI"),
              "|---|---|---|" + "---:|" * (len(names) + 6)]
     print("\n".join(lines), flush=True)

@@ -16,7 +16,7 @@ import sys
 import torch
 
 import pylosses
-from benchmarks.common import machine, median_seconds
+from benchmarks.common import machine, median_seconds, command_line
 
 PROVIDERS = ("reference", "compile", "native")
 
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     lines = [f"Segmentation loss, shape {shape}, float32, alpha 0.7, beta 0.3, mean. Machine: {info['cpu']}, "
              f"{info['cpu_count']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
              f"pylosses CPU kernels built for {isa}; {info['date']}. Median of {args.repeats} calls, providers "
-             f"taking turns. Command: `python -m benchmarks.seg_forms --repeats {args.repeats}`.", "",
+             f"taking turns. Command: `{command_line('benchmarks.seg_forms', argv)}`.", "",
              "| form | target | mode | eager ms | compile ms | native ms | vs eager | vs compile |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)

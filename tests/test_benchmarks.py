@@ -117,3 +117,5 @@ def test_multiclass_benchmark_runs_and_writes_its_table(loss, tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| 1,3,8,8 |")]
     assert len(rows) == 2 and "forward+backward" in rows[1]
     assert f"| {multiclass.PEER[loss]} ms |" in text
+    # the header says how to run it again, without this machine's --out path
+    assert f"Command: `python -m benchmarks.multiclass --loss {loss} --shapes 1,3,8,8 --repeats 1`." in text
