@@ -81,7 +81,7 @@ def _gpu_measurements() -> dict:
     results = os.path.join(SOURCE_ROOT, "benchmarks", "results")
     if os.path.isdir(results):
         found = []
-        for path in sorted(glob.glob(os.path.join(results, "*", "results.json"))):
+        for path in sorted(glob.glob(os.path.join(results, "**", "results.json"), recursive=True)):
             try:
                 with open(path) as f:
                     machine = json.load(f).get("machine", {})

@@ -154,6 +154,22 @@ def test_available_backends_and_auto():
         assert functional._pick_backend("auto", torch.device("cpu")) == "native"
 
 
+def test_auto_takes_a_loss_own_order_where_it_has_one(monkeypatch):
+    """backend="auto" on CUDA tensors: the segmentation loss's order (Triton first, from the H200
+    measurement) where FASTEST_FOR has one, the device's (native first) for the other losses;
+    each falls to the next available backend. Availability is stubbed: no GPU here."""
+    missing = set()
+    monkeypatch.setattr(functional, "_unavailable_reason", lambda b, d: "stubbed" if b in missing else "")
+    assert functional._auto_backend("cuda", "segmentation_loss") == "triton"
+    assert functional._auto_backend("cuda", "mse_loss") == functional._auto_backend("cuda") == "native"
+    assert functional._pick_backend("auto", torch.device("cuda"), 8, "segmentation_loss") == "triton"
+    missing.add("triton")
+    assert functional._auto_backend("cuda", "segmentation_loss") == "native"
+    missing.add("native")
+    assert functional._auto_backend("cuda", "segmentation_loss") == "reference"
+    assert functional.FASTEST_FOR[("cuda", "segmentation_loss")][0] == "triton"
+
+
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_backend_choice_traces_under_fullgraph_compile(device):
     """The backend checks run inside the user's compiled code, for any device: no call dynamo

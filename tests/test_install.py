@@ -125,3 +125,7 @@ def test_python_m_pylosses_reports_the_install():
     if env["extension"]["built"]:
         assert env["extension"]["cpu_capability"] in ("AVX512", "AVX2", "DEFAULT")
         assert env["extension"]["built_against_torch"] == torch.__version__
+    # the GPU run that backend="auto"'s GPU order rests on is in this source tree (where there is one)
+    gpu = env["gpu_measurements"]
+    if gpu["results_in_source_tree"] is not None:
+        assert gpu["backend_order_from"] in gpu["results_in_source_tree"]
