@@ -165,9 +165,10 @@ ALLOWED = [
     ("softmax_region", "instructions", "", "CUDA, the fused softmax region sums, <class bound, mode, input, with "
      "the cross-entropy>: per-lane sums (a class's term of p in registers, the label's p and count in the lane's "
      "own column of shared memory), added across the warp once a run of tiles; expf from MUFU.EX2. float32 without "
-     "the cross-entropy is within budget (21 to 29 instructions an element against 31 to 32); with it 34 to 48 "
-     "(the log, w_t, sum w_c y_c: predicted 67% to 92% of copy bandwidth); 16-bit inputs, whose budget is half, "
-     "22 to 30 without it (55% to 72%) and 36 to 49 with it (34% to 44%); float64 100 to 184 (34% to 63%). The "
+     "the cross-entropy is within budget (21 to 29 instructions an element against 31 to 32); with it 34 to 38 "
+     "(the log, w_t, sum w_c y_c; the 8-class path's class weights in registers: predicted 86% to 92% of copy "
+     "bandwidth); 16-bit inputs, whose budget is half, 22 to 30 without it (55% to 72%) and 36 to 39 with it (42% "
+     "to 44%); float64 100 to 117 (54% to 63%). The "
      "chunked path's hot loop as the gate finds it is its max sweep (13 to 16), not its sums sweep, a warp "
      "butterfly of each class's sums a tile of 32 pixels: about 30 instructions a class and pixel (C above 32 only): "
      "its 'ok' is not a prediction of its speed"),

@@ -56,10 +56,11 @@ constexpr int kCeSums = 3;  // the cross-entropy's: sum of losses, D, pixels tha
 constexpr int kWarpsPerBlock = kThreads / kWarp;
 constexpr int kExtras = 1 + kCeSums;  // a row's values after the class sums: bad labels, then ce
 
-// Blocks of the forward kernel that a multiprocessor keeps (64 registers a thread at 4, 128 at
-// 2): 2 for the 32-class register path and for float64, whose values spill at 64.
-template <int kC, typename acc_t>
-constexpr int kSoftmaxBlocksPerSM = kC > 8 || std::is_same_v<acc_t, double> ? 2 : 4;
+// Blocks of the forward kernel that a multiprocessor keeps (64 registers a thread at 4, 80 at 3,
+// 128 at 2): 2 for the 32-class register path and for float64, whose values spill at 64; 3 for
+// the 8-class path with the cross-entropy, which keeps the class weights in registers.
+template <int kC, bool kCe, typename acc_t>
+constexpr int kSoftmaxBlocksPerSM = kC > 8 || std::is_same_v<acc_t, double> ? 2 : kC > 0 && kCe ? 3 : 4;
 // The backward's: 3 (80 registers) for the 8-class register path, which keeps G_c a class.
 template <int kC, typename acc_t>
 constexpr int kSoftmaxGradBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : kC > 0 ? 3 : 4;
@@ -178,9 +179,10 @@ struct PixelSoftmax {
   const input_t* x = nullptr;  // the pixel's class 0 (null: a lane past the plane's end)
   int64_t S = 0;
 
-  // with_ce: also log_sum, y_t and wy, for the label cls; with_label: y_t alone
+  // with_ce: also log_sum, y_t and wy, for the label cls; with_label: y_t alone. weights: the
+  // class weights in the caller's registers (register path), or null to read them
   __device__ __forceinline__ PixelSoftmax(const SoftmaxInputs<input_t>& in, const input_t* x_, int cls, bool with_ce,
-                                          bool with_label = false)
+                                          bool with_label = false, const acc_t* weights = nullptr)
       : x(x_), S(in.S) {
     const int C = in.C;
     acc_t sum = 0;
@@ -196,7 +198,7 @@ struct PixelSoftmax {
           y_t = c == cls ? y : y_t;
         }
         if (with_ce) {
-          wy += class_weight(in, c) * y;
+          wy += (weights ? weights[c] : class_weight(in, c)) * y;
         }
         e[c] = math::pexp_nonpositive_approx(y);
         sum += e[c];
@@ -264,7 +266,7 @@ size_t sums_smem_bytes(int64_t C) {
 }
 
 template <int kC, RegionMode kMode, typename input_t, bool kCe>
-__global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<input_t>>)
+__global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, kCe, acc_type_t<input_t>>)
     softmax_region_sums_kernel(const SumsArgs<input_t> a) {
   using acc_t = acc_type_t<input_t>;
   PYLOSSES_DYNAMIC_SMEM(smem);
@@ -283,6 +285,16 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<i
   acc_t* const warp_smem = reinterpret_cast<acc_t*>(smem) + int64_t(warp) * (kC > 0 ? 2 * kWarp : 3) * C;
   acc_t* const hits = warp_smem + lane;
   acc_t* const class_sums = warp_smem;
+  // the 8-class path's cross-entropy takes the class weights from registers (no test of their
+  // presence a class); 32 of them would not fit beside the exponentials and sums
+  constexpr bool kWeightsInRegisters = kCe && kC > 0 && kC <= 8;
+  [[maybe_unused]] acc_t weights[kWeightsInRegisters ? kC : 1];
+  if constexpr (kWeightsInRegisters) {
+#pragma unroll
+    for (int c = 0; c < kC; ++c) {
+      weights[c] = c < C ? class_weight(in, c) : acc_t(0);
+    }
+  }
   const uint32_t tiles_per_sample = a.split.tiles_per_group;
   const uint32_t first = w * a.split.tiles_per_block;
   const uint32_t end = first + std::min(a.split.tiles_per_block, a.split.n_tiles - first);
@@ -304,7 +316,8 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, acc_type_t<i
       const int64_t s = int64_t(tile - b * tiles_per_sample) * kWarp + lane;
       const bool valid = s < in.S;
       const PixelLabel<acc_t> px = valid ? read_label(in, b, s) : PixelLabel<acc_t>{};
-      const PixelSoftmax<kC, input_t> sm(in, valid ? in.x + int64_t(b) * in.CS + s : nullptr, px.cls, kCe, kC > 0);
+      const PixelSoftmax<kC, input_t> sm(in, valid ? in.x + int64_t(b) * in.CS + s : nullptr, px.cls, kCe, kC > 0,
+                                         kWeightsInRegisters ? weights : nullptr);
       extra[0] += px.bad ? acc_t(1) : acc_t(0);
       if constexpr (kC > 0) {
         // each class's s1 term in this lane's registers (kL1's |p| is p: p >= 0), the label's
