@@ -178,3 +178,55 @@ def test_meta_tensors_give_shapes_and_dtypes(loss, reduction, backend):
     value.sum().backward()
     for tensor in (x, t):
         assert (tensor.grad.device.type, tensor.grad.shape, tensor.grad.dtype) == ("meta", tensor.shape, tensor.dtype)
+
+
+def _thp_mode():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _thp_eligible(address: int):
+    """The THPeligible field of the mapping in /proc/self/smaps that holds `address`."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "THPeligible:":
+                return line.split()[1] == "1"
+    return None
+
+
+# Each CPU op that returns a gradient, at 2^23 + 2^20 float32 elements (36 MiB: above
+# cpu_common.h's kHugePageAdviceBytes), against the reference backend.
+_BIG = 9 * 2**20
+_BIG_GRADIENT_LOSSES = {
+    "mse": lambda x, b: pylosses.mse_loss(x, torch.zeros_like(x), backend=b),
+    "segmentation": lambda x, b: pylosses.segmentation_loss(x, x > 0, from_logits=True, backend=b),
+    "dice": lambda x, b: pylosses.dice_loss(x, (x > 0.5).float(), sigmoid=True, backend=b),
+    "cross_entropy": lambda x, b: pylosses.cross_entropy(x, (x[:, 0] > 0).long(), backend=b),
+    "dice_ce": lambda x, b: pylosses.dice_ce_loss(x, (x[:, :1] > 0).long(), softmax=True, to_onehot_y=True,
+                                                  backend=b),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BIG_GRADIENT_LOSSES))
+def test_large_gradient_is_exact_and_advised_for_huge_pages(name):
+    """A gradient of 32 MiB or more comes from empty_gradient (cpu_common.h): the same values,
+    and on Linux with transparent huge pages on request its pages are advised for them."""
+    loss = _BIG_GRADIENT_LOSSES[name]
+    x = torch.randn(2, 4, _BIG // 8 // 1024, 1024, generator=torch.Generator().manual_seed(0))
+    grads = {}
+    for backend in ("reference", "native"):
+        leaf = x.clone().requires_grad_(True)
+        loss(leaf, backend).backward()
+        grads[backend] = leaf.grad
+    torch.testing.assert_close(grads["native"], grads["reference"], rtol=1e-4, atol=1e-10)
+    if _thp_mode() not in ("madvise", "always"):
+        pytest.skip(f"transparent huge pages are {_thp_mode()!r} here")
+    assert _thp_eligible(grads["native"].data_ptr() + (4 << 20)) is True

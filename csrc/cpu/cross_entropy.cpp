@@ -271,7 +271,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::T
                  at::kLong, at::kInt, at::kByte);
   TORCH_CHECK_INDEX(!counts.bad, "Target ", counts.first_bad, " is out of bounds.");
 
-  at::Tensor grad = at::empty(compute_grad ? input.sizes() : at::IntArrayRef{0},
+  at::Tensor grad = empty_gradient(compute_grad ? input.sizes() : at::IntArrayRef{0},
                               input.options().dtype(saved_grad_dtype(input.scalar_type())));
   at::Tensor loss = at::empty(none ? target.sizes() : at::IntArrayRef{}, input.options());
   at::Tensor grad_scale = at::ones({}, input.options().dtype(acc_dtype));

@@ -67,7 +67,7 @@ void apply_grad_output(const at::Tensor& saved, const at::Tensor& grad_output_, 
 at::Tensor loss_backward_cpu(const at::Tensor& grad_output, const at::Tensor& saved, double scale,
                              at::ScalarType dtype) {
   check_backward_args(grad_output, saved, dtype);
-  at::Tensor out = at::empty(saved.sizes(), saved.options().dtype(dtype));
+  at::Tensor out = empty_gradient(saved.sizes(), saved.options().dtype(dtype));
   apply_grad_output(saved.contiguous(), grad_output, scale, out);
   return out;
 }

@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cpu(const at::Tensor& input_, co
   const int64_t n = input.numel();
 
   // one saved gradient serves both input and target: it is kept in their common dtype
-  at::Tensor grad = compute_grad ? at::empty(input.sizes(), input.options().dtype(saved_grad_dtype(result_dtype)))
+  at::Tensor grad = compute_grad ? empty_gradient(input.sizes(), input.options().dtype(saved_grad_dtype(result_dtype)))
                                  : at::empty({0}, input.options());
   at::Tensor loss = reduction == at::Reduction::None ? at::empty(input.sizes(), input.options().dtype(result_dtype))
                                                      : at::Tensor();

@@ -398,8 +398,8 @@ std::tuple<at::Tensor, at::Tensor> region_sums_backward_cpu(const at::Tensor& gr
   const at::Tensor input = input_.contiguous();
   const at::Tensor target = target_.contiguous();
   const at::Tensor mask = defined_mask(mask_);
-  at::Tensor grad_in = at::empty(grad_input ? input.sizes() : at::IntArrayRef{0}, input.options());
-  at::Tensor grad_t = at::empty(grad_target ? target.sizes() : at::IntArrayRef{0}, target.options());
+  at::Tensor grad_in = empty_gradient(grad_input ? input.sizes() : at::IntArrayRef{0}, input.options());
+  at::Tensor grad_t = empty_gradient(grad_target ? target.sizes() : at::IntArrayRef{0}, target.options());
   if (input.numel() == 0 || (!grad_input && !grad_target)) {
     return {grad_in, grad_t};
   }

@@ -272,8 +272,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cpu(const at::Tensor
   const math::SegGradWeights weights(alpha, beta, mean_like, n_mean, extent);
 
   const auto saved_options = [](const at::Tensor& t) { return t.options().dtype(saved_grad_dtype(t.scalar_type())); };
-  at::Tensor grad_in = at::empty(compute_grad_input ? input.sizes() : at::IntArrayRef{0}, saved_options(input));
-  at::Tensor grad_t = at::empty(compute_grad_target ? target.sizes() : at::IntArrayRef{0}, saved_options(target));
+  at::Tensor grad_in = empty_gradient(compute_grad_input ? input.sizes() : at::IntArrayRef{0}, saved_options(input));
+  at::Tensor grad_t = empty_gradient(compute_grad_target ? target.sizes() : at::IntArrayRef{0}, saved_options(target));
 
   std::vector<SegSums<double>> per_sample(geo.batch);
   bool out_of_range = false, target_out_of_range = false;

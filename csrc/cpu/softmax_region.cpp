@@ -369,7 +369,7 @@ at::Tensor softmax_region_sums_backward_cpu(const at::Tensor& grad_sums_, const 
   check_softmax_region_backward_call(grad_sums_, grad_ce, input_, labels_, mask_, mode, weight, label_smoothing);
   const at::Tensor input = input_.contiguous(), labels = labels_.contiguous(), mask = mask_of(mask_);
   const Geometry geo(input);
-  at::Tensor grad = at::empty(input.sizes(), input.options());
+  at::Tensor grad = empty_gradient(input.sizes(), input.options());
   if (geo.n_items == 0) {
     return grad.zero_();
   }
