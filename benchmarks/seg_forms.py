@@ -4,8 +4,10 @@
 
 Probabilities and logits, float (0/1 values) and bool targets, forward (no autograd) and
 forward+backward (into input.grad), float32; the providers take turns, call by call, in one run
-(benchmarks.common.median_seconds), and the table gives each median and native's speed-up over
-the others. `make bench` sweeps sizes on one form; this is the table of issue 13's targets.
+(benchmarks.common.median_seconds), with a copy of the loss's compulsory bytes (input and target
+read, the gradient written) as the machine's yardstick. The table gives each median, native's
+speed-up over the others, native's and torch.compile's fraction of the copy's bandwidth, and the
+ceiling (torch.compile over the copy: the most any kernel can gain over it on this machine). `make bench` sweeps sizes on one form; this is the table of issue 13's targets.
 It prints Markdown, and with --out writes it to DIR/seg-forms.md.
 """
 
@@ -16,7 +18,7 @@ import sys
 import torch
 
 import pylosses
-from benchmarks.common import machine, median_seconds, command_line
+from benchmarks.common import ceiling_columns, ceiling_row, command_line, compulsory_bytes, machine
 
 PROVIDERS = ("reference", "compile", "native")
 
@@ -68,18 +70,15 @@ def main(argv=None) -> int:
              f"{info['cpu_count']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
              f"pylosses CPU kernels built for {isa}; {info['date']}. Median of {args.repeats} calls, providers "
              f"taking turns. Command: `{command_line('benchmarks.seg_forms', argv)}`.", "",
-             "| form | target | mode | eager ms | compile ms | native ms | vs eager | vs compile |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| form | target | mode | eager ms | compile ms | native ms" + ceiling_columns("eager"),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for form in ("probabilities", "logits"):
         for target in ("float", "bool"):
             x, t = inputs(form, target, shape, args.device)
             for mode in ("forward", "forward+backward"):
-                med = median_seconds(steps(form, mode, x, t), args.repeats, args.device)
-                ms = {p: 1e3 * s for p, s in med.items()}
-                row = (f"| {form} | {target} | {mode} | {ms['reference']:.2f} | {ms['compile']:.2f} | "
-                       f"{ms['native']:.2f} | {ms['reference'] / ms['native']:.1f}x | "
-                       f"{ms['compile'] / ms['native']:.2f}x |")
+                row = f"| {form} | {target} | {mode} | " + ceiling_row(
+                    steps(form, mode, x, t), compulsory_bytes(mode, x, t), "reference", args.repeats, args.device)
                 lines.append(row)
                 print(row, flush=True)
     if args.out:

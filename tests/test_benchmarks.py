@@ -119,3 +119,16 @@ def test_multiclass_benchmark_runs_and_writes_its_table(loss, tmp_path):
     assert f"| {multiclass.PEER[loss]} ms |" in text
     # the header says how to run it again, without this machine's --out path
     assert f"Command: `python -m benchmarks.multiclass --loss {loss} --shapes 1,3,8,8 --repeats 1`." in text
+
+
+def test_seg_forms_benchmark_runs_and_writes_its_table(tmp_path):
+    """python -m benchmarks.seg_forms on a tiny shape: the eight rows (form x target x mode), each
+    with every provider's time and the copy's, written to DIR/seg-forms.md."""
+    from benchmarks import seg_forms
+
+    assert seg_forms.main(["--shape", "1,1,8,8", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "seg-forms.md").read_text()
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| probabilities", "| logits"))]
+    assert len(rows) == 8 and all(len(r) == 12 for r in rows)
+    assert "| copy ms |" in text and "| ceiling vs compile |" in text
+    assert "Command: `python -m benchmarks.seg_forms --shape 1,1,8,8 --repeats 1`." in text
