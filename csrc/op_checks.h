@@ -47,10 +47,15 @@ inline void check_seg_args(const at::Tensor& input, const at::Tensor& target, in
   check_same_device("seg_loss_fwd", input, "input", target, "target");
 }
 
+// The mode's bit for DiceBCE's two BCE sums (math::kWithBce), which only the CPU has.
+constexpr int64_t kRegionModeWithBce = 4;
+
 // region_sums and region_sums_backward: input (B, C, spatial...), target of its shape, mask
-// (bool) of shape (B, 1, spatial...) or the input's, or undefined; mode a math::RegionMode.
+// (bool) of shape (B, 1, spatial...) or the input's, or undefined; mode a math::RegionMode, plus
+// kRegionModeWithBce where the backend has the BCE sums (with_bce), for logits (sigmoid) only.
 inline void check_region_args(const char* op, const at::Tensor& input, const at::Tensor& target,
-                              const c10::optional<at::Tensor>& mask, int64_t mode) {
+                              const c10::optional<at::Tensor>& mask, int64_t mode, bool sigmoid = true,
+                              bool with_bce = false) {
   TORCH_CHECK_VALUE(input.dim() >= 2, op, ": input must have a batch and a channel axis, (B, C, spatial...), got shape ",
                     input.sizes());
   TORCH_CHECK_VALUE(input.sizes() == target.sizes(), op, ": input and target must have the same shape, got ",
@@ -60,7 +65,11 @@ inline void check_region_args(const char* op, const at::Tensor& input, const at:
   TORCH_CHECK_TYPE(at::isFloatingType(target.scalar_type()) || target.scalar_type() == at::kBool ||
                        target.scalar_type() == at::kByte,
                    op, ": target must be floating point, bool or uint8, got ", target.scalar_type());
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, op, ": mode must be 0 (linear), 1 (squared) or 2 (l1), got ", mode);
+  const int64_t base_mode = with_bce && mode >= 0 ? mode & ~kRegionModeWithBce : mode;
+  TORCH_CHECK_VALUE(base_mode >= 0 && base_mode <= 2, op, ": mode must be 0 (linear), 1 (squared) or 2 (l1)",
+                    with_bce ? ", plus 4 for the BCE sums" : "", ", got ", mode);
+  TORCH_CHECK_VALUE(base_mode == mode || sigmoid, op, ": the BCE sums (mode ", mode,
+                    ") are of logits: they need sigmoid=True");
   check_same_device(op, input, "input", target, "target");
   if (mask.has_value() && mask->defined()) {
     TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool, op, ": mask must be bool, got ", mask->scalar_type());
@@ -75,17 +84,19 @@ inline void check_region_args(const char* op, const at::Tensor& input, const at:
   }
 }
 
-// region_sums_backward: the region arguments, grad_sums of shape (B, C, 4), and a target gradient
-// only for a floating target.
+// region_sums_backward: the region arguments, grad_sums of shape (B, C, 4) (6 with the BCE
+// sums), and a target gradient only for a floating target.
 inline void check_region_backward_args(const at::Tensor& grad_sums, const at::Tensor& input, const at::Tensor& target,
-                                       const c10::optional<at::Tensor>& mask, int64_t mode, bool grad_target) {
+                                       const c10::optional<at::Tensor>& mask, int64_t mode, bool grad_target,
+                                       bool sigmoid = true, bool with_bce = false) {
   constexpr const char* op = "region_sums_backward";
-  check_region_args(op, input, target, mask, mode);
-  constexpr int64_t kSums = 4;  // math::kRegionSums
+  check_region_args(op, input, target, mask, mode, sigmoid, with_bce);
+  // math::kRegionSums, and math::kBceSums more
+  const int64_t n_sums = (with_bce && (mode & kRegionModeWithBce)) ? 6 : 4;
   TORCH_CHECK_VALUE(grad_sums.dim() == 3 && grad_sums.size(0) == input.size(0) && grad_sums.size(1) == input.size(1) &&
-                        grad_sums.size(2) == kSums,
-                    op, ": grad_sums must have the shape (B, C, ", kSums, ") = (", input.size(0), ", ", input.size(1),
-                    ", ", kSums, "), got ", grad_sums.sizes());
+                        grad_sums.size(2) == n_sums,
+                    op, ": grad_sums must have the shape (B, C, ", n_sums, ") = (", input.size(0), ", ", input.size(1),
+                    ", ", n_sums, "), got ", grad_sums.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(grad_sums.scalar_type()), op, ": grad_sums must be floating point, got ",
                    grad_sums.scalar_type());
   TORCH_CHECK_TYPE(!grad_target || at::isFloatingType(target.scalar_type()), op, ": a gradient for a ",

@@ -25,11 +25,37 @@ enum class RegionMode : int { kLinear = 0, kSquared = 1, kL1 = 2 };
 // not a 0/1 mask (uint8 targets above 1; 0 for other dtypes), which makes the loss NaN.
 constexpr int kRegionSums = 4;
 
+// DiceBCE's BCE in the same pass (the CPU): the mode argument's bit kWithBce asks for two more
+// sums a (sample, channel), after the four, over the elements the mask keeps:
+//   a = max(x, 0) - x t + log(1 + exp(-|x|))   (BCEWithLogits, bce_logits_loss)
+//   b = t (max(-x, 0) + log(1 + exp(-|x|)))     (t softplus(-x))
+// BCEWithLogits with pos_weight w is (1 - t) x + (1 + (w - 1) t) softplus(-x) = a + (w - 1) b,
+// so a per-channel w needs no kernel argument: pylosses/functional.py adds sum a + (w - 1) sum b.
+constexpr int64_t kWithBce = 4;
+constexpr int kBceSums = 2;
+
+template <typename T>
+C10_HOST_DEVICE inline T bce_sums_term_b(T x, T t, T softplus) {
+  return t * (pmax(T(0) - x, T(0)) + softplus);
+}
+
+// d (ga a + gb b) / dx from p = sigmoid(x): ga (p - t) - gb t (1 - p).
+template <typename T>
+C10_HOST_DEVICE inline T bce_sums_grad_x(T p, T t, T ga, T gb) {
+  return ga * (p - t) - gb * t * (T(1) - p);
+}
+
+// d (ga a + gb b) / dt: gb softplus(-x) - ga x.
+template <typename T>
+C10_HOST_DEVICE inline T bce_sums_grad_t(T x, T softplus, T ga, T gb) {
+  return gb * (pmax(T(0) - x, T(0)) + softplus) - ga * x;
+}
+
 // Calls f(std::integral_constant<RegionMode, mode>{}) for the runtime mode (checked already by
 // check_region_args): the kernels take the mode as a template argument. Host code.
 template <typename F>
 void dispatch_region_mode(int64_t mode, const F& f) {
-  switch (static_cast<RegionMode>(mode)) {
+  switch (static_cast<RegionMode>(mode & ~kWithBce)) {
     case RegionMode::kSquared:
       return f(std::integral_constant<RegionMode, RegionMode::kSquared>{});
     case RegionMode::kL1:

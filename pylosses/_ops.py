@@ -25,7 +25,9 @@ SCHEMAS = {
     "loss_backward": "(Tensor grad_output, Tensor saved_grad, float scale, ScalarType dtype) -> Tensor",
     # The region losses (Dice, Tversky, generalised Dice) are functions of a few sums over each
     # (sample, channel): region_sums gives them, (B, C, 4) in float32 (float64 for float64), and
-    # region_sums_backward the gradient of the elements from the gradient of those sums.
+    # region_sums_backward the gradient of the elements from the gradient of those sums. The
+    # CPU kernel also takes mode + 4 (reference.REGION_WITH_BCE, with sigmoid): (B, C, 6), with
+    # DiceBCE's two BCE sums.
     # reference.py turns the sums into the loss, for every backend (csrc/region_loss_math.h).
     "region_sums": "(Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode) -> Tensor",
     "region_sums_backward": "(Tensor grad_sums, Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode, "
@@ -147,7 +149,7 @@ def region_sums(backend: str, input: Tensor, target: Tensor, mask, sigmoid: bool
 
 def _region_sums_fake(input, target, mask, sigmoid, mode):
     dtype = reference.compute_dtype(input, target)
-    return input.new_empty((input.shape[0], input.shape[1], reference.REGION_SUMS), dtype=dtype)
+    return input.new_empty((input.shape[0], input.shape[1], reference.region_sums_count(mode)), dtype=dtype)
 
 
 def _region_sums_backward_fake(grad_sums, input, target, mask, sigmoid, mode, grad_input, grad_target):

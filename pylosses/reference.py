@@ -140,6 +140,16 @@ def segmentation_loss(
 # sum |p - t|, sum |p|, sum |t|. A fourth sum counts uint8 targets above 1 (a 0/255 mask).
 REGION_MODES = {"linear": 0, "squared": 1, "l1": 2}
 REGION_SUMS = 4
+# DiceBCE's BCE in the same pass (the CPU kernel; csrc/region_loss_math.h): the mode plus
+# REGION_WITH_BCE asks for two more sums, of logits x: BCEWithLogits(x, t) and t softplus(-x),
+# from which BCE with a per-channel pos_weight w is sum a + (w - 1) sum b.
+REGION_WITH_BCE = 4
+BCE_SUMS = 2
+
+
+def region_sums_count(mode: int) -> int:
+    """How many sums region_sums gives a (sample, channel) for this mode."""
+    return REGION_SUMS + (BCE_SUMS if mode & REGION_WITH_BCE else 0)
 
 
 def region_mode(squared_pred: bool, soft_label: bool) -> int:
@@ -159,9 +169,11 @@ def region_sums(input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: 
                 softmax: bool = False) -> Tensor:
     """The (B, C, 4) sums of each (sample, channel) over the spatial axes; a mask (bool, shaped
     (B, 1, spatial...) or as the input) removes the pixels where it is False from every sum.
-    p is the input, its sigmoid, or its softmax over the channels (axis 1)."""
+    p is the input, its sigmoid, or its softmax over the channels (axis 1). (B, C, 6) with
+    REGION_WITH_BCE in the mode (logits: sigmoid only): the two BCE sums after the four."""
     dtype = compute_dtype(input, target)
-    p = input.to(dtype)
+    x = input.to(dtype)
+    p = x
     t = target.to(dtype)
     bad = target > 1 if target.dtype == torch.uint8 else torch.zeros_like(target, dtype=torch.bool)
     if mask is not None:  # selects, so that NaN or inf under the mask (padding) stays out, gradients too
@@ -180,16 +192,26 @@ def region_sums(input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: 
         for size in input.shape[2:]:
             n *= size
         shape = [input.shape[0], input.shape[1], n]
+    with_bce = (mode & REGION_WITH_BCE) != 0
+    base_mode = mode & ~REGION_WITH_BCE
+    bce_terms: List[Tensor] = []
+    if with_bce:
+        xs = x if mask is None else _kept(x, mask)
+        a = F.binary_cross_entropy_with_logits(xs, t, reduction="none")
+        b = t * F.softplus(-xs)
+        if mask is not None:
+            a, b = _kept(a, mask), _kept(b, mask)
+        bce_terms = [a.reshape(shape).sum(2), b.reshape(shape).sum(2)]
     p = p.reshape(shape)
     t = t.reshape(shape)
-    if mode == 2:
+    if base_mode == 2:
         s0, s1, s2 = (p - t).abs().sum(2), p.abs().sum(2), t.abs().sum(2)
-    elif mode == 1:
+    elif base_mode == 1:
         s0, s1, s2 = (p * t).sum(2), (p * p).sum(2), (t * t).sum(2)
     else:
         s0, s1, s2 = (p * t).sum(2), p.sum(2), t.sum(2)
     counted = bad.reshape(shape).sum(2).to(dtype).expand_as(s0)
-    return torch.stack([s0, s1, s2, counted], 2)
+    return torch.stack([s0, s1, s2, counted] + bce_terms, 2)
 
 
 def _foreground(sums: Tensor, include_background: bool) -> Tensor:

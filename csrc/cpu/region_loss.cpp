@@ -1,5 +1,7 @@
 // The region losses' sums (op region_sums) and the gradient of the elements from the gradient of
 // those sums (op region_sums_backward) on the CPU: one pass over input, target and mask each.
+// With the mode's bit math::kWithBce, the same pass also gives DiceBCE's two BCE sums and their
+// gradient (region_loss_math.h): Dice + BCE reads the logits twice in all, as Dice alone.
 //
 // The contiguous input is a sequence of planes, one for each (sample, channel), of S elements.
 // A work item is a chunk of one plane, or, where planes are shorter than a chunk, several whole
@@ -12,12 +14,15 @@
 #include "../op_checks.h"
 // after cpu_common.h (see there)
 #include "../region_loss_math.h"
+#include "../seg_loss_math.h"  // bce_logits_loss, sigmoid_softplus
 
 namespace pylosses::cpu {
 namespace {
 
 using math::RegionMode;
+using math::kBceSums;
 using math::kRegionSums;
+constexpr int kMaxSums = kRegionSums + kBceSums;  // a plane's sums with the BCE's
 
 // Elements of a plane in one work item. A chunk's bookkeeping (its partial sums, a call) is lost
 // in its work from 2^12 elements on (measured: the same time per element from 2^12 to 2^16);
@@ -81,7 +86,7 @@ template <typename acc_t>
 struct RegionScratch {
   std::vector<acc_t> x = std::vector<acc_t>(kBlock), t = x, mask = x, grad_input = x, grad_target = x;
   // short planes: each element's terms (forward), or its plane's gradients of the sums (backward)
-  std::vector<acc_t> per_element[kRegionSums];
+  std::vector<acc_t> per_element[kMaxSums];
 
   acc_t* row(int k) {
     if (per_element[k].empty()) {
@@ -98,10 +103,15 @@ C10_ALWAYS_INLINE V kept(const V& v, const V& m) {
   return V::blendv(V(0), v, m != V(0));
 }
 
-// p, and t, as the sums see them: the input or its sigmoid, and both 0 where the mask is.
-template <bool kSigmoid, bool kMasked, typename V>
-C10_ALWAYS_INLINE void region_values(const V& x, V& t, const V& m, V& p, V& p_masked) {
-  p = kSigmoid ? math::sigmoid(x) : x;
+// p, and t, as the sums see them: the input or its sigmoid, and both 0 where the mask is; with
+// kSoftplus also log(1 + exp(-|x|)), from the sigmoid's exponential.
+template <bool kSigmoid, bool kMasked, bool kSoftplus = false, typename V>
+C10_ALWAYS_INLINE void region_values(const V& x, V& t, const V& m, V& p, V& p_masked, V& softplus) {
+  if constexpr (kSoftplus) {
+    p = math::sigmoid_softplus(x, softplus);
+  } else {
+    p = kSigmoid ? math::sigmoid(x) : x;
+  }
   p_masked = p;
   if constexpr (kMasked) {
     p_masked = kept(p, m);
@@ -123,43 +133,57 @@ const acc_t* mask_row(const RegionGeometry& geo, const bool* mask, int64_t first
   return buf;
 }
 
-// Hands the terms of a row of n elements to sink(tail, i, lanes, s0, s1, s2, above_one) a vector
-// at a time; above_one: 1 where a target is above 1 (a uint8 mask that holds more than 0 and 1).
-template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, typename acc_t, typename Sink>
+// Hands the terms of a row of n elements to sink(tail, i, lanes, s[]) a vector at a time: s[0..2]
+// the mode's, s[3] 1 where a target is above 1 (a uint8 mask that holds more than 0 and 1), and
+// with kBce s[4], s[5] the BCE sums' (0 where the mask is).
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, bool kBce, typename acc_t, typename Sink>
 C10_ALWAYS_INLINE void row_terms(const acc_t* x, const acc_t* t, const acc_t* m, int64_t n, const Sink& sink) {
   using V = Vec<acc_t>;
   for_each_vector<acc_t>(n, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
+    const V xv = load<kTail>(x + i, lanes), mv = kMasked ? load<kTail>(m + i, lanes) : V();
     V tv = load<kTail>(t + i, lanes);
-    V p, p_masked;
-    region_values<kSigmoid, kMasked>(load<kTail>(x + i, lanes), tv, kMasked ? load<kTail>(m + i, lanes) : V(), p,
-                                     p_masked);
-    V s0, s1, s2;
-    math::region_terms<kMode>(p_masked, tv, s0, s1, s2);
-    sink(tail, i, lanes, s0, s1, s2, kCount ? tv.gt(V(acc_t(1))) : V(acc_t(0)));  // tail lanes of t hold 0
+    V p, p_masked, softplus;
+    region_values<kSigmoid, kMasked, kBce>(xv, tv, mv, p, p_masked, softplus);
+    V terms[kMaxSums];
+    math::region_terms<kMode>(p_masked, tv, terms[0], terms[1], terms[2]);
+    terms[3] = kCount ? tv.gt(V(acc_t(1))) : V(acc_t(0));  // tail lanes of t hold 0
+    if constexpr (kBce) {
+      terms[4] = math::bce_logits_loss(xv, tv, softplus);
+      terms[5] = math::bce_sums_term_b(xv, tv, softplus);
+      if constexpr (kMasked) {
+        terms[4] = kept(terms[4], mv);
+        terms[5] = kept(terms[5], mv);
+      }
+    }
+    sink(tail, i, lanes, terms);
   });
 }
 
-// The sums of a piece [begin, begin + n) of one plane, into out[0..3].
-template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, typename acc_t>
+// The sums of a piece [begin, begin + n) of one plane, into out[0..3] (out[0..5] with kBce).
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, bool kBce, typename acc_t>
 void region_sums_piece(const RegionGeometry& geo, const RowSource<acc_t>& input, const RowSource<acc_t>& target,
                        const bool* mask, int64_t plane, int64_t begin, int64_t n, RegionScratch<acc_t>& s, acc_t* out) {
   using V = Vec<acc_t>;
-  V sum0(acc_t(0)), sum1(acc_t(0)), sum2(acc_t(0)), count(acc_t(0));
+  V sum0(acc_t(0)), sum1(acc_t(0)), sum2(acc_t(0)), count(acc_t(0)), bce_a(acc_t(0)), bce_b(acc_t(0));
   const int64_t offset = plane * geo.plane_size + begin;
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t len = std::min(kBlock, n - b);
     const acc_t* x = input(offset + b, s.x.data(), len);
     const acc_t* t = target(offset + b, s.t.data(), len);
     const acc_t* m = kMasked ? mask_row(geo, mask, plane, 1, begin + b, len, s.mask.data()) : nullptr;
-    row_terms<kMode, kSigmoid, kMasked, kCount>(x, t, m, len, [&](auto tail, int64_t, int64_t lanes, const V& s0,
-                                                                   const V& s1, const V& s2, const V& above_one) {
+    row_terms<kMode, kSigmoid, kMasked, kCount, kBce>(x, t, m, len, [&](auto tail, int64_t, int64_t lanes,
+                                                                         const V* terms) {
       constexpr bool kTail = decltype(tail)::value;
-      accumulate<kTail>(sum0, s0, lanes);
-      accumulate<kTail>(sum1, s1, lanes);
-      accumulate<kTail>(sum2, s2, lanes);
+      accumulate<kTail>(sum0, terms[0], lanes);
+      accumulate<kTail>(sum1, terms[1], lanes);
+      accumulate<kTail>(sum2, terms[2], lanes);
       if constexpr (kCount) {
-        count = count + above_one;
+        count = count + terms[3];
+      }
+      if constexpr (kBce) {  // a tail lane's terms are not 0 here (log 2): accumulate drops them
+        accumulate<kTail>(bce_a, terms[4], lanes);
+        accumulate<kTail>(bce_b, terms[5], lanes);
       }
     });
   }
@@ -167,67 +191,91 @@ void region_sums_piece(const RegionGeometry& geo, const RowSource<acc_t>& input,
   out[1] = lane_sum(sum1);
   out[2] = lane_sum(sum2);
   out[3] = lane_sum(count);
+  if constexpr (kBce) {
+    out[4] = lane_sum(bce_a);
+    out[5] = lane_sum(bce_b);
+  }
 }
 
-// The sums of the short planes [first, last), each into out[plane * 4 ..]: a block of whole
-// planes at a time, its terms a vector at a time into rows, then each plane's summed in order.
-template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, typename acc_t>
+// The sums of the short planes [first, last), each into out[plane * n_sums ..] (n_sums: 4, or 6
+// with kBce): a block of whole planes at a time, its terms a vector at a time into rows, then
+// each plane's summed in order.
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kCount, bool kBce, typename acc_t>
 void region_sums_short_planes(const RegionGeometry& geo, const RowSource<acc_t>& input,
                               const RowSource<acc_t>& target, const bool* mask, int64_t first, int64_t last,
                               RegionScratch<acc_t>& s, acc_t* out) {
   using V = Vec<acc_t>;
+  constexpr int n_sums = kBce ? kMaxSums : kRegionSums;
+  const auto kept_sum = [](int k) { return k < 3 || (k == 3 && kCount) || k >= kRegionSums; };
   const int64_t S = geo.plane_size, planes_per_block = kBlock / S;
-  acc_t* terms[kRegionSums] = {s.row(0), s.row(1), s.row(2), kCount ? s.row(3) : nullptr};
+  acc_t* terms[kMaxSums] = {};
+  for (int k = 0; k < n_sums; ++k) {
+    terms[k] = kept_sum(k) ? s.row(k) : nullptr;
+  }
   for (int64_t plane = first; plane < last; plane += planes_per_block) {
     const int64_t planes = std::min(planes_per_block, last - plane), len = planes * S;
     const acc_t* x = input(plane * S, s.x.data(), len);
     const acc_t* t = target(plane * S, s.t.data(), len);
     const acc_t* m = kMasked ? mask_row(geo, mask, plane, planes, 0, len, s.mask.data()) : nullptr;
-    row_terms<kMode, kSigmoid, kMasked, kCount>(x, t, m, len, [&](auto tail, int64_t i, int64_t lanes, const V& s0,
-                                                                   const V& s1, const V& s2, const V& above_one) {
+    row_terms<kMode, kSigmoid, kMasked, kCount, kBce>(x, t, m, len, [&](auto tail, int64_t i, int64_t lanes,
+                                                                         const V* vec_terms) {
       constexpr bool kTail = decltype(tail)::value;
-      store<kTail>(s0, terms[0] + i, lanes);
-      store<kTail>(s1, terms[1] + i, lanes);
-      store<kTail>(s2, terms[2] + i, lanes);
-      if constexpr (kCount) {
-        store<kTail>(above_one, terms[3] + i, lanes);
+      for (int k = 0; k < n_sums; ++k) {
+        if (terms[k]) {
+          store<kTail>(vec_terms[k], terms[k] + i, lanes);
+        }
       }
     });
     for (int64_t q = 0; q < planes; ++q) {
-      acc_t sum[kRegionSums] = {0, 0, 0, 0};  // the count stays 0 without kCount
+      acc_t sum[kMaxSums] = {};  // the count stays 0 without kCount
       for (int64_t j = q * S; j < (q + 1) * S; ++j) {
-        for (int k = 0; k < (kCount ? kRegionSums : 3); ++k) {
-          sum[k] += terms[k][j];
+        for (int k = 0; k < n_sums; ++k) {
+          if (terms[k]) {
+            sum[k] += terms[k][j];
+          }
         }
       }
-      std::copy_n(sum, kRegionSums, out + (plane + q) * kRegionSums);
+      std::copy_n(sum, n_sums, out + (plane + q) * n_sums);
     }
   }
 }
 
+// The loss's gradients with respect to an element's sums: the mode's three, and with the BCE
+// sums theirs (ga, gb).
+template <typename V>
+struct SumGrads {
+  V g0, g1, g2, ga, gb;
+};
+
 // Writes the gradients of a row of n elements into grad_input (a row of acc_t, or null where not
-// asked for) and, with kGradTarget, grad_target; g_at(tail, i, lanes, g0, g1, g2) gives the
+// asked for) and, with kGradTarget, grad_target; g_at(tail, i, lanes, SumGrads&) gives the
 // gradients of the sums for the vector at i. kStreamInput: grad_input is the gradient tensor
 // itself (streaming stores). Both are compile-time constants: with either a run-time test the
 // compiler keeps one loop for every case, which reads x where the input's gradient needs only t
 // (linear mode, no sigmoid: about 1.5x the time, measured). A target's gradient, rarely asked for,
 // takes plain stores.
-template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kStreamInput, bool kGradTarget, typename acc_t,
-          typename GradSums>
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kBce, bool kStreamInput, bool kGradTarget,
+          typename acc_t, typename GradSums>
 C10_ALWAYS_INLINE void row_grads(const acc_t* x, const acc_t* t, const acc_t* m, int64_t n, const GradSums& g_at,
                                  acc_t* grad_input, acc_t* grad_target) {
   using V = Vec<acc_t>;
   for_each_vector<acc_t>(n, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
     const V mv = kMasked ? load<kTail>(m + i, lanes) : V();
+    const V xv = load<kTail>(x + i, lanes);
     V tv = load<kTail>(t + i, lanes);
-    V p, p_masked, g0, g1, g2;
-    region_values<kSigmoid, kMasked>(load<kTail>(x + i, lanes), tv, mv, p, p_masked);
-    g_at(tail, i, lanes, g0, g1, g2);
+    V p, p_masked, softplus;
+    SumGrads<V> g;
+    // the BCE's target gradient needs softplus(-x), its input gradient only p
+    region_values<kSigmoid, kMasked, kBce && kGradTarget>(xv, tv, mv, p, p_masked, softplus);
+    g_at(tail, i, lanes, g);
     if (grad_input) {
-      V dp = math::region_grad_p<kMode>(p_masked, tv, g0, g1);
+      V dp = math::region_grad_p<kMode>(p_masked, tv, g.g0, g.g1);
       if constexpr (kSigmoid) {
         dp = dp * math::sigmoid_grad(p);
+      }
+      if constexpr (kBce) {
+        dp = dp + math::bce_sums_grad_x(p, tv, g.ga, g.gb);
       }
       if constexpr (kMasked) {
         dp = kept(dp, mv);
@@ -239,7 +287,10 @@ C10_ALWAYS_INLINE void row_grads(const acc_t* x, const acc_t* t, const acc_t* m,
       }
     }
     if constexpr (kGradTarget) {
-      V dt = math::region_grad_t<kMode>(p_masked, tv, g0, g2);
+      V dt = math::region_grad_t<kMode>(p_masked, tv, g.g0, g.g2);
+      if constexpr (kBce) {
+        dt = dt + math::bce_sums_grad_t(xv, softplus, g.ga, g.gb);
+      }
       if constexpr (kMasked) {
         dt = kept(dt, mv);
       }
@@ -252,7 +303,8 @@ C10_ALWAYS_INLINE void row_grads(const acc_t* x, const acc_t* t, const acc_t* m,
 // each element's gradients of the sums set out in rows; else of [begin, begin + n) of the one
 // plane first, whose gradients of the sums every vector shares. grad_input and grad_target: the
 // tensors, or none where not asked for (grad_target always, for a bool or uint8 target).
-template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kShortPlanes, bool kStreamInput, typename acc_t>
+template <RegionMode kMode, bool kSigmoid, bool kMasked, bool kBce, bool kShortPlanes, bool kStreamInput,
+          typename acc_t>
 void region_grad_block(const RegionGeometry& geo, const RowSource<acc_t>& input, const RowSource<acc_t>& target,
                        const bool* mask, const acc_t* grad_sums, int64_t first, int64_t planes, int64_t begin,
                        int64_t n, const RowSink<acc_t>& grad_input, const RowSink<acc_t>& grad_target,
@@ -266,33 +318,44 @@ void region_grad_block(const RegionGeometry& geo, const RowSource<acc_t>& input,
   acc_t* gt = grad_target ? grad_target.row(offset, s.grad_target.data()) : nullptr;
   const auto grads = [&](const auto& g_at) {
     dispatch_bool(gt != nullptr, [&](auto with_target) {
-      row_grads<kMode, kSigmoid, kMasked, kStreamInput, decltype(with_target)::value>(x, t, m, n, g_at, gi, gt);
+      row_grads<kMode, kSigmoid, kMasked, kBce, kStreamInput, decltype(with_target)::value>(x, t, m, n, g_at, gi, gt);
     });
   };
+  constexpr int n_sums = kBce ? kMaxSums : kRegionSums;
+  // the sums whose gradients the elements take: the mode's three and the BCE's two (not the count)
+  constexpr int kUsed[] = {0, 1, 2, 4, 5};
+  constexpr int n_used = kBce ? 5 : 3;
   if constexpr (kShortPlanes) {
-    acc_t* g[3] = {s.row(0), s.row(1), s.row(2)};
+    acc_t* g[kMaxSums] = {};
+    for (int u = 0; u < n_used; ++u) {
+      g[kUsed[u]] = s.row(kUsed[u]);
+    }
     for (int64_t q = 0; q < planes; ++q) {
-      const acc_t* plane_g = grad_sums + (first + q) * kRegionSums;
+      const acc_t* plane_g = grad_sums + (first + q) * n_sums;
       for (int64_t j = q * geo.plane_size; j < (q + 1) * geo.plane_size; ++j) {
-        for (int k = 0; k < 3; ++k) {
-          g[k][j] = plane_g[k];
+        for (int u = 0; u < n_used; ++u) {
+          g[kUsed[u]][j] = plane_g[kUsed[u]];
         }
       }
     }
-    grads([&](auto tail, int64_t i, int64_t lanes, V& g0, V& g1, V& g2) {
+    grads([&](auto tail, int64_t i, int64_t lanes, SumGrads<V>& out) {
       constexpr bool kTail = decltype(tail)::value;
-      g0 = load<kTail>(g[0] + i, lanes);
-      g1 = load<kTail>(g[1] + i, lanes);
-      g2 = load<kTail>(g[2] + i, lanes);
+      out.g0 = load<kTail>(g[0] + i, lanes);
+      out.g1 = load<kTail>(g[1] + i, lanes);
+      out.g2 = load<kTail>(g[2] + i, lanes);
+      if constexpr (kBce) {
+        out.ga = load<kTail>(g[4] + i, lanes);
+        out.gb = load<kTail>(g[5] + i, lanes);
+      }
     });
   } else {
-    const acc_t* g = grad_sums + first * kRegionSums;
-    const V g0_plane(g[0]), g1_plane(g[1]), g2_plane(g[2]);
-    grads([&](auto, int64_t, int64_t, V& g0, V& g1, V& g2) {
-      g0 = g0_plane;
-      g1 = g1_plane;
-      g2 = g2_plane;
-    });
+    const acc_t* g = grad_sums + first * n_sums;
+    SumGrads<V> plane_g{V(g[0]), V(g[1]), V(g[2]), V(acc_t(0)), V(acc_t(0))};
+    if constexpr (kBce) {
+      plane_g.ga = V(g[4]);
+      plane_g.gb = V(g[5]);
+    }
+    grads([&](auto, int64_t, int64_t, SumGrads<V>& out) { out = plane_g; });
   }
   if (gi) {
     grad_input.finish(gi, offset, n);
@@ -306,15 +369,24 @@ at::ScalarType region_sums_dtype(const at::Tensor& input, const at::Tensor& targ
   return input.scalar_type() == at::kDouble || target.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Calls f(acc_t{}, mode, sigmoid, masked) with the last three as compile-time constants. The
-// kernels read input and target as RowSources: their dtypes are not template arguments.
+// Calls f(acc_t{}, mode, sigmoid, masked, bce) with the last four as compile-time constants
+// (the BCE sums, mode bit math::kWithBce, only with sigmoid: op_checks.h). The kernels read input
+// and target as RowSources: their dtypes are not template arguments.
 template <typename F>
 void dispatch_region(const at::Tensor& input, const at::Tensor& target, int64_t mode, bool sigmoid, bool masked,
                      const F& f) {
   const auto with_acc = [&](auto acc_tag) {
     math::dispatch_region_mode(mode, [&](auto mode_tag) {
       dispatch_bool(sigmoid, [&](auto sigmoid_tag) {
-        dispatch_bool(masked, [&](auto masked_tag) { f(acc_tag, mode_tag, sigmoid_tag, masked_tag); });
+        dispatch_bool(masked, [&](auto masked_tag) {
+          dispatch_bool((mode & math::kWithBce) != 0, [&](auto bce_tag) {
+            if constexpr (decltype(bce_tag)::value && !std::remove_reference_t<decltype(sigmoid_tag)>::value) {
+              TORCH_INTERNAL_ASSERT(false, "the BCE sums need sigmoid (checked before)");
+            } else {
+              f(acc_tag, mode_tag, sigmoid_tag, masked_tag, bce_tag);
+            }
+          });
+        });
       });
     });
   };
@@ -326,28 +398,31 @@ at::Tensor defined_mask(const std::optional<at::Tensor>& mask) {
 }
 
 // (B, C, 4): per (sample, channel) the mode's three sums and the count of uint8 targets above 1,
-// which (no host sync to avoid on the CPU) raises the mask error instead.
+// which (no host sync to avoid on the CPU) raises the mask error instead; (B, C, 6) with the
+// BCE sums.
 at::Tensor region_sums_cpu(const at::Tensor& input_, const at::Tensor& target_, const std::optional<at::Tensor>& mask_,
                            bool sigmoid, int64_t mode) {
-  check_region_args("region_sums", input_, target_, mask_, mode);
+  check_region_args("region_sums", input_, target_, mask_, mode, sigmoid, /*with_bce=*/true);
   const at::Tensor input = input_.contiguous();
   const at::Tensor target = target_.contiguous();
   const at::Tensor mask = defined_mask(mask_);
   const RegionGeometry geo(input, mask);
-  at::Tensor sums = at::zeros({input.size(0), input.size(1), kRegionSums},
+  const int n_sums = (mode & math::kWithBce) ? kMaxSums : kRegionSums;
+  at::Tensor sums = at::zeros({input.size(0), input.size(1), n_sums},
                               input.options().dtype(region_sums_dtype(input, target)));
   if (input.numel() == 0) {
     return sums;
   }
   const bool count = target.scalar_type() == at::kByte;
   dispatch_region(input, target, mode, sigmoid, mask.defined(), [&](auto acc_tag, auto mode_tag, auto sigmoid_tag,
-                                                                    auto masked_tag) {
+                                                                    auto masked_tag, auto bce_tag) {
     using acc_t = decltype(acc_tag);
     constexpr RegionMode kMode = decltype(mode_tag)::value;
     constexpr bool kSigmoid = decltype(sigmoid_tag)::value, kMasked = decltype(masked_tag)::value;
+    constexpr bool kBce = decltype(bce_tag)::value;
     acc_t* out = sums.mutable_data_ptr<acc_t>();
     // with one chunk a plane, a piece's sums are its plane's
-    std::vector<acc_t> partials(geo.chunks_per_plane == 1 ? 0 : geo.planes * geo.chunks_per_plane * kRegionSums);
+    std::vector<acc_t> partials(geo.chunks_per_plane == 1 ? 0 : geo.planes * geo.chunks_per_plane * n_sums);
     acc_t* piece_sums = partials.empty() ? out : partials.data();
     const RowSource<acc_t> x(input), t(target);
     const bool* m = kMasked ? mask.const_data_ptr<bool>() : nullptr;
@@ -356,12 +431,12 @@ at::Tensor region_sums_cpu(const at::Tensor& input_, const at::Tensor& target_, 
       for_each_chunk<RegionScratch<acc_t>>(geo.n_items, [&](int64_t item, RegionScratch<acc_t>& s) {
         if (geo.short_planes) {
           const auto [first, last] = geo.planes_of(item);
-          region_sums_short_planes<kMode, kSigmoid, kMasked, kCount>(geo, x, t, m, first, last, s, out);
+          region_sums_short_planes<kMode, kSigmoid, kMasked, kCount, kBce>(geo, x, t, m, first, last, s, out);
           return;
         }
         geo.for_each_piece(item, [&](int64_t plane, int64_t begin, int64_t end, int64_t slot) {
-          region_sums_piece<kMode, kSigmoid, kMasked, kCount>(geo, x, t, m, plane, begin, end - begin, s,
-                                                              piece_sums + slot * kRegionSums);
+          region_sums_piece<kMode, kSigmoid, kMasked, kCount, kBce>(geo, x, t, m, plane, begin, end - begin, s,
+                                                                    piece_sums + slot * n_sums);
         });
       });
     });
@@ -369,9 +444,9 @@ at::Tensor region_sums_cpu(const at::Tensor& input_, const at::Tensor& target_, 
       at::parallel_for(0, geo.planes, 64, [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
           for (int64_t chunk = 0; chunk < geo.chunks_per_plane; ++chunk) {  // fixed order
-            const acc_t* piece = piece_sums + (plane * geo.chunks_per_plane + chunk) * kRegionSums;
-            for (int k = 0; k < kRegionSums; ++k) {
-              out[plane * kRegionSums + k] += piece[k];
+            const acc_t* piece = piece_sums + (plane * geo.chunks_per_plane + chunk) * n_sums;
+            for (int k = 0; k < n_sums; ++k) {
+              out[plane * n_sums + k] += piece[k];
             }
           }
         }
@@ -380,7 +455,7 @@ at::Tensor region_sums_cpu(const at::Tensor& input_, const at::Tensor& target_, 
     if (count) {
       bool bad = false;
       for (int64_t plane = 0; plane < geo.planes; ++plane) {
-        bad |= out[plane * kRegionSums + 3] != acc_t(0);
+        bad |= out[plane * n_sums + 3] != acc_t(0);
       }
       TORCH_CHECK(!bad, kMaskMessage);
     }
@@ -394,7 +469,7 @@ std::tuple<at::Tensor, at::Tensor> region_sums_backward_cpu(const at::Tensor& gr
                                                             const at::Tensor& target_,
                                                             const std::optional<at::Tensor>& mask_, bool sigmoid,
                                                             int64_t mode, bool grad_input, bool grad_target) {
-  check_region_backward_args(grad_sums_, input_, target_, mask_, mode, grad_target);
+  check_region_backward_args(grad_sums_, input_, target_, mask_, mode, grad_target, sigmoid, /*with_bce=*/true);
   const at::Tensor input = input_.contiguous();
   const at::Tensor target = target_.contiguous();
   const at::Tensor mask = defined_mask(mask_);
@@ -406,10 +481,11 @@ std::tuple<at::Tensor, at::Tensor> region_sums_backward_cpu(const at::Tensor& gr
   const at::Tensor g = grad_sums_.to(region_sums_dtype(input, target)).contiguous();
   const RegionGeometry geo(input, mask);
   dispatch_region(input, target, mode, sigmoid, mask.defined(), [&](auto acc_tag, auto mode_tag, auto sigmoid_tag,
-                                                                    auto masked_tag) {
+                                                                    auto masked_tag, auto bce_tag) {
     using acc_t = decltype(acc_tag);
     constexpr RegionMode kMode = decltype(mode_tag)::value;
     constexpr bool kSigmoid = decltype(sigmoid_tag)::value, kMasked = decltype(masked_tag)::value;
+    constexpr bool kBce = decltype(bce_tag)::value;
     const RowSource<acc_t> x(input), t(target);
     const bool* m = kMasked ? mask.const_data_ptr<bool>() : nullptr;
     const acc_t* gs = g.const_data_ptr<acc_t>();
@@ -423,13 +499,13 @@ std::tuple<at::Tensor, at::Tensor> region_sums_backward_cpu(const at::Tensor& gr
           const int64_t planes_per_block = kBlock / geo.plane_size;
           for (int64_t plane = first; plane < last; plane += planes_per_block) {
             const int64_t planes = std::min(planes_per_block, last - plane);
-            region_grad_block<kMode, kSigmoid, kMasked, true, kStream>(geo, x, t, m, gs, plane, planes, 0,
+            region_grad_block<kMode, kSigmoid, kMasked, kBce, true, kStream>(geo, x, t, m, gs, plane, planes, 0,
                                                                        planes * geo.plane_size, gi, gt, s);
           }
         } else {
           geo.for_each_piece(item, [&](int64_t plane, int64_t begin, int64_t end, int64_t) {
             for (int64_t b = begin; b < end; b += kBlock) {
-              region_grad_block<kMode, kSigmoid, kMasked, false, kStream>(geo, x, t, m, gs, plane, 1, b,
+              region_grad_block<kMode, kSigmoid, kMasked, kBce, false, kStream>(geo, x, t, m, gs, plane, 1, b,
                                                                           std::min(kBlock, end - b), gi, gt, s);
             }
           });
