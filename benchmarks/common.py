@@ -135,7 +135,7 @@ def ceiling_row(timed: Dict[str, Callable[[], None]], nbytes: int, peer: str, re
 
 # Losses whose gradient needs sums over the whole input first (Dice and its relatives): their
 # forward+backward must read input and target twice, once for the sums and once for the gradient.
-TWO_PASS = ("dice_loss", "tversky_loss", "generalized_dice_loss", "dice_ce_loss")  # sums first, then the gradient
+TWO_PASS = ("dice_loss", "tversky_loss", "generalized_dice_loss", "dice_ce_loss", "dice_bce_loss")  # sums first, then the gradient
 
 
 def compulsory_bytes(mode: str, x: torch.Tensor, t: torch.Tensor, loss: str = "segmentation_loss") -> int:

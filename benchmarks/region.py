@@ -3,6 +3,7 @@
     python -m benchmarks.region [--shapes 16,3,256,256 2,4,96,96,96] [--repeats 9] [--device cpu] [--out DIR]
 
 Dice, Tversky and generalised Dice on logits (sigmoid=True) with 0/1 float targets, float32,
+and Dice + BCE (dice_bce_loss; its peer MONAI's DiceLoss plus torch's BCEWithLogitsLoss),
 forward (no autograd) and forward+backward (into input.grad); providers: MONAI's class (eager),
 pylosses' reference (eager), torch.compile of that reference, native (and triton on a GPU),
 taking turns call by call in one run (benchmarks.common.median_seconds), with a copy of the
@@ -22,8 +23,28 @@ import torch
 import pylosses
 from benchmarks.common import ceiling_columns, ceiling_row, compulsory_bytes, machine, step_of, command_line
 
-LOSSES = {"dice": ("DiceLoss", pylosses.dice_loss), "tversky": ("TverskyLoss", pylosses.tversky_loss),
-          "generalized_dice": ("GeneralizedDiceLoss", pylosses.generalized_dice_loss)}
+
+def _monai(name: str):
+    """A maker of MONAI's loss class `name` with sigmoid=True (imported when made)."""
+    def make():
+        import monai.losses
+
+        return getattr(monai.losses, name)(sigmoid=True)
+    return make
+
+
+def _monai_dice_plus_bce():
+    import monai.losses
+
+    dice, bce = monai.losses.DiceLoss(sigmoid=True), torch.nn.BCEWithLogitsLoss()
+    return lambda x, t: dice(x, t) + bce(x, t)
+
+
+# name: (the peer's maker, pylosses' function, its options)
+LOSSES = {"dice": (_monai("DiceLoss"), pylosses.dice_loss, {"sigmoid": True}),
+          "tversky": (_monai("TverskyLoss"), pylosses.tversky_loss, {"sigmoid": True}),
+          "generalized_dice": (_monai("GeneralizedDiceLoss"), pylosses.generalized_dice_loss, {"sigmoid": True}),
+          "dice_bce": (_monai_dice_plus_bce, pylosses.dice_bce_loss, {})}
 
 
 def providers(device: str):
@@ -47,14 +68,12 @@ def inputs(shape, device: str):
 
 
 def steps(loss: str, mode: str, x: torch.Tensor, t: torch.Tensor, names):
-    monai_name, fn = LOSSES[loss]
+    make_peer, fn, options = LOSSES[loss]
 
     def make(provider):
         if provider == "monai":
-            import monai.losses
-
-            return step_of(getattr(monai.losses, monai_name)(sigmoid=True), mode, x, t)
-        return step_of(lambda a, b: fn(a, b, sigmoid=True, backend=provider), mode, x, t)
+            return step_of(make_peer(), mode, x, t)
+        return step_of(lambda a, b: fn(a, b, **options, backend=provider), mode, x, t)
     return {p: make(p) for p in names}
 
 

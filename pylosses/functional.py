@@ -595,6 +595,17 @@ def _check_pos_weight(pos_weight, input: Tensor) -> Optional[Tensor]:
     return pw
 
 
+def _per_channel(pos_weight: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
+    """A pos_weight that holds one value a channel of input (B, C, ...), as a (C,) tensor; None
+    for none, or for one that varies along another axis."""
+    if pos_weight is None:
+        return None
+    shape = (1,) * (input.dim() - pos_weight.dim()) + tuple(pos_weight.shape)
+    if any(size != 1 for axis, size in enumerate(shape) if axis != 1):
+        return None
+    return pos_weight.reshape(shape[1]).expand(input.shape[1])
+
+
 def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True, squared_pred: bool = False,
                   jaccard: bool = False, reduction: str = "mean", smooth_nr: float = 1e-5, smooth_dr: float = 1e-5,
                   batch: bool = False, weight=None, soft_label: bool = False, lambda_dice: float = 1.0,
@@ -630,18 +641,31 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
         return _run(input.device, lambda *a: variant(*a, *options, float(lambda_dice), float(lambda_bce),
                                                      float(lambda_tv), pw), input, target, mask)
 
-    # the kernels: Dice from the region ops; BCE and total variation from the segmentation loss's
-    # fused op where it applies (no mask, no pos_weight), else BCE from torch's op
+    # the kernels. The CPU's region sums take the BCE in the same passes (mode + REGION_WITH_BCE),
+    # for a pos_weight of one value a channel (or none): Dice + BCE read the logits twice, as Dice
+    # alone; total variation from the segmentation loss's op. Elsewhere Dice from the region ops,
+    # BCE and total variation from the segmentation loss's op where it applies (no mask, no
+    # pos_weight), else BCE from torch's op.
+    pw_channels = _per_channel(pw, input)
+    fused_bce = chosen == "native" and input.device.type == "cpu" and (pw is None or pw_channels is not None)
+
     def fn(input, target, mask):
-        sums = _ops.region_sums(chosen, input, target, mask, True, mode)
         out_dtype = reference.region_out_dtype(input, target)
-        loss = lambda_dice * reference.dice_from_sums(sums, mode, include_background, jaccard, float(smooth_nr),
-                                                      float(smooth_dr), batch, w, reduction, spatial, out_dtype)
         seg_dims = spatial if spatial in (2, 3) else 2  # (with lambda_tv 0, only its BCE counts)
-        if mask is None and pw is None:
+        sums = _ops.region_sums(chosen, input, target, mask, True,
+                                mode + (reference.REGION_WITH_BCE if fused_bce else 0))
+        loss = lambda_dice * reference.dice_from_sums(sums[..., :reference.REGION_SUMS], mode, include_background,
+                                                      jaccard, float(smooth_nr), float(smooth_dr), batch, w, reduction,
+                                                      spatial, out_dtype)
+        if fused_bce:
+            count = input.numel() if mask is None else mask.sum() * (input.shape[1] // mask.shape[1])
+            bce = reference.bce_from_sums(sums[..., reference.REGION_SUMS:], pw_channels, count, reduction)
+        elif mask is None and pw is None:
             return loss + _ops.segmentation_loss(chosen, input, target, float(lambda_bce), float(lambda_tv), True,
                                                  seg_dims, reduction)
-        loss = loss + lambda_bce * reference.masked_bce_with_logits(input, target, mask, pw, reduction)
+        else:
+            bce = reference.masked_bce_with_logits(input, target, mask, pw, reduction)
+        loss = loss + lambda_bce * bce
         if lambda_tv != 0:
             loss = loss + _ops.segmentation_loss(chosen, input, target, 0.0, float(lambda_tv), True, seg_dims,
                                                  reduction)

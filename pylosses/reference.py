@@ -192,8 +192,8 @@ def region_sums(input: Tensor, target: Tensor, mask: Optional[Tensor], sigmoid: 
         for size in input.shape[2:]:
             n *= size
         shape = [input.shape[0], input.shape[1], n]
-    with_bce = (mode & REGION_WITH_BCE) != 0
-    base_mode = mode & ~REGION_WITH_BCE
+    with_bce = mode >= 4  # REGION_WITH_BCE (TorchScript, for the jit variants, takes no globals)
+    base_mode = mode - 4 if with_bce else mode
     bce_terms: List[Tensor] = []
     if with_bce:
         xs = x if mask is None else _kept(x, mask)
@@ -383,6 +383,16 @@ def masked_bce_with_logits(input: Tensor, target: Tensor, mask: Optional[Tensor]
     bce = F.binary_cross_entropy_with_logits(_kept(x, keep), _kept(t, keep), pos_weight=pw, reduction="none")
     total = _kept(bce, keep).sum()
     return total / keep.sum() if reduction == "mean" else total
+
+
+def bce_from_sums(bce_sums: Tensor, pos_weight: Optional[Tensor], count: Tensor, reduction: str) -> Tensor:
+    """masked_bce_with_logits from region_sums' two BCE sums (B, C, 2) (mode + REGION_WITH_BCE):
+    sum a + (w - 1) sum b for a pos_weight w of one value a channel ((C,), or None), over
+    `count`, the number of elements the mask keeps, for "mean"."""
+    a, b = bce_sums[..., 0], bce_sums[..., 1]
+    per_channel = a if pos_weight is None else a + (pos_weight.to(a.dtype) - 1) * b
+    total = per_channel.sum()
+    return total / count if reduction == "mean" else total
 
 
 def dice_bce_loss(input: Tensor, target: Tensor, mask: Optional[Tensor] = None, include_background: bool = True,

@@ -132,3 +132,17 @@ def test_seg_forms_benchmark_runs_and_writes_its_table(tmp_path):
     assert len(rows) == 8 and all(len(r) == 12 for r in rows)
     assert "| copy ms |" in text and "| ceiling vs compile |" in text
     assert "Command: `python -m benchmarks.seg_forms --shape 1,1,8,8 --repeats 1`." in text
+
+
+def test_region_benchmark_runs_and_writes_its_table(tmp_path):
+    """python -m benchmarks.region on a tiny shape: a row for each loss and mode, every provider
+    timed (MONAI's class, or for dice_bce its DiceLoss plus torch's BCEWithLogitsLoss), written to
+    DIR/region.md."""
+    from benchmarks import region
+
+    assert region.main(["--shapes", "1,2,8,8", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "region.md").read_text()
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| ") and "| 1,2,8,8 |" in line]
+    assert [(r[0][2:], r[2]) for r in rows] == [(loss, mode) for loss in region.LOSSES
+                                                for mode in ("forward", "forward+backward")]
+    assert all("n/a" not in "|".join(r) for r in rows)

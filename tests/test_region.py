@@ -235,6 +235,34 @@ def test_dice_bce_mask_and_pos_weight(backend):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("pos_weight, fused", [(None, True), ("channel", True), ("number", True),
+                                               ("along width", False)])
+@pytest.mark.parametrize("mask_kind", ["none", "broadcast", "full"])
+def test_dice_bce_on_the_cpu_takes_the_bce_in_the_region_pass(monkeypatch, pos_weight, fused, mask_kind):
+    """native on the CPU: Dice + BCE from one region_sums pass (mode + REGION_WITH_BCE) where
+    pos_weight holds one value a channel, the composed path where it varies along space; both
+    equal the reference, values and gradients, in float64."""
+    if "native" not in pylosses.available_backends("cpu"):
+        pytest.skip("pylosses._C is not built")
+    x, t = _data((2, 3, 6, 7), True, True)
+    g = torch.Generator().manual_seed(3)
+    mask = {"none": None, "broadcast": torch.rand(2, 1, 6, 7, generator=g) > 0.4,
+            "full": torch.rand(2, 3, 6, 7, generator=g) > 0.4}[mask_kind]
+    pw = {None: None, "channel": torch.tensor([2.0, 0.5, 1.5]).view(3, 1, 1), "number": 3.0,
+          "along width": torch.linspace(0.5, 2.0, 7)}[pos_weight]
+    modes = []
+    region_sums = pylosses._ops.region_sums
+    monkeypatch.setattr(pylosses._ops, "region_sums", lambda *a: modes.append(a[-1]) or region_sums(*a))
+    grads = []
+    for backend in ("native", "reference"):
+        leaf = x.clone().requires_grad_(True)
+        loss = pylosses.dice_bce_loss(leaf, t, mask=mask, pos_weight=pw, lambda_dice=0.7, backend=backend)
+        loss.backward()
+        grads.append((loss.detach(), leaf.grad))
+    assert [m >= reference.REGION_WITH_BCE for m in modes] == [fused]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("options", [{}, {"weight": torch.tensor([2.0]), "reduction": "sum"}, {"lambda_dice": 0.3, "lambda_ce": 2.0},
                                      {"squared_pred": True, "batch": True, "jaccard": True}])
 def test_dice_bce_is_monai_dice_ce_on_one_channel(options):
