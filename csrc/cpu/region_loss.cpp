@@ -350,12 +350,16 @@ void region_grad_block(const RegionGeometry& geo, const RowSource<acc_t>& input,
     });
   } else {
     const acc_t* g = grad_sums + first * n_sums;
-    SumGrads<V> plane_g{V(g[0]), V(g[1]), V(g[2]), V(acc_t(0)), V(acc_t(0))};
-    if constexpr (kBce) {
-      plane_g.ga = V(g[4]);
-      plane_g.gb = V(g[5]);
-    }
-    grads([&](auto, int64_t, int64_t, SumGrads<V>& out) { out = plane_g; });
+    const V g0(g[0]), g1(g[1]), g2(g[2]), ga(kBce ? g[4] : acc_t(0)), gb(kBce ? g[5] : acc_t(0));
+    grads([&](auto, int64_t, int64_t, SumGrads<V>& out) {
+      out.g0 = g0;
+      out.g1 = g1;
+      out.g2 = g2;
+      if constexpr (kBce) {
+        out.ga = ga;
+        out.gb = gb;
+      }
+    });
   }
   if (gi) {
     grad_input.finish(gi, offset, n);
