@@ -24,8 +24,8 @@ import torch
 
 from benchmarks import report
 from benchmarks.common import (DTYPES, LOSSES, MODES, PROVIDERS, available_providers, compulsory_bytes, copy_workload,
-                               device_name, first_call_seconds, format_size, machine, make_inputs, median_seconds,
-                               parse_size, peak_extra_bytes, shape_for, workload)
+                               device_name, first_call_seconds, format_size, loss_shape, machine, make_inputs,
+                               median_seconds, parse_size, peak_extra_bytes, workload)
 
 # default sweeps, launch-bound to bandwidth-bound; --quick: a smoke run of a few cells
 SIZES = {"cpu": ["64K", "256K", "1M", "4M", "16M"], "cuda": ["64K", "1M", "4M", "16M", "64M", "256M"]}
@@ -97,7 +97,7 @@ def parse_args(argv):
 def measure_cell(loss, mode, dtype, size, args):
     """Every provider on one (loss, mode, dtype, size), timed in one run with the copy."""
     device = args.device
-    shape = shape_for(parse_size(size))
+    shape = loss_shape(loss, size)
     x, t = make_inputs(loss, shape, DTYPES[dtype], device)
     nbytes = compulsory_bytes(mode, x, t, loss)
     steps = {p: workload(loss, p, mode, x, t) for p in args.providers}

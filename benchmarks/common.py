@@ -14,7 +14,10 @@ import torch
 import pylosses
 from benchmarks.report import slug
 
-LOSSES = ("segmentation_loss", "mse_loss", "dice_loss")
+LOSSES = ("segmentation_loss", "mse_loss", "dice_loss", "cross_entropy", "dice_ce_loss")
+# The multi-class losses take logits of this many classes against a label map (int64 class
+# indices), the class count of issue 15's 2-D shape (8, 4, 256, 256); the others one channel.
+CLASSES = {"cross_entropy": 4, "dice_ce_loss": 4}
 PROVIDERS = ("reference", "jit", "compile", "native", "triton")  # eager reference first: the baseline
 MODES = ("forward", "forward+backward")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -35,13 +38,19 @@ def format_size(n: int) -> str:
     return str(n)
 
 
-def shape_for(numel: int):
-    """A batch of square single-channel images with numel elements in all: (B, 1, S, S), S a
-    power of two up to 1024 (the shape of a segmentation model's output). MSE uses it too."""
+def shape_for(numel: int, classes: int = 1):
+    """A batch of square images of `classes` channels with about numel elements in all:
+    (B, classes, S, S), S a power of two up to 1024 (the shape of a segmentation model's
+    output). MSE uses it too."""
     side = 1
-    while side < 1024 and (2 * side) ** 2 <= numel:
+    while side < 1024 and classes * (2 * side) ** 2 <= numel:
         side *= 2
-    return (max(numel // (side * side), 1), 1, side, side)
+    return (max(numel // (classes * side * side), 1), classes, side, side)
+
+
+def loss_shape(loss: str, size: str):
+    """The input's shape for `loss` at a size such as "16M" (elements of the input)."""
+    return shape_for(parse_size(size), CLASSES.get(loss, 1))
 
 
 def available_providers(device: str) -> List[str]:
@@ -55,6 +64,10 @@ def loss_fn(loss: str, provider: str) -> Callable:
         return lambda x, t: pylosses.mse_loss(x, t, backend=provider)
     if loss == "dice_loss":  # on logits, as MONAI's DiceLoss(sigmoid=True)
         return lambda x, t: pylosses.dice_loss(x, t, sigmoid=True, backend=provider)
+    if loss == "cross_entropy":  # as torch.nn.CrossEntropyLoss()
+        return lambda x, t: pylosses.cross_entropy(x, t, backend=provider)
+    if loss == "dice_ce_loss":  # as MONAI's DiceCELoss(softmax=True, to_onehot_y=True)
+        return lambda x, t: pylosses.dice_ce_loss(x, t, softmax=True, to_onehot_y=True, backend=provider)
     return lambda x, t: pylosses.segmentation_loss(x, t, backend=provider)
 
 
@@ -63,6 +76,10 @@ def make_inputs(loss: str, shape, dtype=torch.float32, device="cpu", seed=0):
     if loss == "mse_loss":
         x = torch.randn(shape, generator=g, device=device, dtype=dtype)
         t = torch.randn(shape, generator=g, device=device, dtype=dtype)
+    elif loss in CLASSES:  # logits and a label map: (B, S, S) for cross-entropy, (B, 1, S, S) for DiceCE
+        x = torch.randn(shape, generator=g, device=device, dtype=dtype)
+        labels = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=g, device=device)
+        t = labels[:, 0] if loss == "cross_entropy" else labels
     elif loss == "dice_loss":  # logits and a 0/1 mask
         x = torch.randn(shape, generator=g, device=device, dtype=dtype)
         t = (torch.rand(shape, generator=g, device=device) > 0.5).to(dtype)
@@ -290,7 +307,7 @@ def run_benchmark(benchmark, loss: str, provider: str, mode: str, size: str, dty
 
     if provider not in available_providers(BENCH_DEVICE):
         pytest.skip(f"{provider} is not available on {BENCH_DEVICE}")
-    shape = shape_for(parse_size(size))
+    shape = loss_shape(loss, size)
     x, t = make_inputs(loss, shape, DTYPES[dtype], BENCH_DEVICE)
     step = workload(loss, provider, mode, x, t)
     first = first_call_seconds(step, BENCH_DEVICE)  # compiles; not in the timing

@@ -13,7 +13,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from benchmarks import __main__ as cli  # noqa: E402
-from benchmarks.common import compulsory_bytes, format_size, parse_size, shape_for  # noqa: E402
+from benchmarks.common import (CLASSES, LOSSES, compulsory_bytes, format_size, loss_shape, make_inputs,  # noqa: E402
+                               parse_size, shape_for)
 
 
 @pytest.mark.parametrize("text, n", [("64K", 1 << 16), ("16m", 1 << 24), ("1G", 1 << 30), ("1000", 1000)])
@@ -27,6 +28,27 @@ def test_shape_for_holds_the_size(n):
     shape = shape_for(n)
     assert len(shape) == 4 and shape[1] == 1 and shape[2] == shape[3]
     assert torch.Size(shape).numel() <= max(n, 1) * 2 and (n < 4 or torch.Size(shape).numel() * 2 > n)
+
+
+@pytest.mark.parametrize("n", [1 << 12, 1 << 20, 1 << 24])
+@pytest.mark.parametrize("classes", [3, 4])
+def test_shape_for_holds_the_size_in_classes(n, classes):
+    shape = shape_for(n, classes)
+    assert shape[1] == classes and shape[2] == shape[3]
+    assert n / 2 < torch.Size(shape).numel() <= n
+
+
+@pytest.mark.parametrize("loss", sorted(CLASSES))
+def test_multiclass_sweep_inputs_are_logits_and_a_label_map(loss):
+    """The main sweep's cross-entropy and DiceCE cells: logits (B, C, S, S), int64 labels of
+    every class in 0..C-1, (B, S, S) for cross-entropy and (B, 1, S, S) for DiceCE."""
+    shape = loss_shape(loss, "64K")
+    assert shape[1] == CLASSES[loss] and torch.Size(shape).numel() == 1 << 16
+    x, t = make_inputs(loss, shape)
+    assert x.shape == shape and x.dtype == torch.float32 and t.dtype == torch.int64
+    assert t.shape == ((shape[0], *shape[2:]) if loss == "cross_entropy" else (shape[0], 1, *shape[2:]))
+    assert set(t.unique().tolist()) == set(range(shape[1]))
+    assert compulsory_bytes("forward", x, t, loss) == x.numel() * 4 + t.numel() * 8
 
 
 def test_compulsory_bytes_count_the_gradient_only_with_backward():
@@ -68,6 +90,18 @@ def test_quick_run_writes_its_report(tmp_path):
     assert "| - |" in text and "-x" not in text  # no torch.compile in the run: no ratio to it
 
 
+def test_quick_run_times_the_multiclass_losses(tmp_path):
+    """Cross-entropy and DiceCE are cells of the main sweep (and so of make device-check's
+    benchmark): each provider's row, with the logits' shape of 4 classes."""
+    assert cli.main(["--device", "cpu", "--sizes", "4K", "--repeats", "1", "--providers", "reference,native",
+                     "--losses", "cross_entropy,dice_ce_loss", "--no-plots", "--folder", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert {(r["loss"], r["mode"], r["provider"]) for r in rows} == {
+        (loss, mode, provider) for loss in ("cross_entropy", "dice_ce_loss")
+        for mode in ("forward", "forward+backward") for provider in ("reference", "native")}
+    assert all(r["shape"][1] == 4 and r["numel"] == 4096 for r in rows)
+
+
 # The CLI, killed (SIGKILL, as make device-check's watchdog does) in the middle of its third cell.
 KILLED_IN_THE_THIRD_CELL = """
 import os, signal, sys
@@ -96,7 +130,7 @@ def test_a_run_killed_midway_keeps_every_finished_cell(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"results.json", "results.md"}
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["machine"]["cells"] == 6  # three losses, two modes
+    assert data["machine"]["cells"] == 2 * len(LOSSES)  # every loss, two modes
     cells = {(r["loss"], r["mode"]): set() for r in data["results"]}
     for r in data["results"]:
         cells[r["loss"], r["mode"]].add(r["provider"])

@@ -4,7 +4,8 @@
    package only: setuptools and wheel are there, no package index is needed) and build
    pylosses._C in place with its CUDA kernels, for this GPU's architecture only, on all cores;
 2. run the GPU tests (tests/test_gpu.py, every test marked gpu) and tests/test_build.py;
-3. run a short benchmark: every loss (MSE, segmentation, Dice), forward and forward+backward, 1M, 16M and 64M elements,
+3. run a short benchmark: every loss of the sweep (segmentation, MSE, Dice, cross-entropy, DiceCE), forward and
+   forward+backward, 1M, 16M and 64M elements,
    float32, the providers reference, jit, native and triton (not torch.compile, whose cold
    compilation takes tens of seconds a cell), with the copy bandwidth measured in the same run;
 4. write at most 8 files into $OUT/<gpu>-<date>/ when OUT is set (what a device call brings back;
