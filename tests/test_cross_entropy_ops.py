@@ -20,9 +20,12 @@ BACKENDS = [b for b in ("native", "triton") if b in pylosses.available_backends(
 # (B, C, spatial...): two classes to 40 (above what the GPU kernels keep in registers); pixels
 # that are not a multiple of a vector; several Triton tiles a sample; (B, C) with no spatial axis;
 # several CPU work items (LARGE: too slow for Triton's interpreter, whose tiles the one before
-# exercises)
-LARGE = (2, 4, 48, 80)
-SHAPES = [(2, 2, 9, 7), (3, 3, 11), (2, 4, 5, 4, 3), (1, 14, 6, 5), (2, 40, 3, 5), (5, 3), (2, 3, 9, 40), LARGE]
+# exercises); class rows a multiple of 4 KiB apart (1024 pixels), which the CPU kernel reads in
+# place with up to 4 classes (ALIASED_FEW) and copies into its scratch first with more
+# (ALIASED_MANY; cross_entropy.cpp, CeProblem::gather_rows)
+LARGE, ALIASED_FEW, ALIASED_MANY = (2, 4, 48, 80), (2, 3, 32, 32), (2, 6, 32, 32)
+SHAPES = [(2, 2, 9, 7), (3, 3, 11), (2, 4, 5, 4, 3), (1, 14, 6, 5), (2, 40, 3, 5), (5, 3), (2, 3, 9, 40), LARGE,
+          ALIASED_FEW, ALIASED_MANY]
 REDUCTIONS = ["mean", "sum", "none"]
 LABEL_DTYPES = [torch.int64, torch.int32, torch.uint8]
 # (weight, label_smoothing, where labels are ignore_index), in turn over the shapes
@@ -68,6 +71,13 @@ def _check(backend, x, t, w, ignore_index, smoothing, reduction, dtype, tol, dev
     assert (got.double() - want).nan_to_num().abs().max() <= tol * scale
     gscale = grad_want.abs().max().clamp_min(1e-6)
     assert (grad.double() - grad_want).abs().max() <= tol * gscale
+    # the loss alone: on the CPU its own path (no pre-pass; the main pass adds up the denominator)
+    with torch.no_grad():
+        alone = pylosses.cross_entropy(x.to(device, dtype), t.to(device), None if w is None else w.to(device, dtype),
+                                       ignore_index=ignore_index, label_smoothing=smoothing, reduction=reduction,
+                                       backend=backend).cpu()
+    assert alone.dtype == dtype and torch.equal(alone.isnan(), want.isnan())
+    assert (alone.double() - want).nan_to_num().abs().max() <= tol * scale
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -77,7 +87,7 @@ def _check(backend, x, t, w, ignore_index, smoothing, reduction, dtype, tol, dev
 def test_matches_reference(backend, shape, label_dtype, reduction):
     """float64 to a few roundings, float32 to 2e-6 of the largest value, each shape in two of the
     option sets (all of them over the shapes)."""
-    if backend == "triton" and shape == LARGE and os.environ.get("TRITON_INTERPRET") == "1":
+    if backend == "triton" and shape in (LARGE, ALIASED_FEW, ALIASED_MANY) and os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("several CPU work items: too slow for Triton's interpreter")
     k = SHAPES.index(shape)
     for weight, smoothing, ignore in (OPTIONS[k % len(OPTIONS)], OPTIONS[(k + 2) % len(OPTIONS)]):
@@ -147,13 +157,21 @@ def test_ignored_pixels_with_non_finite_logits(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("grad", [False, True], ids=["loss", "loss_and_grad"])
+@pytest.mark.parametrize("where", ["inside", "last"])
 @pytest.mark.parametrize("bad", [3, -1, 7])
-def test_out_of_range_label_raises_torchs_error(backend, bad):
+def test_out_of_range_label_raises_torchs_error(backend, bad, where, grad):
+    """The first label out of range in the map's order is named, with or without the gradient
+    (on the CPU, a pre-pass or the main pass finds it); the last pixel is a vector's tail lane."""
     x, t, _, _ = _case((2, 3, 4, 5), ignore="present", dtype=torch.float32)
-    t[1, 2, 3] = bad
+    x.requires_grad_(grad)
+    t[1, 3, 4] = bad
+    if where == "inside":
+        t[1, 2, 3] = bad
+        t[1, 3, 4] = 5  # another one, later in the map
     with pytest.raises(IndexError, match=f"Target {bad} is out of bounds"):
         pylosses.cross_entropy(x, t, backend=backend)
-    assert torch.equal(t[1, 2, 3], torch.tensor(bad))  # nothing the user passed is changed
+    assert torch.equal(t[1, 3, 4], torch.tensor(bad if where == "last" else 5))  # nothing the user passed is changed
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

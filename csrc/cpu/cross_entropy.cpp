@@ -14,7 +14,8 @@
 // pre-pass over the targets gives (a histogram of the classes): it also checks them (an index
 // outside [0, C) raises torch's IndexError), and it costs a read of the targets, a byte to 8 a
 // pixel, where scaling the gradient afterwards would read and write all of it again. So the
-// gradient this op returns is the gradient, and grad_scale is 1 (pylosses/_ops.py).
+// gradient this op returns is the gradient, and grad_scale is 1 (pylosses/_ops.py). The loss
+// alone needs no pre-pass: its main pass adds up D and checks the labels as it goes.
 //
 // Work items are fixed by the shape (runs of pixels of one sample, or several whole samples
 // where S is short), each writes its own partial sum, and those are added in order: the same
@@ -91,6 +92,25 @@ struct CeProblem {
   bool none = false;
   // work items: pixels [s0, s0 + pixels_per_item) of one sample, or samples_per_item whole samples
   int64_t pixels_per_item = 0, items_per_sample = 1, samples_per_item = 1, n_items = 0;
+  // Whether a block copies its logits into the scratch before it reads them. The rows lie S
+  // apart in the input, and where that is a multiple of 4 KiB (a 64^3 volume, a 1024^2 image)
+  // all C of them fall into one set of L1 (and of L2), which holds 8 lines a set (here): with
+  // 14 classes the second sweep over a pixel vector missed every cache and read the logits from
+  // DRAM again (the forward at (2, 14, 64, 128, 128) was 6x the time of its arithmetic). Up to
+  // kDirectRows of them share a set without evicting each other, and then the copy, a quarter
+  // of the forward's time at (4, 4, 1024, 1024), is left out.
+  bool gather_rows = true;
+};
+
+constexpr int64_t kDirectRows = 4;
+
+// A work item's sums: the losses, and without the gradient (no pre-pass) what the pre-pass
+// would have found: the sum of the counted pixels' weights (the mean's denominator) and the
+// lanes that met a label outside [0, C) that is not ignore_index.
+template <typename acc_t>
+struct CeSums {
+  Vec<acc_t> loss{acc_t(0)}, weight{acc_t(0)};
+  Vec<acc_t> bad{acc_t(0)};  // a mask
 };
 
 template <typename acc_t>
@@ -104,7 +124,8 @@ struct CeScratch {
 };
 
 // The pixels [s0, s0 + n) of sample b, n <= kBlock: their losses (written, for "none", else added
-// to `partial`) and, with kGrad, the gradients of their logits. Two sweeps: the first goes
+// to sums.loss) and, with kGrad, the gradients of their logits; without, sums.weight and
+// sums.bad (CeSums). Two sweeps: the first goes
 // across the classes a pixel vector at a time (the maximum, the exponentials, their sum, the
 // label's logit and weight by a compare and a select a class: no gather), the second along
 // each class's row, writing its gradient as one run of streaming stores. Written a vector of
@@ -113,22 +134,20 @@ struct CeScratch {
 template <bool kGrad, typename acc_t>
 void ce_block(const CeProblem<acc_t>& pb, const RowSource<acc_t>& input, const LabelRows<acc_t>& labels,
               const RowSink<acc_t>& grad, const RowSink<acc_t>& loss_out, int64_t b, int64_t s0, int64_t n,
-              CeScratch<acc_t>& sc, Vec<acc_t>& partial) {
+              CeScratch<acc_t>& sc, CeSums<acc_t>& sums) {
   using V = Vec<acc_t>;
   const int64_t C = pb.C, S = pb.S;
   const int64_t base = b * C * S + s0;
-  // The block's logits, a row a class, gathered into the scratch (converted, or copied): the
-  // rows lie S apart in the input, and where S is a multiple of 4 KiB (a 64^3 volume) all C of
-  // them fall into one set of L1 and L2, which hold 8 to 16 lines a set: with 14 classes the
-  // second sweep over a pixel vector missed every cache and read the logits from DRAM again
-  // (the forward at (2, 14, 64, 128, 128) was 6x the time of its arithmetic).
+  // The block's logits, a row a class: converted into the scratch, or read where they are, or
+  // where pb.gather_rows says so copied into it (see there).
   for (int64_t c = 0; c < C; ++c) {
     acc_t* row = sc.x.data() + c * kBlock;
     const acc_t* src = input(base + c * S, row, n);
-    if (src != row) {
+    if (src != row && pb.gather_rows) {
       std::copy_n(src, n, row);
+      src = row;
     }
-    sc.x_rows[c] = row;
+    sc.x_rows[c] = src;
   }
   const acc_t* t = labels(b * S + s0, sc.labels.data(), n);
   acc_t* loss_row = pb.none ? loss_out.row(b * S + s0, sc.loss.data()) : nullptr;
@@ -160,7 +179,11 @@ void ce_block(const CeProblem<acc_t>& pb, const RowSource<acc_t>& input, const L
     if (pb.none) {
       store<kTail>(loss, loss_row + i, lanes);
     } else {
-      accumulate<kTail>(partial, loss, lanes);
+      accumulate<kTail>(sums.loss, loss, lanes);
+    }
+    if constexpr (!kGrad) {  // ignored labels are NaN (ce_forward): in no range, not counted
+      accumulate<kTail>(sums.weight, w_t, lanes);
+      sums.bad = sums.bad | (label < zero) | (label >= V(acc_t(C)));
     }
     if constexpr (kGrad) {
       math::preciprocal(sum).store(sc.inv_sum.data() + i);
@@ -205,7 +228,7 @@ void ce_block(const CeProblem<acc_t>& pb, const RowSource<acc_t>& input, const L
 template <bool kGrad, typename acc_t>
 void ce_run(const CeProblem<acc_t>& pb, const RowSource<acc_t>& input, const LabelRows<acc_t>& labels,
             const RowSink<acc_t>& grad, const RowSink<acc_t>& loss_out, int64_t b, int64_t s0, int64_t n,
-            CeScratch<acc_t>& sc, Vec<acc_t>& partial) {
+            CeScratch<acc_t>& sc, CeSums<acc_t>& sums) {
   if (int64_t(sc.x_rows.size()) != pb.C) {
     sc.x_rows.resize(pb.C);
     sc.x.resize(pb.C * kBlock);
@@ -215,40 +238,52 @@ void ce_run(const CeProblem<acc_t>& pb, const RowSource<acc_t>& input, const Lab
     }
   }
   for (int64_t begin = 0; begin < n; begin += kBlock) {
-    ce_block<kGrad>(pb, input, labels, grad, loss_out, b, s0 + begin, std::min(kBlock, n - begin), sc, partial);
+    ce_block<kGrad>(pb, input, labels, grad, loss_out, b, s0 + begin, std::min(kBlock, n - begin), sc, sums);
   }
 }
 
+// The main pass's totals, added over the work items in their order.
+struct CeTotals {
+  double loss = 0, weight = 0;  // weight: without the gradient only (CeSums)
+  bool bad = false;
+};
+
 template <typename acc_t>
-acc_t ce_forward(const CeProblem<acc_t>& pb, const at::Tensor& input, const at::Tensor& target, int64_t ignore_index,
-                 at::Tensor& grad, at::Tensor& loss_none, bool compute_grad) {
+CeTotals ce_forward(const CeProblem<acc_t>& pb, const at::Tensor& input, const at::Tensor& target,
+                    int64_t ignore_index, at::Tensor& grad, at::Tensor& loss_none, bool compute_grad) {
   const RowSource<acc_t> x(input);
-  const LabelRows<acc_t> labels(target, ignore_index);
+  // ignore_index read as NaN: no class equals it, it is not >= 0 (counted) and it is in no range
+  const LabelRows<acc_t> labels(target, ignore_index, std::numeric_limits<acc_t>::quiet_NaN());
   const RowSink<acc_t> grad_rows = compute_grad ? RowSink<acc_t>(grad) : RowSink<acc_t>();
   const RowSink<acc_t> loss_rows = pb.none ? RowSink<acc_t>(loss_none) : RowSink<acc_t>();
-  std::vector<acc_t> partials(pb.n_items, acc_t(0));
+  std::vector<acc_t> losses(pb.n_items, acc_t(0)), weights(pb.n_items, acc_t(0));
+  std::vector<char> bad(pb.n_items, 0);
   dispatch_bool(compute_grad, [&](auto grad_tag) {
     constexpr bool kGrad = decltype(grad_tag)::value;
     for_each_chunk<CeScratch<acc_t>>(pb.n_items, [&](int64_t item, CeScratch<acc_t>& sc) {
-      Vec<acc_t> partial(acc_t(0));
+      CeSums<acc_t> sums;
       if (pb.samples_per_item > 1 || pb.items_per_sample == 1) {
         const int64_t first = item * pb.samples_per_item, last = std::min(pb.B, first + pb.samples_per_item);
         for (int64_t b = first; b < last; ++b) {
-          ce_run<kGrad>(pb, x, labels, grad_rows, loss_rows, b, 0, pb.S, sc, partial);
+          ce_run<kGrad>(pb, x, labels, grad_rows, loss_rows, b, 0, pb.S, sc, sums);
         }
       } else {
         const int64_t b = item / pb.items_per_sample, s0 = (item % pb.items_per_sample) * pb.pixels_per_item;
         ce_run<kGrad>(pb, x, labels, grad_rows, loss_rows, b, s0, std::min(pb.pixels_per_item, pb.S - s0), sc,
-                      partial);
+                      sums);
       }
-      partials[item] = lane_sum(partial);
+      losses[item] = lane_sum(sums.loss);
+      weights[item] = lane_sum(sums.weight);
+      bad[item] = !math::all_lanes(sums.bad == Vec<acc_t>(acc_t(0)));
     });
   });
-  acc_t total = 0;
-  for (const acc_t p : partials) {
-    total += p;
+  CeTotals totals;
+  for (int64_t item = 0; item < pb.n_items; ++item) {  // fixed order
+    totals.loss += double(losses[item]);
+    totals.weight += double(weights[item]);
+    totals.bad |= bad[item] != 0;
   }
-  return total;
+  return totals;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::Tensor& input_,
@@ -263,13 +298,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::T
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const int64_t B = input.size(0), C = input.size(1), pixels = target.numel();
 
-  // the pre-pass: the labels checked, and counted for the mean's denominator
+  // The pre-pass: the labels checked, and counted for the mean's denominator. The gradient needs
+  // it before the main pass (1 / D scales every gradient); the loss alone does not: there the
+  // main pass checks and counts (CeSums), and the targets are read once. With no class there is
+  // no main pass.
+  const bool pre_pass = compute_grad || C == 0;
   LabelCounts counts;
-  AT_DISPATCH_V2(target.scalar_type(), "pylosses", AT_WRAP([&] {
-                   counts = count_labels(target.const_data_ptr<scalar_t>(), pixels, C, ignore_index);
-                 }),
-                 at::kLong, at::kInt, at::kByte);
-  TORCH_CHECK_INDEX(!counts.bad, "Target ", counts.first_bad, " is out of bounds.");
+  const auto check_labels = [&] {
+    AT_DISPATCH_V2(target.scalar_type(), "pylosses", AT_WRAP([&] {
+                     counts = count_labels(target.const_data_ptr<scalar_t>(), pixels, C, ignore_index);
+                   }),
+                   at::kLong, at::kInt, at::kByte);
+    TORCH_CHECK_INDEX(!counts.bad, "Target ", counts.first_bad, " is out of bounds.");
+  };
+  if (pre_pass) {
+    check_labels();
+  }
 
   at::Tensor grad = empty_gradient(compute_grad ? input.sizes() : at::IntArrayRef{0},
                               input.options().dtype(saved_grad_dtype(input.scalar_type())));
@@ -283,6 +327,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::T
     pb.C = C;
     pb.S = B * C == 0 ? 0 : input.numel() / (B * C);
     pb.none = none;
+    pb.gather_rows = C > kDirectRows && pb.S * int64_t(sizeof(acc_t)) % 4096 == 0;
     pb.weight.assign(C, acc_t(1));
     if (weight.has_value() && weight->defined()) {
       const at::Tensor w = weight->to(at::kCPU, acc_dtype).contiguous();
@@ -292,8 +337,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::T
     int64_t counted = 0;
     for (int64_t c = 0; c < C; ++c) {
       weight_sum += double(pb.weight[c]);
-      denominator += double(pb.weight[c]) * double(counts.per_class[c]);
-      counted += counts.per_class[c];
+      if (pre_pass) {
+        denominator += double(pb.weight[c]) * double(counts.per_class[c]);
+        counted += counts.per_class[c];
+      }
     }
     const double smooth = C > 0 ? label_smoothing / double(C) : 0.0;
     pb.loss_options = {acc_t(1.0 - label_smoothing), acc_t(smooth), acc_t(weight_sum)};
@@ -312,15 +359,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::T
         pb.n_items = at::divup(B, pb.samples_per_item);
       }
     }
-    acc_t total = 0;
+    CeTotals totals;
     if (pb.n_items > 0) {
-      total = ce_forward(pb, input, target, ignore_index, grad, loss, compute_grad);
+      totals = ce_forward(pb, input, target, ignore_index, grad, loss, compute_grad);
     } else if (none) {
       loss.zero_();  // no classes: every pixel is ignored (the pre-pass raised for any other)
     }
+    if (!pre_pass) {
+      if (totals.bad) {
+        check_labels();  // raises torch's error for the first label out of range in the map
+        TORCH_INTERNAL_ASSERT(false, "pylosses: cross_entropy's main pass found a label out of range, its pre-pass none");
+      }
+      denominator = totals.weight;
+    }
     if (!none) {
-      const acc_t value = !mean ? total : denominator == 0 ? std::numeric_limits<acc_t>::quiet_NaN()
-                                                           : acc_t(double(total) / denominator);
+      const double value = !mean ? totals.loss : denominator == 0 ? std::numeric_limits<double>::quiet_NaN()
+                                                                  : totals.loss / denominator;
       loss.fill_(value);
     }
   };
