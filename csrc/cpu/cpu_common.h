@@ -281,6 +281,20 @@ inline void store_row(const acc_t* buf, dst_t* dst, int64_t n) {
   }
 }
 
+// Whether a kernel that reads C rows of `row_bytes` bytes each, a stride of stride_bytes apart
+// (a pixel vector's logits across the classes, the rows a plane apart), first copies them into
+// a scratch. Where the stride is a multiple of 4 KiB (a 64^3 volume, a 1024^2 image) all C rows
+// fall into one set of L1 (and of L2), which holds 8 lines a set (here): with 14 classes a
+// second sweep over a pixel vector missed every cache and read the logits from DRAM again (the
+// cross-entropy forward at (2, 14, 64, 128, 128) was 6x the time of its arithmetic). Up to 4
+// rows share a set without evicting each other (half its ways, the rest for the kernel's other
+// streams), and then the copy is left out: it was a quarter of the cross-entropy's forward at
+// (4, 4, 1024, 1024).
+inline bool gather_class_rows(int64_t C, int64_t stride_bytes) {
+  constexpr int64_t kSetPeriod = 4096, kRowsASetHolds = 4;
+  return C > kRowsASetHolds && stride_bytes % kSetPeriod == 0;
+}
+
 // Rows of a contiguous tensor whose dtype is known only at run time, as acc_t. A kernel that
 // converts its rows to acc_t anyway (load_row) can take these in place of typed pointers: its
 // math is then compiled once per acc_t, and only the conversions once per dtype, where the

@@ -92,17 +92,9 @@ struct CeProblem {
   bool none = false;
   // work items: pixels [s0, s0 + pixels_per_item) of one sample, or samples_per_item whole samples
   int64_t pixels_per_item = 0, items_per_sample = 1, samples_per_item = 1, n_items = 0;
-  // Whether a block copies its logits into the scratch before it reads them. The rows lie S
-  // apart in the input, and where that is a multiple of 4 KiB (a 64^3 volume, a 1024^2 image)
-  // all C of them fall into one set of L1 (and of L2), which holds 8 lines a set (here): with
-  // 14 classes the second sweep over a pixel vector missed every cache and read the logits from
-  // DRAM again (the forward at (2, 14, 64, 128, 128) was 6x the time of its arithmetic). Up to
-  // kDirectRows of them share a set without evicting each other, and then the copy, a quarter
-  // of the forward's time at (4, 4, 1024, 1024), is left out.
+  // whether a block copies its logits into the scratch before it reads them (gather_class_rows)
   bool gather_rows = true;
 };
-
-constexpr int64_t kDirectRows = 4;
 
 // A work item's sums: the losses, and without the gradient (no pre-pass) what the pre-pass
 // would have found: the sum of the counted pixels' weights (the mean's denominator) and the
@@ -327,7 +319,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::T
     pb.C = C;
     pb.S = B * C == 0 ? 0 : input.numel() / (B * C);
     pb.none = none;
-    pb.gather_rows = C > kDirectRows && pb.S * int64_t(sizeof(acc_t)) % 4096 == 0;
+    pb.gather_rows = gather_class_rows(C, pb.S * int64_t(sizeof(acc_t)));
     pb.weight.assign(C, acc_t(1));
     if (weight.has_value() && weight->defined()) {
       const at::Tensor w = weight->to(at::kCPU, acc_dtype).contiguous();

@@ -14,12 +14,12 @@
 // the pixel is left out, plus ce_scale times the cross-entropy's dx_c = A p_c - B_c.
 //
 // The contiguous input is B samples of C planes of S pixels. Both ops take blocks of consecutive
-// pixels of one sample: the block's C logit rows are gathered into a scratch first (rows S apart
-// can share one cache set: see cross_entropy.cpp), then one sweep across the classes a pixel
-// vector at a time gives the maximum, the exponentials (kept in the scratch), 1 / their sum, the
-// cross-entropy's terms (the label's logit and weight by a select a class, no gather) and in the
-// backward sum_k p_k G_k, and one sweep along each class's row the sums, or the gradient, written
-// with streaming stores. A label outside [0, C) that the Dice keeps (the Python API raises on it
+// pixels of one sample: the block's C logit rows are read in place, or gathered into a scratch
+// first where many of them would share one cache set (gather_class_rows in cpu_common.h); then
+// one sweep across the classes a pixel vector at a time gives the maximum, the exponentials
+// (kept in the scratch), 1 / their sum, the cross-entropy's terms (the label's logit and weight
+// by a select a class, no gather) and in the backward sum_k p_k G_k, and one sweep along each
+// class's row the sums, or the gradient, written with streaming stores. A label outside [0, C) that the Dice keeps (the Python API raises on it
 // first on the CPU) counts in the fourth sum of (sample, class 0), which makes the loss NaN, as a
 // uint8 target above 1 does for region_sums.
 //
@@ -71,6 +71,7 @@ struct Problem {
 template <typename acc_t>
 struct Scratch {
   std::vector<acc_t> x, exps;  // a block's logits and exponentials, a row a class
+  std::vector<const acc_t*> x_rows;  // where its logits are read: x's rows, or the input's
   // a pixel's label (NaN where ignored), mask, 1 / sum, sum_k p_k G_k, the cross-entropy's A and w_t
   std::vector<acc_t> labels = std::vector<acc_t>(kBlock), mask = labels, inv_sum = labels, dot = labels,
                      prob_factor = labels, label_weight = labels, grad = labels;
@@ -79,6 +80,7 @@ struct Scratch {
 
   void resize(int64_t C) {
     if (int64_t(x.size()) != C * kBlock) {
+      x_rows.resize(C);
       x.resize(C * kBlock);
       exps.resize(C * kBlock);
     }
@@ -120,26 +122,31 @@ std::pair<const acc_t*, const acc_t*> softmax_block(const Geometry& geo, const P
                                                     Scratch<acc_t>& sc, Vec<acc_t>* bad, Vec<acc_t>* ce) {
   using V = Vec<acc_t>;
   const int64_t C = geo.C, S = geo.S, base = b * C * S + s0;
+  // the logits, a row a class: converted into the scratch, read in place, or copied into the
+  // scratch first where many rows would share a cache set (gather_class_rows)
+  const bool gather = gather_class_rows(C, S * int64_t(sizeof(acc_t)));
   for (int64_t c = 0; c < C; ++c) {
     acc_t* row = sc.x.data() + c * kBlock;
     const acc_t* from = src.input(base + c * S, row, n);
-    if (from != row) {
+    if (from != row && gather) {
       std::copy_n(from, n, row);
+      from = row;
     }
+    sc.x_rows[c] = from;
   }
   const acc_t* t = src.labels(b * S + s0, sc.labels.data(), n);
   const acc_t* m = kMasked ? (*src.mask)(b * S + s0, sc.mask.data(), n) : nullptr;
   const V zero(acc_t(0)), one(acc_t(1)), classes = V(acc_t(C));
   for_each_vector<acc_t>(n, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
-    V mx = load<kTail>(sc.x.data() + i, lanes);
+    V mx = load<kTail>(sc.x_rows[0] + i, lanes);
     for (int64_t c = 1; c < C; ++c) {
-      mx = math::pmax(load<kTail>(sc.x.data() + c * kBlock + i, lanes), mx);
+      mx = math::pmax(load<kTail>(sc.x_rows[c] + i, lanes), mx);
     }
     const V label = load<kTail>(t + i, lanes);
     V sum(acc_t(0)), y_t(acc_t(0)), w_t(acc_t(0)), wy(acc_t(0));
     for (int64_t c = 0; c < C; ++c) {
-      const V y = load<kTail>(sc.x.data() + c * kBlock + i, lanes) - mx;
+      const V y = load<kTail>(sc.x_rows[c] + i, lanes) - mx;
       const V e = math::pexp(y);
       e.store(sc.exps.data() + c * kBlock + i);
       sum = sum + e;
