@@ -273,6 +273,19 @@ def test_bad_arguments_name_themselves():
             call()
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_dice_ce_names_the_first_label_out_of_range(backend):
+    """On the CPU every backend raises torch's IndexError for the first label outside [0, C) that
+    is not ignore_index, in the map's order, with ignored labels among them (native: in its op,
+    one pass in C++; the others: the Python check)."""
+    shape = (2, 3, 4, 4)
+    x, labels = _logits(shape), _labels(shape, ignore=255)
+    labels[0, 0, 1, 2], labels[1, 0, 0, 0] = 5, -1
+    with pytest.raises(IndexError, match="Target 5 is out of bounds"):
+        pylosses.dice_ce_loss(x, labels, softmax=True, to_onehot_y=True, ignore_index=255, backend=backend)
+    assert labels[0, 0, 1, 2] == 5 and labels[1, 0, 0, 0] == -1  # nothing the user passed is changed
+
+
 def test_ignored_labels_may_be_out_of_range():
     """A label equal to ignore_index is not a class error, even outside [0, C)."""
     shape = (2, 3, 4, 4)
@@ -398,12 +411,14 @@ def check_op_sums(op, shape, dtype, label_dtype, mode, masked, tol=None):
 def test_op_cross_entropy_sums(op_backend, shape):
     """with_ce: the cross-entropy's sum of losses, D and count against torch's, with weights,
     ignore_index and label smoothing; a label out of range adds nothing to them (and counts for
-    the Dice, in sums[b, 0, 3], where the mask keeps it). The gradient of the loss's sum and of
+    the Dice, in sums[b, 0, 3], where the mask keeps it; the native CPU op raises on it instead,
+    and takes in-range labels in their place here). The gradient of the loss's sum and of
     the sums at once against the reference's, and the gradient of the sums alone when ce's is 0."""
     from pylosses import _ops, reference
     dtype = torch.float64 if shape[1] > 32 else torch.float32  # (the interpreter's fewest chunks)
     x, labels, mask = _op_inputs(shape, dtype, torch.int64, True, seed=3)
-    labels[0].view(-1)[:5] = torch.tensor([2, -3, shape[1], 200, 2])  # ignore_index 2, then out of range
+    out_of_range = [-3, shape[1], 200] if op_backend != "native" else [0, shape[1] - 1, 1]
+    labels[0].view(-1)[:5] = torch.tensor([2, *out_of_range, 2])  # ignore_index 2, then out of range
     mask[0].view(-1)[:4] = torch.tensor([True, True, False, True])
     w = torch.rand(shape[1], generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 0.5
     kept = (labels >= 0) & (labels < shape[1])
@@ -419,7 +434,8 @@ def test_op_cross_entropy_sums(op_backend, shape):
         tol = 1e-12 if dtype == torch.float64 else 2e-6
         torch.testing.assert_close(ce, torch.stack([loss.detach(), d, counts.sum().double()]).to(ce.dtype),
                                    rtol=tol, atol=tol)
-        assert sums[0, 0, 3] == 2 and (sums[1:, 0, 3] == 0).all() and (sums[:, 1:, 3] == 0).all()
+        assert sums[0, 0, 3] == (2 if op_backend != "native" else 0)
+        assert (sums[1:, 0, 3] == 0).all() and (sums[:, 1:, 3] == 0).all()
         keep = mask & (labels != 2).unsqueeze(1)
         one_hot = torch.nn.functional.one_hot(safe, shape[1]).movedim(-1, 1).bool() & kept.unsqueeze(1)
         want = reference.region_sums(x64, one_hot, keep, False, 1, True)
@@ -436,12 +452,21 @@ def test_op_cross_entropy_sums(op_backend, shape):
 
 def test_op_counts_labels_out_of_range_and_is_deterministic(op_backend):
     """A label outside [0, C) where the mask keeps the pixel counts in sums[b, 0, 3] (the loss is
-    then NaN); one under the mask does not. Run twice, the same bits, the gradient too."""
+    then NaN); one under the mask does not. Run twice, the same bits, the gradient too. The
+    native CPU op raises torch's IndexError instead, for the first such label wherever it lies
+    (the Python API leaves that check to it)."""
     from pylosses import _ops
     x, labels, mask = _op_inputs(_op_shapes(op_backend)[-1], torch.float32, torch.int64, True)
     labels[0, 0, 0], labels[1, 5, 5] = 7, -1
     mask[0, 0, 0, 0], mask[1, 0, 5, 5] = True, False
     x.requires_grad_(True)
+    if op_backend == "native":
+        with pytest.raises(IndexError, match="Target 7 is out of bounds"):
+            _ops.softmax_region_sums(op_backend, x, labels, mask, 0, None, None, 0.1, True)
+        labels[0, 0, 0] = 1
+        with pytest.raises(IndexError, match="Target -1 is out of bounds"):  # under the mask too
+            _ops.softmax_region_sums(op_backend, x, labels, mask, 0, None, None, 0.1, True)
+        return
     runs = []
     for _ in range(2):
         sums, ce = _ops.softmax_region_sums(op_backend, x, labels, mask, 0, None, None, 0.1, True)

@@ -358,6 +358,65 @@ class LabelRows {
   acc_t ignored_;
 };
 
+// A map of class labels (int64, int32 or uint8) checked, and counted: how many pixels hold each
+// class (ignore_index left out), in fixed chunks added in order. A label outside [0, C) that is
+// not ignore_index raises torch's IndexError, naming the first in the map's order (as
+// reference.check_class_targets does). The cross-entropy's pre-pass (its mean's denominator),
+// and the softmax region passes' check on the CPU.
+struct LabelCounts {
+  std::vector<int64_t> per_class;
+  bool bad = false;
+  int64_t first_bad = 0;
+};
+
+template <typename label_t>
+LabelCounts count_labels(const label_t* t, int64_t n, int64_t classes, int64_t ignore) {
+  constexpr int64_t kChunk = 1 << 14;  // labels a task takes at a time
+  const int64_t chunks = at::divup(n, kChunk);
+  std::vector<LabelCounts> parts(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      LabelCounts& part = parts[chunk];
+      part.per_class.assign(classes, 0);
+      const int64_t lo = chunk * kChunk, hi = std::min(n, lo + kChunk);
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t label = int64_t(t[i]);
+        if (label == ignore) {
+          continue;
+        }
+        if (label < 0 || label >= classes) {
+          part.bad = true;
+          part.first_bad = label;
+          break;
+        }
+        ++part.per_class[label];
+      }
+    }
+  });
+  LabelCounts total;
+  total.per_class.assign(classes, 0);
+  for (const LabelCounts& part : parts) {
+    if (part.bad) {
+      return part;  // the first in the map's order
+    }
+    for (int64_t c = 0; c < classes; ++c) {
+      total.per_class[c] += part.per_class[c];
+    }
+  }
+  return total;
+}
+
+inline LabelCounts checked_label_counts(const at::Tensor& labels, int64_t classes, int64_t ignore_index) {
+  LabelCounts counts;
+  const at::Tensor map = labels.contiguous();
+  AT_DISPATCH_V2(map.scalar_type(), "pylosses", AT_WRAP([&] {
+                   counts = count_labels(map.const_data_ptr<scalar_t>(), map.numel(), classes, ignore_index);
+                 }),
+                 at::kLong, at::kInt, at::kByte);
+  TORCH_CHECK_INDEX(!counts.bad, "Target ", counts.first_bad, " is out of bounds.");
+  return counts;
+}
+
 // The rows of a floating output tensor (or none: false), written as acc_t: row() says where to
 // compute the n values from element offset on, finish() stores them. direct(): rows are the
 // tensor itself (it is acc_t), so that streaming stores can go straight into it.

@@ -36,53 +36,8 @@ namespace {
 // Logits in one work item: (pixels) x C of them. As the region losses' chunks, from 2^13 on the
 // bookkeeping is lost in the work.
 constexpr int64_t kItemElements = 1 << 13;
-constexpr int64_t kTargetChunk = 1 << 14;  // targets a task of the pre-pass takes at a time
 // Pixels a block takes: its C rows of exponentials (C KiB) stay in L1 or L2 between its sweeps.
 constexpr int64_t kBlock = 256;
-
-// The pre-pass: how many pixels hold each class (ignored ones left out), and the first label
-// out of range, in fixed chunks added in order.
-struct LabelCounts {
-  std::vector<int64_t> per_class;
-  bool bad = false;
-  int64_t first_bad = 0;
-};
-
-template <typename label_t>
-LabelCounts count_labels(const label_t* t, int64_t n, int64_t classes, int64_t ignore) {
-  const int64_t chunks = at::divup(n, kTargetChunk);
-  std::vector<LabelCounts> parts(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      LabelCounts& part = parts[chunk];
-      part.per_class.assign(classes, 0);
-      const int64_t lo = chunk * kTargetChunk, hi = std::min(n, lo + kTargetChunk);
-      for (int64_t i = lo; i < hi; ++i) {
-        const int64_t label = int64_t(t[i]);
-        if (label == ignore) {
-          continue;
-        }
-        if (label < 0 || label >= classes) {
-          part.bad = true;
-          part.first_bad = label;
-          break;
-        }
-        ++part.per_class[label];
-      }
-    }
-  });
-  LabelCounts total;
-  total.per_class.assign(classes, 0);
-  for (const LabelCounts& part : parts) {
-    if (part.bad) {
-      return part;  // the first in the map's order, as reference.check_class_targets reports it
-    }
-    for (int64_t c = 0; c < classes; ++c) {
-      total.per_class[c] += part.per_class[c];
-    }
-  }
-  return total;
-}
 
 template <typename acc_t>
 struct CeProblem {
@@ -288,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::T
   const at::Tensor target = target_.contiguous();
   const bool none = reduction == at::Reduction::None, mean = reduction == at::Reduction::Mean;
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const int64_t B = input.size(0), C = input.size(1), pixels = target.numel();
+  const int64_t B = input.size(0), C = input.size(1);
 
   // The pre-pass: the labels checked, and counted for the mean's denominator. The gradient needs
   // it before the main pass (1 / D scales every gradient); the loss alone does not: there the
@@ -296,13 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fwd_cpu(const at::T
   // no main pass.
   const bool pre_pass = compute_grad || C == 0;
   LabelCounts counts;
-  const auto check_labels = [&] {
-    AT_DISPATCH_V2(target.scalar_type(), "pylosses", AT_WRAP([&] {
-                     counts = count_labels(target.const_data_ptr<scalar_t>(), pixels, C, ignore_index);
-                   }),
-                   at::kLong, at::kInt, at::kByte);
-    TORCH_CHECK_INDEX(!counts.bad, "Target ", counts.first_bad, " is out of bounds.");
-  };
+  const auto check_labels = [&] { counts = checked_label_counts(target, C, ignore_index); };
   if (pre_pass) {
     check_labels();
   }

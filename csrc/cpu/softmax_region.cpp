@@ -321,6 +321,10 @@ std::tuple<at::Tensor, at::Tensor> softmax_region_sums_cpu(const at::Tensor& inp
                                                            int64_t ignore_index, double label_smoothing,
                                                            bool with_ce) {
   check_softmax_region_call("softmax_region_sums", input_, labels_, mask_, mode, weight, label_smoothing);
+  // On the CPU a label outside [0, C) that is not ignore_index raises torch's IndexError here,
+  // wherever it lies (under the mask too), as the Python API's check would: that check is left
+  // to this op (pylosses/functional.py), whose pass over the labels costs a fraction of its.
+  checked_label_counts(labels_, input_.size(1), ignore_index);
   const at::Tensor input = input_.contiguous(), labels = labels_.contiguous(), mask = mask_of(mask_);
   const Geometry geo(input);
   const auto acc_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
