@@ -453,7 +453,9 @@ def _kernel_region_sums(chosen: str, input: Tensor, target: Tensor, labels: Opti
     "Multi-class")."""
     if (softmax and labels is not None and _fused_softmax_region(chosen, input)
             and (mask is None or mask.shape[1] == 1)):
-        return _ops.softmax_region_sums(chosen, input, labels, mask, mode)[0]
+        # ignore_index: those pixels are already out of the mask; given, the op's label check
+        # (CPU) takes them for what they are
+        return _ops.softmax_region_sums(chosen, input, labels, mask, mode, ignore_index=ignore_index)[0]
     if labels is not None:
         target = _one_hot(labels, input.shape[1])
     if softmax:

@@ -291,9 +291,11 @@ def test_ignored_labels_may_be_out_of_range():
     shape = (2, 3, 4, 4)
     x, labels = _logits(shape), _labels(shape, ignore=255)
     for backend in BACKENDS + ["reference"]:
-        loss = pylosses.dice_ce_loss(x, labels.to(torch.uint8), softmax=True, to_onehot_y=True, ignore_index=255,
-                                     backend=backend)
-        assert torch.isfinite(loss)
+        for fn in (pylosses.dice_ce_loss, pylosses.dice_loss, pylosses.tversky_loss):  # (no ignore_index on GDL)
+            for label_dtype in (torch.uint8, torch.int64):
+                loss = fn(x, labels.to(label_dtype), softmax=True, to_onehot_y=True, ignore_index=255,
+                          backend=backend)
+                assert torch.isfinite(loss), (backend, fn.__name__, label_dtype)
 
 
 def test_module_repr_and_buffers():
