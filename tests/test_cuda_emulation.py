@@ -714,16 +714,23 @@ def test_softmax_region_with_ce_matches_the_cpu(emulated, dtype, options):
 
 def test_softmax_region_out_of_range_labels_and_determinism(emulated, junk_memory):
     """A label outside [0, C) that the mask keeps counts in sums[b, 0, 3] (one under the mask
-    does not); the cross-entropy leaves it out as the CPU does; the same bits run after run."""
+    does not), and its pixel's p stays in the other sums (the reference's, with a one-hot of no
+    class there); the cross-entropy leaves it out, as an ignored label (the CPU op, which raises
+    on such labels, given them as ignore_index); the same bits run after run."""
+    from pylosses import reference
     x, labels, mask = _op_inputs(SOFTMAX_SPLIT, torch.float32, torch.int64, True)
     labels[0, 0, 0], labels[1, 5, 5], labels[1, 6, 6] = 7, -1, 4
     mask[0, 0, 0, 0], mask[1, 0, 5, 5], mask[1, 0, 6, 6] = True, False, True
     args = (x, labels, mask, 0, None, -100, 0.0, True)
     sums, ce = emulated.softmax_region_sums(*args)
     assert sums[0, 0, 3] == 1 and sums[1, 0, 3] == 1 and (sums[:, 1:, 3] == 0).all()
-    want = torch.ops.pylosses.softmax_region_sums(*args)
-    _close_to(sums, want[0], 2e-5, "sums")
-    _close_to(ce, want[1], 2e-5, "ce")
+    classes = x.shape[1]
+    in_range = (labels >= 0) & (labels < classes)
+    one_hot = torch.nn.functional.one_hot(labels.clamp(0, classes - 1), classes).movedim(-1, 1).bool()
+    want = reference.region_sums(x.double(), one_hot & in_range.unsqueeze(1), mask, False, 0, True)
+    _close_to(sums[..., :3], want[..., :3].float(), 2e-5, "sums")
+    as_ignored = torch.where(in_range, labels, torch.full_like(labels, -100))
+    _close_to(ce, torch.ops.pylosses.softmax_region_sums(x, as_ignored, mask, 0, None, -100, 0.0, True)[1], 2e-5, "ce")
     again = emulated.softmax_region_sums(*args)
     assert torch.equal(sums, again[0]) and torch.equal(ce, again[1])
     back = (torch.randn(2, 4, 4), torch.tensor([0.5, 0.0, 0.0])) + args[:-1]
