@@ -35,7 +35,8 @@ SCHEMAS = {
     # The region sums (B, C, 4) of (softmax(input) over the classes, one-hot(labels)) for a label
     # map (B, spatial...) of int64, int32 or uint8, with no one-hot or softmax tensor, over the
     # pixels that the mask ((B, 1, spatial...) or none) keeps and whose label is not ignore_index
-    # (a label outside [0, C) counts in sums[b, 0, 3]); and with_ce, the cross-entropy's sum of
+    # (a label outside [0, C) counts in sums[b, 0, 3] on a GPU; the CPU kernel raises torch's
+    # IndexError for it, wherever it lies); and with_ce, the cross-entropy's sum of
     # losses, D and count, (3,) (cross_entropy_fwd's, weight, ignore_index, label_smoothing; the
     # mask does not apply to it). The backward takes the gradients of both. Kernels: native on the
     # CPU and CUDA (csrc/cpu/softmax_region.cpp, csrc/cuda/softmax_region.cu) and triton

@@ -72,12 +72,12 @@ struct CeScratch {
 
 // The pixels [s0, s0 + n) of sample b, n <= kBlock: their losses (written, for "none", else added
 // to sums.loss) and, with kGrad, the gradients of their logits; without, sums.weight and
-// sums.bad (CeSums). Two sweeps: the first goes
-// across the classes a pixel vector at a time (the maximum, the exponentials, their sum, the
-// label's logit and weight by a compare and a select a class: no gather), the second along
-// each class's row, writing its gradient as one run of streaming stores. Written a vector of
-// each class at a time instead, C interleaved streams of half-lines outrun the write-combining
-// buffers (14 classes ran at a tenth of the copy's bandwidth).
+// sums.bad (CeSums). Two sweeps: the first goes across the classes a pixel vector at a time
+// (the maximum, the exponentials, their sum, the label's logit and weight by a compare and a
+// select a class: no gather), the second along each class's row, writing its gradient as one
+// run of streaming stores. Written a vector of each class at a time instead, C interleaved
+// streams of half-lines outrun the write-combining buffers (14 classes ran at a tenth of the
+// copy's bandwidth).
 template <bool kGrad, typename acc_t>
 void ce_block(const CeProblem<acc_t>& pb, const RowSource<acc_t>& input, const LabelRows<acc_t>& labels,
               const RowSink<acc_t>& grad, const RowSink<acc_t>& loss_out, int64_t b, int64_t s0, int64_t n,

@@ -19,8 +19,10 @@
 // one sweep across the classes a pixel vector at a time gives the maximum, the exponentials
 // (kept in the scratch), 1 / their sum, the cross-entropy's terms (the label's logit and weight
 // by a select a class, no gather) and in the backward sum_k p_k G_k, and one sweep along each
-// class's row the sums, or the gradient, written with streaming stores. A label outside [0, C) that the Dice keeps (the Python API raises on it
-// first on the CPU) counts in the fourth sum of (sample, class 0), which makes the loss NaN, as a
+// class's row the sums, or the gradient, written with streaming stores. A label outside [0, C)
+// that is not ignore_index raises torch's IndexError before the pass (checked_label_counts), as
+// the Python API would; the pass itself (as the GPU kernels, which cannot raise) would count one
+// that the Dice keeps in the fourth sum of (sample, class 0), which makes the loss NaN, as a
 // uint8 target above 1 does for region_sums.
 //
 // Work items are runs of pixels of one sample, fixed by the shape; each writes its own partial
