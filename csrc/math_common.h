@@ -88,4 +88,24 @@ C10_HOST_DEVICE inline bool phard(T t) { return t * (T(1) - t) == T(0); }
 template <typename T>
 C10_HOST_DEVICE inline T pselect_ge0(T x, T a, T b) { return x >= T(0) ? a : b; }
 
+// c ? a : b with both computed: on the device a select (selp), never a branch, where the
+// compiler would otherwise branch around two costly operands (a warp whose lanes take both
+// sides runs both anyway, and the branch adds its own instructions).
+template <typename T>
+C10_HOST_DEVICE inline T pselect(bool c, T a, T b) { return c ? a : b; }
+#if defined(__CUDA_ARCH__)
+__device__ inline float pselect(bool c, float a, float b) {
+  float r;
+  asm("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n selp.f32 %0, %1, %2, p;\n}" : "=f"(r) : "f"(a), "f"(b), "r"(int(c)));
+  return r;
+}
+#endif
+
+// -x: for scalars an operand's sign, which the instruction that takes it absorbs (0 - x is an
+// addition of its own); the CPU's vectors take 0 - x.
+template <typename T>
+C10_HOST_DEVICE inline T pneg(T x) { return T(0) - x; }
+C10_HOST_DEVICE inline float pneg(float x) { return -x; }
+C10_HOST_DEVICE inline double pneg(double x) { return -x; }
+
 }  // namespace pylosses::math

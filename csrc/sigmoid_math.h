@@ -7,7 +7,7 @@ namespace pylosses::math {
 
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid(T x) {
-  const T e = pexp(T(0) - pabs(x));  // never overflows
+  const T e = pexp(pneg(pabs(x)));  // never overflows
   return pselect_ge0(x, T(1), e) * preciprocal(T(1) + e);
 }
 
