@@ -129,7 +129,9 @@ def test_segmentation_misaligned_takes_the_scalar_path(emulated):
 
 # The emulated device keeps 2 blocks of 256 threads an SM on 3 SMs, fewer where a block's shared
 # memory (24 KiB an SM; 2 KiB to 16 KiB a block here) does not fit twice: grids of 3 to 6 blocks.
-# A tile is a block's 256 threads of packs: all but the last shape have one tile a volume.
+# A tile is a block's 256 threads of packs: all but the last shape have one tile a volume. In 2-D
+# each row of threads walks a band of rows (seg_band): 1 row where H is below twice the block's
+# rows, as in all but the last shape.
 SPLITS = [
     # float32 packs of 8 (16 KiB, 3 blocks): 13 tiles in runs of 5, the last block 3
     ((13, 1, 8, 32), torch.float32, torch.float32),
@@ -142,8 +144,9 @@ SPLITS = [
     ((5, 3, 4, 64), torch.bfloat16, torch.bfloat16),
     # 3-D, the scalar path (W = 7): 11 samples, 1 tile each, more samples than blocks
     ((11, 1, 3, 4, 7), torch.float32, torch.float32),
-    # one sample of 54 tiles (W = 600 in 3 tiles of 256 columns, the last part empty; H = 70 in
-    # 9 of 8 rows; 2 channels), 18 a block
+    # one sample of 12 tiles (2 channels; W = 600 in 3 tiles of 256 columns, the last part
+    # empty; 8 rows of threads in bands of 8 rows, H = 70 in 2 tiles of 64 rows, the second's
+    # first band crossing H's end and its other 7 outside), 4 a block
     ((1, 2, 70, 600), torch.float32, torch.uint8),
 ]
 

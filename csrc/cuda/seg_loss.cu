@@ -1,14 +1,17 @@
 // Segmentation loss alpha * BCE + beta * TV on CUDA, in one pass over memory.
 //
 // The contiguous input is a sequence of volumes of D x H rows of length W (D = 1 in 2-D), one
-// for each sample and channel. A block owns a tile of TY rows x TX * kVec columns of a volume
-// and walks it through the depth d; each thread owns kVec consecutive elements of a row. The
-// probabilities at d and d + 1 stay in registers, with the sign of each element's difference
-// with d - 1 (what the gradient needs of it), so D neighbours come from registers;
-// each depth step the block shares its tile's probabilities through shared memory, so the H
-// and W neighbours inside the tile come from there, and only those across the tile's edge are
-// loaded again (from cache: the neighbouring tile reads them too). Every element is read from
-// DRAM once.
+// for each sample and channel. A block owns a tile of a volume, TX * kVec columns wide; each
+// thread owns kVec consecutive elements of a row and walks them along one axis, keeping the
+// probabilities of the current and the next step in registers, with the sign of each
+// element's difference with the step before (what the gradient needs of it), so that the
+// walked axis's neighbours come from registers. In 2-D (kPlanar) the walk goes down H: each
+// row of threads takes its own band of rows (seg_band), and reads the row above its band once
+// before the walk. In 3-D it goes through the depth D, the tile being TY rows tall, and the H
+// neighbours inside the tile come from shared memory, those across its edge from memory again.
+// Each step the block shares its probabilities through shared memory, so W neighbours inside
+// the tile come from there, and only those across the tile's edge are loaded again (from
+// cache: the neighbouring tile reads them too). Every element is read from DRAM once.
 //
 // The grid is what the device keeps resident (one wave), and each block takes a contiguous run
 // of tiles (TileSplit in cuda_common.cuh), so that its run crosses few samples. A block adds up
@@ -40,6 +43,7 @@ struct SegArgs {
   // tile counts in 32 bits (checked on the host), which keeps a tile's 64-bit-free index
   // arithmetic cheap next to the few elements a thread handles in it; offsets are int64
   uint32_t tiles_w, tiles_per_volume;
+  int64_t band;                   // rows a band, planar kernels (D = 1)
   TileSplit split;
   acc_t w_bce, w_w, w_h, w_d;     // the gradient's factors (math::SegGradWeights)
 };
@@ -85,7 +89,13 @@ constexpr int kSegBlocksPerSM = std::is_same_v<acc_t, float> ? (kVec == 1 ? 4 : 
 template <int kVec, typename acc_t>
 constexpr size_t kSegSmemBytes = 2 * size_t(kThreads) * kVec * sizeof(acc_t);  // two buffers of a tile
 
-template <bool kLogits, int kVec, typename input_t, typename target_t>
+// The kernel walks one spatial axis of each tile, carrying the probabilities of the next step
+// and the signs of the previous one in registers. kPlanar (D = 1): it walks down H, in bands of
+// a.band rows, one band to each row of threads (ty), so that H neighbours come from registers
+// and the hot loop has no H halo (the row above a band is read once, before its walk; the row
+// below, as the walk's next step). Otherwise it walks D, and the H neighbours come from the
+// tile's rows in shared memory, those across the tile's edge from memory.
+template <bool kLogits, bool kPlanar, int kVec, typename input_t, typename target_t>
 __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<input_t, target_t>>)
     seg_fwd_kernel(const SegArgs<input_t, target_t> a) {
   using acc_t = acc_type_t<input_t, target_t>;
@@ -97,6 +107,10 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
   const int tx = threadIdx.x, ty = threadIdx.y, TX = blockDim.x, TY = blockDim.y;
   const int row_len = TX * kVec;  // columns a tile
   const int64_t plane = a.H * a.W;
+  // the walked axis: its length, a step's stride, the steps of a walk, and its sum (tv_h, tv_d)
+  const int64_t walk_len = kPlanar ? a.H : a.D, stride = kPlanar ? a.W : plane, steps = kPlanar ? a.band : a.D;
+  constexpr int kWalkSum = kPlanar ? 2 : 3;
+  const acc_t w_walk = kPlanar ? a.w_h : a.w_d;
   acc_t sums[kSums] = {};
   unsigned step = 0;  // depth steps taken, over all tiles: picks the shared-memory buffer
   // this block's tiles, and the group of the tiles summed so far (grid: every block has tiles)
@@ -127,26 +141,37 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
       group_end += a.split.tiles_per_group;
     }
     const uint32_t volume = tile / a.tiles_per_volume, in_volume = tile % a.tiles_per_volume;
-    const int64_t h = int64_t(in_volume / a.tiles_w) * TY + ty;
+    // planar: the first row of this thread row's band; else its row of the tile
+    const int64_t h = (int64_t(in_volume / a.tiles_w) * TY + ty) * (kPlanar ? steps : 1);
     const int64_t w0 = int64_t(in_volume % a.tiles_w) * row_len + int64_t(tx) * kVec;
     const bool inside = h < a.H && w0 < a.W;  // kVec divides W: a pack is all inside or all out
-    const int64_t base = int64_t(volume) * a.D * plane + h * a.W + w0;
+    const int64_t g0 = kPlanar ? h : 0;  // the walk's first position on its axis
+    const int64_t base = int64_t(volume) * a.D * plane + (kPlanar ? 0 : h * a.W) + w0;  // at position 0
 
-    // s_front: the sign of each element's difference with its front neighbour (d - 1), carried
-    // from the step before (tv_sign; 0 at d = 0, which has no front neighbour)
+    // s_front: the sign of each element's difference with its front neighbour (the step
+    // before), carried from that step (tv_sign; 0 where there is none)
     acc_t x_cur[kVec], p_cur[kVec], sp_cur[kVec], x_next[kVec], p_next[kVec], sp_next[kVec], s_front[kVec];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       x_cur[k] = p_cur[k] = sp_cur[k] = s_front[k] = acc_t(0);
     }
     if (inside) {
-      load_probs<kLogits, kVec>(a.x, base, x_cur, p_cur, sp_cur);
+      load_probs<kLogits, kVec>(a.x, base + g0 * stride, x_cur, p_cur, sp_cur);
+      if (kPlanar && g0 > 0) {  // the row above the band
+        load_probs<kLogits, kVec>(a.x, base + (g0 - 1) * stride, x_next, p_next, sp_next);
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) {
+          s_front[k] = math::tv_sign(p_next[k], p_cur[k]);
+        }
+      }
     }
 
-    for (int64_t d = 0; d < a.D; ++d) {
-      const int64_t off = base + d * plane;
-      if (inside && d + 1 < a.D) {
-        load_probs<kLogits, kVec>(a.x, off + plane, x_next, p_next, sp_next);
+    for (int64_t d = 0; d < steps; ++d) {
+      const int64_t g = g0 + d;
+      const bool here = inside && g < walk_len;
+      const int64_t off = base + g * stride;
+      if (here && g + 1 < walk_len) {
+        load_probs<kLogits, kVec>(a.x, off + stride, x_next, p_next, sp_next);
       } else {  // no back neighbour
 #pragma unroll
         for (int k = 0; k < kVec; ++k) {
@@ -163,37 +188,40 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
         mine[k] = p_cur[k];
       }
       __syncthreads();
-      if (inside) {
+      if (here) {
         // neighbours; a missing one (at the edge of the volume) is the element itself
         const acc_t left_edge = w0 == 0 ? p_cur[0] : tx > 0 ? mine[-1] : load_prob<kLogits, input_t, acc_t>(a.x + off - 1);
         const acc_t right_edge = w0 + kVec >= a.W ? p_cur[kVec - 1]
                                  : tx + 1 < TX    ? mine[kVec]
                                                   : load_prob<kLogits, input_t, acc_t>(a.x + off + kVec);
-        acc_t up[kVec], down[kVec], unused[kVec], unused_sp[kVec];
-        if (h == 0) {
+        acc_t up[kVec], down[kVec];
+        if constexpr (!kPlanar) {
+          acc_t unused[kVec], unused_sp[kVec];
+          if (h == 0) {
 #pragma unroll
-          for (int k = 0; k < kVec; ++k) up[k] = p_cur[k];
-        } else if (ty > 0) {
+            for (int k = 0; k < kVec; ++k) up[k] = p_cur[k];
+          } else if (ty > 0) {
 #pragma unroll
-          for (int k = 0; k < kVec; ++k) up[k] = mine[k - row_len];
-        } else {
-          load_probs<kLogits, kVec>(a.x, off - a.W, unused, up, unused_sp);
-        }
-        if (h == a.H - 1) {
+            for (int k = 0; k < kVec; ++k) up[k] = mine[k - row_len];
+          } else {
+            load_probs<kLogits, kVec>(a.x, off - a.W, unused, up, unused_sp);
+          }
+          if (h == a.H - 1) {
 #pragma unroll
-          for (int k = 0; k < kVec; ++k) down[k] = p_cur[k];
-        } else if (ty + 1 < TY) {
+            for (int k = 0; k < kVec; ++k) down[k] = p_cur[k];
+          } else if (ty + 1 < TY) {
 #pragma unroll
-          for (int k = 0; k < kVec; ++k) down[k] = mine[k + row_len];
-        } else {
-          load_probs<kLogits, kVec>(a.x, off + a.W, unused, down, unused_sp);
+            for (int k = 0; k < kVec; ++k) down[k] = mine[k + row_len];
+          } else {
+            load_probs<kLogits, kVec>(a.x, off + a.W, unused, down, unused_sp);
+          }
         }
         const auto targets = load_pack<kVec>(a.t, off);
         Pack<grad_t, kVec> grads;
         Pack<grad_target_t, kVec> grads_t;
         // Each pair of neighbours is counted once, at its earlier element (right, down, back),
-        // and the sign of its difference is taken once along W and D: an element's left sign
-        // is the previous one's right sign, its front sign the previous step's back sign.
+        // and the sign of its difference is taken once along W and the walk: an element's left
+        // sign is the previous one's right sign, its front sign the previous step's back sign.
         acc_t s_left = math::tv_sign(left_edge, p_cur[0]);
 #pragma unroll
         for (int k = 0; k < kVec; ++k) {
@@ -206,19 +234,23 @@ __global__ void __launch_bounds__(kThreads, kSegBlocksPerSM<kVec, acc_type_t<inp
             sums[0] += math::bce_loss<acc_t, kLabels>(p, t);
           }
           sums[1] += math::tv_loss(p, right);
-          sums[2] += math::tv_loss(p, down[k]);
-          sums[3] += math::tv_loss(p, p_next[k]);
+          if constexpr (!kPlanar) {
+            sums[2] += math::tv_loss(p, down[k]);
+          }
+          sums[kWalkSum] += math::tv_loss(p, p_next[k]);
           if (!kLogits) {
-            sums[4] += (p >= acc_t(0) && p <= acc_t(1)) ? acc_t(0) : acc_t(1);  // NaN counts
+            sums[4] += math::in_unit_interval(p) ? acc_t(0) : acc_t(1);  // NaN is not
           }
           if constexpr (math::kTargetChecked<kLogits, is_float_v<target_t>, std::is_same_v<target_t, bool>>) {
-            sums[4] += (t >= acc_t(0) && t <= acc_t(1)) ? acc_t(0) : acc_t(1);  // a 0/255 mask counts
+            sums[4] += math::in_unit_interval(t) ? acc_t(0) : acc_t(1);  // a 0/255 mask is not
           }
           if (a.grad) {  // the same for the whole launch: no divergence
             const acc_t s_right = math::tv_sign(p, right), s_back = math::tv_sign(p, p_next[k]);
-            const acc_t tv = a.w_w * (s_left - s_right) +
-                             a.w_h * (math::tv_sign(up[k], p) - math::tv_sign(p, down[k])) +
-                             a.w_d * (s_front[k] - s_back);
+            acc_t tv = a.w_w * (s_left - s_right);
+            if constexpr (!kPlanar) {
+              tv += a.w_h * (math::tv_sign(up[k], p) - math::tv_sign(p, down[k]));
+            }
+            tv += w_walk * (s_front[k] - s_back);
             grads.v[k] = a.w_bce * math::bce_grad_input<acc_t, kLogits>(p, t) + math::prob_grad<acc_t, kLogits>(p) * tv;
             s_left = s_right;
             s_front[k] = s_back;
@@ -260,6 +292,20 @@ struct SegFinish {
     out[group] = static_cast<loss_t>(s[4] > 0 ? CUDART_NAN : value);  // out of range: NaN
   }
 };
+
+// Rows a band of a planar (D = 1) launch: the longest band, up to kMaxSegBand rows, that
+// leaves every row of threads a band in the volume (band <= H / TY) and the grid a tile for
+// nearly every block it keeps resident. A band's walk reads the row above it once more (from
+// cache, mostly): 1 / band of the input's traffic.
+constexpr int64_t kMaxSegBand = 32;
+template <typename Tiles>
+int64_t seg_band(int64_t H, int64_t TY, const Tiles& tiles, int64_t resident) {
+  int64_t band = 1;
+  while (band < kMaxSegBand && 2 * band * TY <= H && tiles(2 * band) >= resident - resident / 8) {
+    band *= 2;
+  }
+  return band;
+}
 
 // A block of TY x TX threads, TX a power of two that spans a row's packs up to a warp.
 dim3 tile_threads(int64_t W, int kVec) {
@@ -326,34 +372,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> seg_loss_fwd_cuda(const at::Tenso
     };
     const int width = fits(kVec) ? kVec : kNarrow > 1 && fits(kNarrow) ? kNarrow : 1;
     dispatch_bool(from_logits, [&](auto logits) {
-      const auto launch = [&](auto vec_tag) {
-        constexpr int vec = decltype(vec_tag)::value;
-        constexpr auto kernel = &seg_fwd_kernel<decltype(logits)::value, vec, input_t, target_t>;
-        constexpr size_t smem = kSegSmemBytes<vec, acc_t>;
-        const dim3 threads = tile_threads(W, vec);
-        const int64_t tiles_w = ceil_div(W, int64_t(threads.x) * vec);
-        const int64_t tiles_per_volume = tiles_w * ceil_div(H, int64_t(threads.y));
-        const int64_t n_tiles = (n ? n / (D * H * W) : 0) * tiles_per_volume;
-        args.tiles_w = uint32_t(tiles_w);
-        args.tiles_per_volume = uint32_t(tiles_per_volume);
-        args.split = TileSplit::make(n_tiles, none && batch > 0 ? n_tiles / batch : n_tiles,
-                                     grid_size<kernel>(n_tiles, smem));
-        at::Tensor partials = at::empty({args.split.rows(groups) * kSums},
-                                        input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-        args.partials = partials.mutable_data_ptr<acc_t>();
-        if (n_tiles > 0) {
-          PYLOSSES_LAUNCH(kernel, args.split.blocks(), threads, smem, stream, args);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_bool(D == 1, [&](auto planar) {
+        const auto launch = [&](auto vec_tag) {
+          constexpr int vec = decltype(vec_tag)::value;
+          constexpr auto kernel = &seg_fwd_kernel<decltype(logits)::value, decltype(planar)::value, vec, input_t, target_t>;
+          constexpr size_t smem = kSegSmemBytes<vec, acc_t>;
+          const dim3 threads = tile_threads(W, vec);
+          const int64_t tiles_w = ceil_div(W, int64_t(threads.x) * vec);
+          const int64_t volumes = n ? n / (D * H * W) : 0;
+          const auto tiles = [&](int64_t band) { return volumes * tiles_w * ceil_div(H, int64_t(threads.y) * band); };
+          args.band = planar ? seg_band(H, threads.y, tiles, resident_blocks<kernel>(smem)) : 1;
+          const int64_t n_tiles = tiles(args.band);
+          args.tiles_w = uint32_t(tiles_w);
+          args.tiles_per_volume = uint32_t(volumes ? n_tiles / volumes : 0);
+          args.split = TileSplit::make(n_tiles, none && batch > 0 ? n_tiles / batch : n_tiles,
+                                       grid_size<kernel>(n_tiles, smem));
+          at::Tensor partials = at::empty({args.split.rows(groups) * kSums},
+                                          input.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+          args.partials = partials.mutable_data_ptr<acc_t>();
+          if (n_tiles > 0) {
+            PYLOSSES_LAUNCH(kernel, args.split.blocks(), threads, smem, stream, args);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+          sum_and_finish<kSums, acc_t>(partials, groups, args.split, finish);
+        };
+        if (width == kVec) {
+          launch(std::integral_constant<int, kVec>{});
+        } else if (kNarrow > 1 && width == kNarrow) {
+          launch(std::integral_constant<int, kNarrow>{});
+        } else {
+          launch(std::integral_constant<int, 1>{});
         }
-        sum_and_finish<kSums, acc_t>(partials, groups, args.split, finish);
-      };
-      if (width == kVec) {
-        launch(std::integral_constant<int, kVec>{});
-      } else if (kNarrow > 1 && width == kNarrow) {
-        launch(std::integral_constant<int, kNarrow>{});
-      } else {
-        launch(std::integral_constant<int, 1>{});
-      }
+      });
     });
   });
   return {loss, grad_in, grad_t};
