@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from cases import MSE_SHAPES, SEG2D_SHAPES, SEG3D_SHAPES, check_bce_element_by_element
-from test_region_ops import DTYPES as REGION_DTYPES, MASK_KINDS, MODES as REGION_MODES, SHAPES as REGION_SHAPES
+from test_region_ops import BCE_MODES as REGION_BCE_MODES, DTYPES as REGION_DTYPES, MASK_KINDS, MODES as REGION_MODES
+from test_region_ops import SHAPES as REGION_SHAPES
 from test_region_ops import _check as _check_region, _inputs as _region_inputs
 
 import pylosses  # the native ops, and the schemas (pylosses._ops.SCHEMAS)
@@ -288,8 +289,9 @@ def emulated_region(emulated):
 # shape, the dtype and the mask, not on these: the tests below take every shape with each of
 # those, and the pairs in turn (each pair with several shapes), which keeps the emulation's
 # minutes of OS threads to about a sixth. The math of each pair is region_loss_math.h's, which
-# the CPU kernel's tests check in every combination.
-REGION_PAIRS = list(itertools.product(REGION_MODES, (False, True)))
+# the CPU kernel's tests check in every combination. The last three: DiceBCE's BCE sums (mode +
+# 4, logits only).
+REGION_PAIRS = list(itertools.product(REGION_MODES, (False, True))) + [(mode, True) for mode in REGION_BCE_MODES]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -298,7 +300,7 @@ def test_region_sums_and_gradients(emulated_region, junk_memory, mask_kind, dtyp
     """Sums and both gradients against the reference in float64, over test_region_ops' shapes
     (odd sizes, no spatial axis, empty ones) and more tiles than blocks, with the partials read
     from junk-filled memory; every (mode, sigmoid) pair, in turn over the shapes, starting where
-    this (mask, dtype) says: over the six cases each pair meets each shape once."""
+    this (mask, dtype) says: over the six cases each pair meets six or more of the shapes."""
     shapes = REGION_SHAPES + REGION_SPLITS
     assert len(shapes) >= len(REGION_PAIRS)
     start = 2 * MASK_KINDS.index(mask_kind) + (dtype == torch.float32)
@@ -311,12 +313,13 @@ def test_region_sums_and_gradients(emulated_region, junk_memory, mask_kind, dtyp
 @pytest.mark.parametrize("target_dtype", [torch.float32, torch.bool, torch.uint8, "same"], ids=str)
 def test_region_dtypes(emulated_region, dtype, target_dtype):
     """Every input and target dtype, on the one-element path (S = 54), with packs (S = 128, a
-    warp a plane) and with packs over several blocks (S = 2400), each with two of the (mode,
-    sigmoid) pairs: all six over the three."""
+    warp a plane) and with packs over several blocks (S = 2400), each with three of the (mode,
+    sigmoid) pairs: all nine over the three."""
     target_dtype = dtype if target_dtype == "same" else target_dtype
     shapes = ((2, 3, 6, 9), (2, 3, 8, 16), (1, 2, 48, 50))
     for i, (mode, sigmoid) in enumerate(REGION_PAIRS):
-        _check_region(emulated_region, shapes[i // 2], dtype, target_dtype, sigmoid, mode, "broadcast", seed=mode)
+        _check_region(emulated_region, shapes[i % len(shapes)], dtype, target_dtype, sigmoid, mode, "broadcast",
+                      seed=mode)
 
 
 def _misaligned(a):

@@ -14,6 +14,7 @@ from cases import (CHANNELS_LAST, FLOAT_DTYPES, MISALIGNED, MSE, NON_CONTIGUOUS,
 pytestmark = pytest.mark.gpu
 HAS_CUDA = torch.cuda.is_available()
 GPU_BACKENDS = [b for b in ("native", "triton") if HAS_CUDA and b in pylosses.available_backends("cuda")]
+NATIVE_CUDA = "native" in GPU_BACKENDS
 # odd sizes take the kernels' scalar paths; the aligned ones (W a multiple of 8) their vector paths
 LARGE = {MSE: [((1 << 22) + 3,), (1 << 22,)],
          SEG: [(4, 1, 513, 511), (4, 1, 512, 512)],
@@ -281,6 +282,21 @@ def test_region_sums_on_the_gpu(backend, mode, mask_kind):
             _check(backend, (2, 3, 64, 96), dtype, target_dtype, True, mode, mask_kind, device="cuda")
 
 
+@pytest.mark.skipif(not NATIVE_CUDA, reason="no native CUDA kernels")
+@pytest.mark.parametrize("mode", [4, 5, 6])
+@pytest.mark.parametrize("mask_kind", ["none", "broadcast", "full"])
+def test_region_bce_sums_on_the_gpu(mode, mask_kind):
+    """The CUDA region ops with DiceBCE's BCE sums (mode + 4: logits) against the reference, as
+    test_region_sums_on_the_gpu."""
+    from test_region_ops import _check
+
+    for shape in [(2, 3, 5, 7), (2, 3, 256, 256), (1, 2, 257, 1001), (2, 2, 17, 33, 65)]:
+        _check("native", shape, torch.float64, torch.float64, True, mode, mask_kind, device="cuda")
+    for dtype in (torch.float32, torch.bfloat16):
+        for target_dtype in (torch.float32, torch.uint8):
+            _check("native", (2, 3, 64, 96), dtype, target_dtype, True, mode, mask_kind, device="cuda")
+
+
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_region_losses_on_the_gpu(backend):
     """Every region loss on CUDA tensors against the reference, values and gradients."""
@@ -310,9 +326,6 @@ def test_cross_entropy_on_the_gpu(backend):
     runs = [_loss_and_grad(lambda *a, **kw: pylosses.cross_entropy(*a, **kw, backend=backend), x, t, w, ignore_index,
                            0.1, "mean", torch.float32, device="cuda") for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
-
-
-NATIVE_CUDA = HAS_CUDA and "native" in pylosses.available_backends("cuda")
 
 
 def _softmax_region_close(got, want, tol, what):

@@ -13,7 +13,8 @@ from pylosses import _ops, reference
 ops = torch.ops.pylosses
 BACKENDS = [b for b in ("native", "triton") if b in pylosses.available_backends("cpu")]
 MODES = (0, 1, 2)  # linear, squared, l1
-# the same with DiceBCE's BCE sums (reference.REGION_WITH_BCE): logits only, the CPU kernel only
+# the same with DiceBCE's BCE sums (reference.REGION_WITH_BCE): logits only, the native kernels
+# only (CPU here, CUDA in test_cuda_emulation.py and test_gpu.py)
 BCE_MODES = tuple(m + reference.REGION_WITH_BCE for m in MODES)
 BCE_BACKENDS = [b for b in BACKENDS if b == "native"]
 # (B, C, spatial...): odd sizes, one channel, no spatial axis, 1-D to 3-D, empty batch and plane;
@@ -116,8 +117,8 @@ def test_dtypes(backend, dtype, target_dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bce_sums_need_logits_and_the_cpu_kernel(backend):
-    """mode + 4 without sigmoid is an error that says why; a backend without the BCE sums (triton
-    here; CUDA by the same check in csrc/op_checks.h) rejects the mode as any other unknown one."""
+    """mode + 4 without sigmoid is an error that says why; a backend without the BCE sums (triton)
+    rejects the mode as any other unknown one."""
     x, t = torch.randn(2, 3, 4, 5), torch.rand(2, 3, 4, 5)
     if backend in BCE_BACKENDS:
         with pytest.raises(ValueError, match="region_sums: the BCE sums .* need sigmoid=True"):

@@ -84,20 +84,33 @@ ALLOWED = [
      "23.4). S not a power of 2 pads the rows to the next one (35 elements in 64 lanes: 80 an element)"),
     ("region", "vector", "rows S=35", "Triton: planes of fewer than 256 elements, S not a power of 2 nor a multiple "
      "of 16: a plane starts anywhere, so the rows' loads are scalar (larger planes take aligned blocks after a head)"),
-    # CUDA region sums (region) and their backward (region_backward): <vec, mode, sigmoid, input, target>
-    *((family, "instructions", f"true, c10::{half}", "CUDA, the sigmoid of a 16-bit input: math::sigmoid (shared with "
+    # CUDA region sums (region) and their backward (region_backward): <vec, mode, sigmoid, bce, input, target>
+    *((family, "instructions", f"true, false, c10::{half}", "CUDA, the sigmoid of a 16-bit input: math::sigmoid (shared with "
        "the CPU and the segmentation kernel: CUDA's accurate expf, MUFU.RCP and a Newton step, a select) is about 15 "
        "instructions an element, where a 16-bit input with a bool or uint8 target has a budget of 23.4 (the sums) or "
        "39 (the backward): the sums take 30 to 37 an element (predicted 64% to 78% of copy bandwidth), the backward "
        "32 to 51 (92% or more); float32 inputs, and every dtype without the sigmoid, pass")
       for family in ("region", "region_backward") for half in ("Half", "BFloat16")),
-    *((family, rule, f"true, {f64}", why) for family in ("region", "region_backward")
+    *((family, rule, f"true, {bce}, {f64}", why) for family in ("region", "region_backward")
+      for bce in ("false", "true")
       for f64 in ("double,", "float, double>", "c10::Half, double>", "c10::BFloat16, double>")
       for rule, why in (("instructions", "CUDA, float64 arithmetic with the sigmoid: a float64 exp and IEEE division "
                          "are about 85 of the 105 to 139 instructions an element (predicted 62% of copy bandwidth or "
                          "more); without the sigmoid float64 takes 15 to 50"),
                         ("calls", "the slow path of the float64 IEEE division in the sigmoid (extreme operands "
                          "only); float32 takes MUFU.RCP and a Newton step, without one"))),
+    # CUDA region kernels with DiceBCE's two BCE sums (mode + 4: <vec, mode, true, true, input, target>)
+    *((family, "instructions", "true, true,", "CUDA, the region sums with DiceBCE's two BCE sums (mode + 4): each "
+       "logit's softplus log(1 + exp(-|x|)) (MUFU.LG2, or the series near 0, chosen by a select, as the "
+       "segmentation loss's) and two more sums add about 28 instructions an element to Dice's: float32 55 to 63 "
+       "(against 39 with a bool or uint8 target: predicted 62% to 70% of copy bandwidth; float targets within "
+       "budget), 16-bit inputs 54 to 64 (37% to 86%); the backward 35 to 78 (60% or more). The pass replaces a "
+       "whole pass of the segmentation loss's kernel over the same logits and targets (the composed path)")
+      for family in ("region", "region_backward")),
+    *((family, "occupancy", "true, true,", "CUDA, the region kernels with DiceBCE's BCE sums, 3 blocks an SM (85 "
+       "registers) where they spill at 64 (float64, 16-bit packs of 8, one element at a time): 70 to 80 registers, "
+       "24 warps an SM where the launch assumes 32; float32 packs of 4 keep 4 blocks (64 registers, 32 warps)")
+      for family in ("region", "region_backward")),
     ("region_backward", "vector", "(RegionMode)0, false", "CUDA, linear sums without the sigmoid and a bool or uint8 "
      "target: the input's gradient g0 t + g1 does not depend on the input, which the kernel then does not read, and "
      "the widest stream it reads is the target's, a byte an element"),
@@ -864,7 +877,7 @@ def cuda_streams(family, targs):
     from its operand types: seg<logits, vec, input, target> reads input and target and writes
     input's gradient (float16's in float32); mse<vec, MseArgs<input, target, loss, grad>> reads
     two and writes the gradient (reduction mean); loss_backward<vec, BackwardArgs<saved, out>>
-    reads one and writes one; region_sums<vec, mode, sigmoid, input, target> reads input and
+    reads one and writes one; region_sums<vec, mode, sigmoid, bce, input, target> reads input and
     target, and region_sums_backward writes the input's gradient too. Each region kernel holds
     its loop twice, with and without a mask: the gate judges the larger, the masked one, against
     the budget of the smaller, the unmasked one's bytes (so that both are within it)."""

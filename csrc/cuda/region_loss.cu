@@ -11,7 +11,8 @@
 // planes), a block pass would leave most threads idle and pay a block-wide sum for a few
 // elements: each warp then takes whole planes of the block's run and sums them with shuffles
 // alone. No atomics, no host sync; uint8 targets above 1 are only counted (the fourth sum),
-// with no device assert.
+// with no device assert. With the mode's bit math::kWithBce (logits only) the same pass adds
+// DiceBCE's two BCE sums, and the backward their gradient (kBce).
 //
 // The backward (region_sums_backward_kernel) walks the planes in the same way, elementwise:
 // a plane's part holds its coefficients (g0, g1, g2, read once from grad_sums) and its mask's
@@ -27,12 +28,15 @@
 #include "cuda_common.cuh"
 #include "../op_checks.h"
 #include "../region_loss_math.h"
+#include "../seg_loss_math.h"  // bce_logits_loss, sigmoid_softplus
 
 namespace pylosses::cuda {
 namespace {
 
 using math::RegionMode;
-constexpr int kSums = math::kRegionSums;
+// The sums of a plane: the mode's three and the count of bad targets, then with kBce DiceBCE's two.
+template <bool kBce>
+constexpr int kSumsOf = math::kRegionSums + (kBce ? math::kBceSums : 0);
 constexpr int kWarpsPerBlock = kThreads / kWarp;
 
 // Elements a thread takes at a time: a pack of kVec, or on the one-element path (kVec = 1) a run
@@ -184,18 +188,20 @@ struct RegionSumsArgs {
   using acc_t = acc_type_t<input_t, target_t>;
   RegionInputs<input_t, target_t> in;
   PlaneWalk walk;
-  acc_t* partials;  // walk.split.rows(planes) x kSums
+  acc_t* partials;  // walk.split.rows(planes) x kSumsOf<kBce>
 };
 
-// Adds the terms of a run's elements to sums, and for uint8 targets the count of those above 1.
-// An element that does not count (masked out, or past the end) adds nothing: p and t taken as
-// 0, also where they are NaN; nor is it a bad target.
-template <RegionMode kMode, bool kSigmoid, typename V, typename acc_t>
-__device__ __forceinline__ void add_terms(const V& v, acc_t (&sums)[kSums]) {
+// Adds the terms of a run's elements to sums, and for uint8 targets the count of those above 1;
+// with kBce (logits) also the two BCE sums, from the sigmoid's exponential. An element that does
+// not count (masked out, or past the end) adds nothing: p and t taken as 0, also where they are
+// NaN, its BCE terms 0; nor is it a bad target.
+template <RegionMode kMode, bool kSigmoid, bool kBce, typename V, typename acc_t>
+__device__ __forceinline__ void add_terms(const V& v, acc_t (&sums)[kSumsOf<kBce>]) {
 #pragma unroll
   for (int k = 0; k < V::kSize; ++k) {
     const acc_t x = static_cast<acc_t>(v.x.v[k]);
-    acc_t p = kSigmoid ? math::sigmoid(x) : x;
+    [[maybe_unused]] acc_t softplus;
+    acc_t p = kBce ? math::sigmoid_softplus(x, softplus) : kSigmoid ? math::sigmoid(x) : x;
     acc_t t = static_cast<acc_t>(v.t.v[k]);
     if constexpr (V::kSelects) {
       p = v.kept(k) ? p : acc_t(0);
@@ -209,20 +215,28 @@ __device__ __forceinline__ void add_terms(const V& v, acc_t (&sums)[kSums]) {
     if constexpr (std::is_same_v<typename V::target_type, uint8_t>) {
       sums[3] += v.t.v[k] > 1 && v.kept(k) ? acc_t(1) : acc_t(0);
     }
+    if constexpr (kBce) {
+      const acc_t a = math::bce_logits_loss(x, t, softplus), b = math::bce_sums_term_b(x, t, softplus);
+      sums[4] += v.kept(k) ? a : acc_t(0);
+      sums[5] += v.kept(k) ? b : acc_t(0);
+    }
   }
 }
 
 // Blocks of region_sums_kernel and region_sums_backward_kernel that a multiprocessor keeps (see
-// cuda_common.cuh): 5 (48 registers); 4 (64) in float64 arithmetic and for packs of 8 (a 16-bit
-// input's), which spill at 48.
-template <int kVec, typename acc_t>
-constexpr int kRegionBlocksPerSM = std::is_same_v<acc_t, double> || kVec == 8 ? 4 : 5;
+// cuda_common.cuh): 5 (48 registers); 4 (64) in float64 arithmetic, for packs of 8 (a 16-bit
+// input's) and with the BCE sums (kBce) on float32 packs of 4, which spill at 48; 3 (85) with the
+// BCE sums otherwise (float64, packs of 8, one element at a time), which spill at 64 (ptxas, the
+// sm_90 gate).
+template <int kVec, typename acc_t, bool kBce>
+constexpr int kRegionBlocksPerSM = kBce && kVec != 4 ? 3 : std::is_same_v<acc_t, double> || kVec == 8 || kBce ? 4 : 5;
 
-template <int kVec, RegionMode kMode, bool kSigmoid, typename input_t, typename target_t>
-__global__ void __launch_bounds__(kThreads, kRegionBlocksPerSM<kVec, acc_type_t<input_t, target_t>>)
+template <int kVec, RegionMode kMode, bool kSigmoid, bool kBce, typename input_t, typename target_t>
+__global__ void __launch_bounds__(kThreads, kRegionBlocksPerSM<kVec, acc_type_t<input_t, target_t>, kBce>)
     region_sums_kernel(const RegionSumsArgs<input_t, target_t> a) {
   using acc_t = acc_type_t<input_t, target_t>;
   constexpr int kLen = kRun<kVec, acc_t>;
+  constexpr int kSums = kSumsOf<kBce>;
   walk_planes<kLen>(a.walk, [&](uint32_t plane, int64_t i, int64_t end, int64_t step, bool leader) {
     const input_t* x = a.in.x + int64_t(plane) * a.walk.S;
     const target_t* t = a.in.t + int64_t(plane) * a.walk.S;
@@ -232,7 +246,7 @@ __global__ void __launch_bounds__(kThreads, kRegionBlocksPerSM<kVec, acc_type_t<
       constexpr bool kMasked = decltype(masked)::value;
       const bool* mask = kMasked ? a.in.mask + a.in.mask_offset(plane, a.walk.S) : nullptr;
       for_each_run<kVec, kLen>(i, end, step, [&](auto partial, int64_t j) {
-        add_terms<kMode, kSigmoid>(RunValues<kVec, kLen, kMasked, decltype(partial)::value, input_t, target_t>(
+        add_terms<kMode, kSigmoid, kBce>(RunValues<kVec, kLen, kMasked, decltype(partial)::value, input_t, target_t>(
                                        x, t, mask, j, end),
                                    sums);
       });
@@ -253,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, kRegionBlocksPerSM<kVec, acc_type_t<
   });
 }
 
-template <typename sums_t>
+template <typename sums_t, int kSums>
 struct RegionFinish {
   sums_t* out;  // (planes, kSums)
   __device__ void operator()(int64_t plane, const double (&s)[kSums]) const {
@@ -269,13 +283,13 @@ struct RegionBackwardArgs {
   using acc_t = acc_type_t<input_t, target_t>;
   RegionInputs<input_t, target_t> in;
   PlaneWalk walk;
-  const acc_t* grad_sums;  // (B, C, kSums)
+  const acc_t* grad_sums;  // (B, C, kSumsOf<kBce>)
   input_t* grad_x;         // or null
   target_t* grad_t;        // or null (always for bool and uint8 targets)
 };
 
-template <int kVec, RegionMode kMode, bool kSigmoid, typename input_t, typename target_t>
-__global__ void __launch_bounds__(kThreads, kRegionBlocksPerSM<kVec, acc_type_t<input_t, target_t>>)
+template <int kVec, RegionMode kMode, bool kSigmoid, bool kBce, typename input_t, typename target_t>
+__global__ void __launch_bounds__(kThreads, kRegionBlocksPerSM<kVec, acc_type_t<input_t, target_t>, kBce>)
     region_sums_backward_kernel(const RegionBackwardArgs<input_t, target_t> a) {
   using acc_t = acc_type_t<input_t, target_t>;
   constexpr int kLen = kRun<kVec, acc_t>;
@@ -286,8 +300,9 @@ __global__ void __launch_bounds__(kThreads, kRegionBlocksPerSM<kVec, acc_type_t<
     input_t* grad_x = a.grad_x ? a.grad_x + offset : nullptr;
     target_t* grad_t = a.grad_t ? a.grad_t + offset : nullptr;
     // the gradient of the loss with respect to the plane's sums
-    const acc_t* g = a.grad_sums + int64_t(plane) * kSums;
+    const acc_t* g = a.grad_sums + int64_t(plane) * kSumsOf<kBce>;
     const acc_t g0 = g[0], g1 = g[1], g2 = g[2];
+    const acc_t ga = kBce ? g[4] : acc_t(0), gb = kBce ? g[5] : acc_t(0);  // of the BCE sums
     // the loop twice, with and without a mask: the one without spares the mask's loads and selects
     const auto write_runs = [&](auto masked) {
       constexpr bool kMasked = decltype(masked)::value;
@@ -305,10 +320,22 @@ __global__ void __launch_bounds__(kThreads, kRegionBlocksPerSM<kVec, acc_type_t<
           if constexpr (kSigmoid) {
             dp *= math::sigmoid_grad(p);
           }
+          if constexpr (kBce) {
+            dp += math::bce_sums_grad_x(p, t_k, ga, gb);
+          }
           // a masked-out element gets 0
           dx.v[k] = static_cast<input_t>(v.kept(k) ? dp : acc_t(0));
           if constexpr (is_float_v<target_t>) {
-            dt.v[k] = static_cast<target_t>(v.kept(k) ? math::region_grad_t<kMode>(p, t_k, g0, g2) : acc_t(0));
+            // with kBce it needs log(1 + exp(-|x|)): only where the target's gradient is asked for
+            if (!kBce || grad_t) {
+              acc_t dt_k = math::region_grad_t<kMode>(p, t_k, g0, g2);
+              if constexpr (kBce) {
+                acc_t softplus;
+                math::sigmoid_softplus(x_k, softplus);
+                dt_k += math::bce_sums_grad_t(x_k, softplus, ga, gb);
+              }
+              dt.v[k] = static_cast<target_t>(v.kept(k) ? dt_k : acc_t(0));
+            }
           }
         }
         if (grad_x) {
@@ -351,13 +378,21 @@ RegionInputs<input_t, target_t> region_inputs(const at::Tensor& input, const at:
   return in;
 }
 
-// Calls f(input_t{}, target_t{}, mode, sigmoid) with the kernels' template arguments, the mode
-// and sigmoid as integral constants.
+// Calls f(input_t{}, target_t{}, mode, sigmoid, bce) with the kernels' template arguments, the
+// mode, sigmoid and bce (the mode's bit math::kWithBce, which op_checks.h allows with sigmoid
+// only) as integral constants.
 template <typename F>
 void dispatch_region(const at::Tensor& input, const at::Tensor& target, int64_t mode, bool sigmoid, const F& f) {
   dispatch_input_target<true>(input.scalar_type(), target.scalar_type(), [&](auto in_tag, auto t_tag) {
     math::dispatch_region_mode(mode, [&](auto mode_tag) {
-      dispatch_bool(sigmoid, [&](auto sigmoid_tag) { f(in_tag, t_tag, mode_tag, sigmoid_tag); });
+      dispatch_bool(sigmoid, [&](auto sigmoid_tag) {
+        if constexpr (decltype(sigmoid_tag)::value) {
+          dispatch_bool((mode & math::kWithBce) != 0,
+                        [&](auto bce_tag) { f(in_tag, t_tag, mode_tag, sigmoid_tag, bce_tag); });
+        } else {
+          f(in_tag, t_tag, mode_tag, sigmoid_tag, std::false_type{});
+        }
+      });
     });
   });
 }
@@ -371,17 +406,20 @@ bool region_packs(int64_t S, const Ts*... pointers) {
 
 at::Tensor region_sums_cuda(const at::Tensor& input_, const at::Tensor& target_, const c10::optional<at::Tensor>& mask_,
                             bool sigmoid, int64_t mode) {
-  check_region_args("region_sums", input_, target_, mask_, mode);
+  check_region_args("region_sums", input_, target_, mask_, mode, sigmoid, /*with_bce=*/true);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor target = target_.contiguous();
   const at::Tensor mask = region_mask(mask_);
   const int64_t B = input.size(0), C = input.size(1), S = plane_size(input);
   at::Tensor sums;
-  dispatch_region(input, target, mode, sigmoid, [&](auto in_tag, auto t_tag, auto mode_tag, auto sigmoid_tag) {
+  dispatch_region(input, target, mode, sigmoid, [&](auto in_tag, auto t_tag, auto mode_tag, auto sigmoid_tag,
+                                                   auto bce_tag) {
     using input_t = decltype(in_tag);
     using target_t = decltype(t_tag);
     using acc_t = acc_type_t<input_t, target_t>;
+    constexpr bool kBce = decltype(bce_tag)::value;
+    constexpr int kSums = kSumsOf<kBce>;
     const auto options = input.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
     if (input.numel() == 0) {
       sums = at::zeros({B, C, kSums}, options);
@@ -393,14 +431,14 @@ at::Tensor region_sums_cuda(const at::Tensor& input_, const at::Tensor& target_,
     constexpr int kVec = kVecOf<input_t, acc_t>;
     dispatch_vec<kVec>(region_packs<kVec>(S, args.in.x, args.in.t, args.in.mask), [&](auto vec) {
       constexpr auto kernel = &region_sums_kernel<decltype(vec)::value, decltype(mode_tag)::value,
-                                                  decltype(sigmoid_tag)::value, input_t, target_t>;
+                                                  decltype(sigmoid_tag)::value, kBce, input_t, target_t>;
       args.walk = PlaneWalk::make<kernel, kRun<decltype(vec)::value, acc_t>>(B * C, S);
       at::Tensor partials = at::empty({args.walk.split.rows(B * C) * kSums}, options);
       args.partials = partials.mutable_data_ptr<acc_t>();
       PYLOSSES_LAUNCH(kernel, args.walk.split.blocks(), kThreads, 0, c10::cuda::getCurrentCUDAStream(), args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       sum_and_finish<kSums, acc_t>(partials, B * C, args.walk.split,
-                                   RegionFinish<acc_t>{sums.mutable_data_ptr<acc_t>()});
+                                   RegionFinish<acc_t, kSums>{sums.mutable_data_ptr<acc_t>()});
     });
   });
   return sums;
@@ -410,7 +448,7 @@ std::tuple<at::Tensor, at::Tensor> region_sums_backward_cuda(const at::Tensor& g
                                                              const at::Tensor& target_,
                                                              const c10::optional<at::Tensor>& mask_, bool sigmoid,
                                                              int64_t mode, bool grad_input, bool grad_target) {
-  check_region_backward_args(grad_sums_, input_, target_, mask_, mode, grad_target);
+  check_region_backward_args(grad_sums_, input_, target_, mask_, mode, grad_target, sigmoid, /*with_bce=*/true);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor target = target_.contiguous();
@@ -421,7 +459,8 @@ std::tuple<at::Tensor, at::Tensor> region_sums_backward_cuda(const at::Tensor& g
     return {grad_in, grad_t};
   }
   const int64_t planes = input.size(0) * input.size(1), S = plane_size(input);
-  dispatch_region(input, target, mode, sigmoid, [&](auto in_tag, auto t_tag, auto mode_tag, auto sigmoid_tag) {
+  dispatch_region(input, target, mode, sigmoid, [&](auto in_tag, auto t_tag, auto mode_tag, auto sigmoid_tag,
+                                                   auto bce_tag) {
     using input_t = decltype(in_tag);
     using target_t = decltype(t_tag);
     using acc_t = acc_type_t<input_t, target_t>;
@@ -438,7 +477,8 @@ std::tuple<at::Tensor, at::Tensor> region_sums_backward_cuda(const at::Tensor& g
     const bool packs = region_packs<kVec>(S, args.in.x, args.in.t, args.in.mask, args.grad_x, args.grad_t);
     dispatch_vec<kVec>(packs, [&](auto vec) {
       constexpr auto kernel = &region_sums_backward_kernel<decltype(vec)::value, decltype(mode_tag)::value,
-                                                           decltype(sigmoid_tag)::value, input_t, target_t>;
+                                                           decltype(sigmoid_tag)::value, decltype(bce_tag)::value,
+                                                           input_t, target_t>;
       args.walk = PlaneWalk::make<kernel, kRun<decltype(vec)::value, acc_t>>(planes, S);
       PYLOSSES_LAUNCH(kernel, args.walk.split.blocks(), kThreads, 0, c10::cuda::getCurrentCUDAStream(), args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
