@@ -25,9 +25,9 @@ SCHEMAS = {
     "loss_backward": "(Tensor grad_output, Tensor saved_grad, float scale, ScalarType dtype) -> Tensor",
     # The region losses (Dice, Tversky, generalised Dice) are functions of a few sums over each
     # (sample, channel): region_sums gives them, (B, C, 4) in float32 (float64 for float64), and
-    # region_sums_backward the gradient of the elements from the gradient of those sums. The
-    # CPU and CUDA kernels also take mode + 4 (reference.REGION_WITH_BCE, with sigmoid): (B, C,
-    # 6), with DiceBCE's two BCE sums (Triton does not yet).
+    # region_sums_backward the gradient of the elements from the gradient of those sums. Every
+    # backend also takes mode + 4 (reference.REGION_WITH_BCE, with sigmoid): (B, C, 6), with
+    # DiceBCE's two BCE sums.
     # reference.py turns the sums into the loss, for every backend (csrc/region_loss_math.h).
     "region_sums": "(Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode) -> Tensor",
     "region_sums_backward": "(Tensor grad_sums, Tensor input, Tensor target, Tensor? mask, bool sigmoid, int mode, "

@@ -646,13 +646,12 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
         return _run(input.device, lambda *a: variant(*a, *options, float(lambda_dice), float(lambda_bce),
                                                      float(lambda_tv), pw), input, target, mask)
 
-    # the kernels. The native region sums (CPU and CUDA) take the BCE in the same passes (mode +
-    # REGION_WITH_BCE), for a pos_weight of one value a channel (or none): Dice + BCE read the
-    # logits twice, as Dice alone; total variation from the segmentation loss's op. Elsewhere (the
-    # Triton kernels) Dice from the region ops, BCE and total variation from the segmentation
-    # loss's op where it applies (no mask, no pos_weight), else BCE from torch's op.
+    # the kernels. The region sums take the BCE in the same passes (mode + REGION_WITH_BCE), for a
+    # pos_weight of one value a channel (or none): Dice + BCE read the logits twice, as Dice alone.
+    # A pos_weight that varies along space: Dice from the region ops, BCE from torch's op. Total
+    # variation from the segmentation loss's op.
     pw_channels = _per_channel(pw, input)
-    fused_bce = chosen == "native" and input.device.type in ("cpu", "cuda") and (pw is None or pw_channels is not None)
+    fused_bce = pw is None or pw_channels is not None
 
     def fn(input, target, mask):
         out_dtype = reference.region_out_dtype(input, target)
@@ -665,9 +664,6 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
         if fused_bce:
             count = input.numel() if mask is None else mask.sum() * (input.shape[1] // mask.shape[1])
             bce = reference.bce_from_sums(sums[..., reference.REGION_SUMS:], pw_channels, count, reduction)
-        elif mask is None and pw is None:
-            return loss + _ops.segmentation_loss(chosen, input, target, float(lambda_bce), float(lambda_tv), True,
-                                                 seg_dims, reduction)
         else:
             bce = reference.masked_bce_with_logits(input, target, mask, pw, reduction)
         loss = loss + lambda_bce * bce

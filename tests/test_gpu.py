@@ -282,19 +282,19 @@ def test_region_sums_on_the_gpu(backend, mode, mask_kind):
             _check(backend, (2, 3, 64, 96), dtype, target_dtype, True, mode, mask_kind, device="cuda")
 
 
-@pytest.mark.skipif(not NATIVE_CUDA, reason="no native CUDA kernels")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("mode", [4, 5, 6])
 @pytest.mark.parametrize("mask_kind", ["none", "broadcast", "full"])
-def test_region_bce_sums_on_the_gpu(mode, mask_kind):
-    """The CUDA region ops with DiceBCE's BCE sums (mode + 4: logits) against the reference, as
-    test_region_sums_on_the_gpu."""
+def test_region_bce_sums_on_the_gpu(backend, mode, mask_kind):
+    """The region ops with DiceBCE's BCE sums (mode + 4: logits) on CUDA tensors against the
+    reference, as test_region_sums_on_the_gpu."""
     from test_region_ops import _check
 
     for shape in [(2, 3, 5, 7), (2, 3, 256, 256), (1, 2, 257, 1001), (2, 2, 17, 33, 65)]:
-        _check("native", shape, torch.float64, torch.float64, True, mode, mask_kind, device="cuda")
+        _check(backend, shape, torch.float64, torch.float64, True, mode, mask_kind, device="cuda")
     for dtype in (torch.float32, torch.bfloat16):
         for target_dtype in (torch.float32, torch.uint8):
-            _check("native", (2, 3, 64, 96), dtype, target_dtype, True, mode, mask_kind, device="cuda")
+            _check(backend, (2, 3, 64, 96), dtype, target_dtype, True, mode, mask_kind, device="cuda")
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

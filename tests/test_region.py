@@ -235,15 +235,14 @@ def test_dice_bce_mask_and_pos_weight(backend):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("native", "triton")])
 @pytest.mark.parametrize("pos_weight, fused", [(None, True), ("channel", True), ("number", True),
                                                ("along width", False)])
 @pytest.mark.parametrize("mask_kind", ["none", "broadcast", "full"])
-def test_dice_bce_on_the_cpu_takes_the_bce_in_the_region_pass(monkeypatch, pos_weight, fused, mask_kind):
-    """native on the CPU: Dice + BCE from one region_sums pass (mode + REGION_WITH_BCE) where
-    pos_weight holds one value a channel, the composed path where it varies along space; both
-    equal the reference, values and gradients, in float64."""
-    if "native" not in pylosses.available_backends("cpu"):
-        pytest.skip("pylosses._C is not built")
+def test_dice_bce_takes_the_bce_in_the_region_pass(monkeypatch, backend, pos_weight, fused, mask_kind):
+    """The kernels: Dice + BCE from one region_sums pass (mode + REGION_WITH_BCE) where pos_weight
+    holds one value a channel, the composed path where it varies along space; both equal the
+    reference, values and gradients, in float64."""
     x, t = _data((2, 3, 6, 7), True, True)
     g = torch.Generator().manual_seed(3)
     mask = {"none": None, "broadcast": torch.rand(2, 1, 6, 7, generator=g) > 0.4,
@@ -254,9 +253,9 @@ def test_dice_bce_on_the_cpu_takes_the_bce_in_the_region_pass(monkeypatch, pos_w
     region_sums = pylosses._ops.region_sums
     monkeypatch.setattr(pylosses._ops, "region_sums", lambda *a: modes.append(a[-1]) or region_sums(*a))
     grads = []
-    for backend in ("native", "reference"):
+    for name in (backend, "reference"):
         leaf = x.clone().requires_grad_(True)
-        loss = pylosses.dice_bce_loss(leaf, t, mask=mask, pos_weight=pw, lambda_dice=0.7, backend=backend)
+        loss = pylosses.dice_bce_loss(leaf, t, mask=mask, pos_weight=pw, lambda_dice=0.7, backend=name)
         loss.backward()
         grads.append((loss.detach(), leaf.grad))
     assert [m >= reference.REGION_WITH_BCE for m in modes] == [fused]

@@ -13,10 +13,9 @@ from pylosses import _ops, reference
 ops = torch.ops.pylosses
 BACKENDS = [b for b in ("native", "triton") if b in pylosses.available_backends("cpu")]
 MODES = (0, 1, 2)  # linear, squared, l1
-# the same with DiceBCE's BCE sums (reference.REGION_WITH_BCE): logits only, the native kernels
-# only (CPU here, CUDA in test_cuda_emulation.py and test_gpu.py)
+# the same with DiceBCE's BCE sums (reference.REGION_WITH_BCE): logits only (CUDA's kernels in
+# test_cuda_emulation.py and test_gpu.py)
 BCE_MODES = tuple(m + reference.REGION_WITH_BCE for m in MODES)
-BCE_BACKENDS = [b for b in BACKENDS if b == "native"]
 # (B, C, spatial...): odd sizes, one channel, no spatial axis, 1-D to 3-D, empty batch and plane;
 # the last two are large enough that a plane is split into several chunks / blocks
 SHAPES = [(2, 3, 5, 7), (1, 1, 4, 4), (3, 2), (2, 3, 11), (2, 2, 3, 4, 5), (0, 3, 4, 4), (2, 2, 0, 3),
@@ -94,7 +93,7 @@ def test_sums_and_gradients(backend, mode, sigmoid, mask_kind):
         _check(backend, shape, torch.float64, torch.float64, sigmoid, mode, mask_kind)
 
 
-@pytest.mark.parametrize("backend", BCE_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", BCE_MODES)
 @pytest.mark.parametrize("mask_kind", MASK_KINDS)
 def test_bce_sums_and_gradients(backend, mode, mask_kind):
@@ -108,27 +107,24 @@ def test_bce_sums_and_gradients(backend, mode, mask_kind):
 @pytest.mark.parametrize("target_dtype", [torch.float32, torch.bool, torch.uint8, "same"], ids=str)
 def test_dtypes(backend, dtype, target_dtype):
     target_dtype = dtype if target_dtype == "same" else target_dtype
-    pairs = list(itertools.product(MODES, (False, True)))
-    if backend in BCE_BACKENDS:
-        pairs += [(mode, True) for mode in BCE_MODES]
+    pairs = list(itertools.product(MODES, (False, True))) + [(mode, True) for mode in BCE_MODES]
     for mode, sigmoid in pairs:
         _check(backend, (2, 3, 6, 9), dtype, target_dtype, sigmoid, mode, "broadcast", seed=mode)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bce_sums_need_logits_and_the_cpu_kernel(backend):
-    """mode + 4 without sigmoid is an error that says why; a backend without the BCE sums (triton)
-    rejects the mode as any other unknown one."""
+def test_bce_sums_need_logits(backend):
+    """mode + 4 without sigmoid is an error that says why, and its gradient takes six sums a
+    (sample, channel); 3 and 7 are no modes."""
     x, t = torch.randn(2, 3, 4, 5), torch.rand(2, 3, 4, 5)
-    if backend in BCE_BACKENDS:
-        with pytest.raises(ValueError, match="region_sums: the BCE sums .* need sigmoid=True"):
-            _ops.region_sums(backend, x, t, None, False, 4)
-        with pytest.raises(ValueError, match=r"region_sums_backward: grad_sums must have the shape \(B, C, 6\)"):
-            getattr(ops, _ops.PREFIX[backend] + "region_sums_backward")(torch.zeros(2, 3, 4), x, t, None, True, 4,
-                                                                         True, False)
-    else:
-        with pytest.raises(ValueError, match="region_sums: mode must be 0"):
-            _ops.region_sums(backend, x, t, None, True, 4)
+    with pytest.raises(ValueError, match="region_sums: the BCE sums .* need sigmoid=True"):
+        _ops.region_sums(backend, x, t, None, False, 4)
+    with pytest.raises(ValueError, match=r"region_sums_backward: grad_sums must have the shape \(B, C, 6\)"):
+        getattr(ops, _ops.PREFIX[backend] + "region_sums_backward")(torch.zeros(2, 3, 4), x, t, None, True, 4,
+                                                                     True, False)
+    for mode in (3, 7):
+        with pytest.raises(ValueError, match="region_sums: mode must be 0 .* plus 4 for the BCE sums"):
+            _ops.region_sums(backend, x, t, None, True, mode)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -178,16 +174,14 @@ def test_opcheck(backend):
     mask = torch.rand(2, 1, 5, 7) > 0.5
     labels = torch.rand(2, 3, 5, 7) > 0.5
     samples = [(x, t, None, False, 0), (x, t, mask, True, 1), (x.detach().half(), labels, None, True, 2),
-               (x.double(), t.double(), mask, False, 2)]
-    if backend in BCE_BACKENDS:
-        samples += [(x, t, mask, True, 4), (x.detach().half(), labels, None, True, 6)]
+               (x.double(), t.double(), mask, False, 2), (x, t, mask, True, 4),
+               (x.detach().half(), labels, None, True, 6)]
     for args in samples:
         torch.library.opcheck(op, args)
     grad_sums = torch.randn(2, 3, 4)
     torch.library.opcheck(op_backward, (grad_sums, x.detach(), t.detach(), mask, True, 0, True, True))
     torch.library.opcheck(op_backward, (grad_sums, x.detach(), labels, None, False, 2, True, False))
-    if backend in BCE_BACKENDS:
-        torch.library.opcheck(op_backward, (torch.randn(2, 3, 6), x.detach(), t.detach(), mask, True, 5, True, True))
+    torch.library.opcheck(op_backward, (torch.randn(2, 3, 6), x.detach(), t.detach(), mask, True, 5, True, True))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
