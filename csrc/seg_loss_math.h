@@ -19,11 +19,12 @@ inline constexpr bool kTargetChecked = !kBoolTarget && (!kLogits || !kFloatTarge
 // pylosses/reference.py has the same text; a uint8 mask's is kMaskMessage (../kernel_common.h).
 inline constexpr const char* kTargetRangeMessage = "all elements of target should be between 0 and 1";
 
-// Whether p lies in [0, 1], NaN not, with one product and one compare: p (1 - p) >= 0. (Exact
-// at the ends: 1 - p is exact for p near 1, and p (1 - p) of a p below 0 keeps its sign, a
-// subnormal product included.)
+// Whether p lies in [0, 1], NaN not, with one product and one compare: p (1 - p) >= 0, where a
+// NaN-propagating minimum and maximum take six. (Exact at the ends: 1 - p is exact for p near
+// 1, and p (1 - p) of a p below 0 keeps its sign, a subnormal product included.) A bool for a
+// scalar; for the CPU's vectors the mask of the lanes.
 template <typename T>
-C10_HOST_DEVICE inline bool in_unit_interval(T p) { return p * (T(1) - p) >= T(0); }
+C10_HOST_DEVICE inline auto in_unit_interval(T p) { return p * (T(1) - p) >= T(0); }
 
 // Clamp of the logs in nn.BCELoss, so that p = 0 or 1 gives a finite loss.
 constexpr double kBceLogClamp = -100.0;

@@ -65,11 +65,6 @@ inline Vec<float> pow2(const Vec<int32_t>& k) { return at::vec::cast<float>((k +
 template <typename T>
 inline bool all_lanes(const Vec<T>& mask) { return mask.zero_mask() == 0; }
 
-// The mask of the lanes of v inside [0, 1], NaN not: v (1 - v) >= 0. Two operations, where a
-// NaN-propagating minimum and maximum take six, and phard's t (1 - t) is the same product.
-template <typename T>
-inline Vec<T> in_unit_interval(const Vec<T>& v) { return (v * (Vec<T>(T(1)) - v)) >= Vec<T>(T(0)); }
-
 // A mask with every lane set.
 template <typename T>
 inline Vec<T> all_set() { return Vec<T>(T(0)) == Vec<T>(T(0)); }
