@@ -4,7 +4,7 @@
 //
 // Include this before any csrc/<loss>_math.h: the math templates find these overloads by
 // ordinary lookup, which only sees what was declared before the template.
-#include <ATen/ATen.h>
+#include "../aten_ops.h"
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 

@@ -24,7 +24,7 @@
 #define PYLOSSES_DYNAMIC_SMEM(name) unsigned char* name = ::pylosses::emu::dynamic_smem()
 #define PYLOSSES_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(pylosses_cuda_emulated, CPU, m)
 #else
-#include <ATen/ATen.h>
+#include "../aten_ops.h"
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
