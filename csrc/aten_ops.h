@@ -1,8 +1,9 @@
 #pragma once
 // The ATen the host code of every kernel file calls (tensors, their factories, the reduction
-// codes), one per-op header each: <ATen/ATen.h> declares every op torch has and made each file's
-// compile (nvcc's three passes over it especially) several times slower. A new at:: call needs
-// its <ATen/ops/NAME.h> here.
+// codes), one per-op header each. <ATen/ATen.h> declares every op torch has, and nvcc reads it
+// three times (cudafe++, cicc, the host compiler): with it mse_loss.cu compiled in 78 s and
+// mse_loss.cpp in 38 s, with these in 58 s and 30 s (2-core build host, one file at a time).
+// A new at:: call needs its <ATen/ops/NAME.h> here.
 #include <ATen/core/Reduction.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

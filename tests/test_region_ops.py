@@ -22,12 +22,12 @@ SHAPES = [(2, 3, 5, 7), (1, 1, 4, 4), (3, 2), (2, 3, 11), (2, 2, 3, 4, 5), (0, 3
           (1, 2, 33, 65)]
 LARGE = [(2, 3, 300, 301)]  # the native backend's only: minutes in Triton's interpreter, where
 # (1, 2, 33, 65) already splits each plane into chunks
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+MASK_KINDS = ("none", "broadcast", "full")  # no mask, (B, 1, spatial...), the input's shape
 
 
 def _shapes(backend):
     return SHAPES + (LARGE if backend == "native" else [])
-DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-MASK_KINDS = ("none", "broadcast", "full")  # no mask, (B, 1, spatial...), the input's shape
 
 
 def _inputs(shape, dtype, target_dtype, sigmoid, mask_kind, seed=0):
