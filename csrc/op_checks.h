@@ -47,6 +47,19 @@ inline void check_seg_args(const at::Tensor& input, const at::Tensor& target, in
   check_same_device("seg_loss_fwd", input, "input", target, "target");
 }
 
+// softmax_tv_fwd: input (B, C, spatial...) floating, with spatial_dims (2 or 3) spatial axes;
+// reduction mean (1) or sum (2) only.
+inline void check_softmax_tv_args(const at::Tensor& input, int64_t spatial_dims, int64_t reduction) {
+  TORCH_CHECK_VALUE(spatial_dims == 2 || spatial_dims == 3, "softmax_tv_fwd: spatial_dims must be 2 or 3, got ",
+                    spatial_dims);
+  TORCH_CHECK_VALUE(input.dim() == spatial_dims + 2, "softmax_tv_fwd: input must be (B, C, spatial...) with ",
+                    spatial_dims, " spatial axes, got shape ", input.sizes());
+  TORCH_CHECK_VALUE(reduction == 1 || reduction == 2, "softmax_tv_fwd: reduction must be 1 (mean) or 2 (sum), got ",
+                    reduction);
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), "softmax_tv_fwd: input must be floating point, got ",
+                   input.scalar_type());
+}
+
 // The mode's bit for DiceBCE's two BCE sums (math::kWithBce), which only the CPU has.
 constexpr int64_t kRegionModeWithBce = 4;
 

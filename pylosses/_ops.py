@@ -53,6 +53,15 @@ SCHEMAS = {
     # its own sums (the GPUs: no extra pass, no host sync) gives 1 / D, 0 when no pixel counts.
     "cross_entropy_fwd": "(Tensor input, Tensor target, Tensor? weight, int ignore_index, float label_smoothing, "
                          "int reduction, bool compute_grad) -> (Tensor, Tensor, Tensor)",
+    # beta * the total variation of softmax(input) over the classes (dim 1) along the last
+    # spatial_dims (2 or 3) axes of input (B, C, spatial...), as reference.softmax_total_variation:
+    # for each axis of length L > 1, |p[.., k+1, ..] - p[.., k, ..]| over every (sample, class,
+    # pair), its mean (reduction 1) or sum (2); no "none" (0). The loss in input's dtype, computed
+    # in float32 (float64 for float64); with compute_grad its input gradient for grad_output = 1,
+    # written in the forward (saved_grad_dtype), else an empty (0,) tensor. The lambda_tv term of
+    # DiceCELoss, with no softmax tensor in memory.
+    "softmax_tv_fwd": "(Tensor input, float beta, int spatial_dims, int reduction, bool compute_grad) "
+                      "-> (Tensor, Tensor)",
 }
 
 
@@ -278,6 +287,38 @@ def _make_cross_entropy_backward(backward_op):
     return backward
 
 
+def softmax_tv(backend: str, input: Tensor, beta: float, spatial_dims: int, reduction: str) -> Tensor:
+    """beta * the total variation of softmax(input) over the classes (op softmax_tv_fwd)."""
+    compute_grad = torch.is_grad_enabled() and input.requires_grad
+    loss, _ = _op(backend, "softmax_tv_fwd")(input, float(beta), spatial_dims, REDUCTIONS[reduction], compute_grad)
+    return loss
+
+
+def _softmax_tv_fwd_fake(input, beta, spatial_dims, reduction, compute_grad):
+    return input.new_empty(()), _grad_like(input, compute_grad, input.dtype)
+
+
+def _softmax_tv_setup_context(ctx, inputs, output):
+    input = inputs[0]
+    ctx.save_for_backward(output[1], input)
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    ctx.dtype, ctx.shape = input.dtype, input.shape
+
+
+def _make_softmax_tv_backward(backward_op):
+    def backward(ctx, grad_loss, *_unused):
+        grad, input = ctx.saved_tensors
+        if grad_loss is None or not ctx.needs_input_grad[0]:
+            return (None,) * 5
+        grad_input = _gradient(backward_op, grad_loss, grad, 1.0, ctx.dtype, ctx.shape)
+        if torch.is_grad_enabled():  # create_graph=True: differentiating it again raises
+            grad_input = _NoDoubleBackward.apply(grad_input, input)
+        return (grad_input,) + (None,) * 4
+
+    return backward
+
+
 def _mse_loss_fwd_fake(input, target, reduction, compute_grad):
     loss_shape = input.shape if reduction == _NONE else ()
     dtype = torch.promote_types(input.dtype, target.dtype)
@@ -365,6 +406,10 @@ def _register(backend: str) -> None:
     torch.library.register_autograd(f"pylosses::{prefix}softmax_region_sums",
                                     _make_softmax_region_backward(_op(backend, "softmax_region_sums_backward")),
                                     setup_context=_softmax_region_setup_context)
+    torch.library.register_fake(f"pylosses::{prefix}softmax_tv_fwd", _softmax_tv_fwd_fake)
+    torch.library.register_autograd(f"pylosses::{prefix}softmax_tv_fwd",
+                                    _make_softmax_tv_backward(_op(backend, "loss_backward")),
+                                    setup_context=_softmax_tv_setup_context)
 
 
 def _triton_seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reduction, grad_input, grad_target):
@@ -389,6 +434,7 @@ try:
     from .triton_kernels import region as triton_region
     from .triton_kernels import segmentation as triton_segmentation
     from .triton_kernels import softmax_region as triton_softmax_region
+    from .triton_kernels import softmax_tv as triton_softmax_tv
 
     TRITON_ERROR = None
 except ImportError as error:  # no Triton: the triton backend is unavailable
@@ -399,6 +445,7 @@ else:
                          ("region_sums_backward", triton_region.region_sums_backward),
                          ("cross_entropy_fwd", _triton_cross_entropy_fwd),
                          ("softmax_region_sums", triton_softmax_region.softmax_region_sums),
-                         ("softmax_region_sums_backward", triton_softmax_region.softmax_region_sums_backward)):
+                         ("softmax_region_sums_backward", triton_softmax_region.softmax_region_sums_backward),
+                         ("softmax_tv_fwd", triton_softmax_tv.softmax_tv_fwd)):
         _library.impl("triton_" + _name, _impl, "CompositeExplicitAutograd")
     _register("triton")

@@ -741,11 +741,21 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
         t = target if target.is_floating_point() else target.to(input.dtype)
         ce = torch.nn.functional.cross_entropy(input, t, w, reduction=reduction, label_smoothing=label_smoothing)
     loss = loss + lambda_ce * ce
-    if lambda_tv != 0:
-        x = input.to(reference.compute_dtype(input, input))
-        p = torch.sigmoid(x) if classes == 1 else torch.softmax(x, 1)
+    if lambda_tv != 0 and classes == 1:  # the sigmoid's, as DiceBCE's (the segmentation loss's TV)
+        p = torch.sigmoid(input.to(reference.compute_dtype(input, input)))
         loss = reference._add_total_variation(loss, p, float(lambda_tv), spatial, reduction).to(loss.dtype)
+    elif lambda_tv != 0:
+        loss = loss + _softmax_tv(chosen, input, float(lambda_tv), spatial, reduction)
     return loss
+
+
+def _softmax_tv(chosen: str, input: Tensor, lambda_tv: float, spatial: int, reduction: str) -> Tensor:
+    """lambda_tv * the total variation of softmax(input) over the classes (DiceCE's lambda_tv
+    term): the fused op softmax_tv_fwd on the native (CPU and CUDA) and triton backends, with no
+    softmax tensor in memory; the reference's torch ops on the others."""
+    if _fused_softmax_region(chosen, input):
+        return _run(input.device, functools.partial(_ops.softmax_tv, chosen), input, lambda_tv, spatial, reduction)
+    return reference.softmax_total_variation(input, lambda_tv, spatial, reduction)
 
 
 def _fused_dice_ce(chosen: str, input: Tensor, target: Tensor, include_background: bool, squared_pred: bool,
@@ -754,7 +764,8 @@ def _fused_dice_ce(chosen: str, input: Tensor, target: Tensor, include_backgroun
                    ignore_index: Optional[int], lambda_tv: float) -> Tensor:
     """dice_ce_loss(softmax=True, to_onehot_y=True) on the fused op (native CPU and CUDA, triton):
     the Dice's sums and the cross-entropy's in one pass (op softmax_region_sums with_ce), their
-    summed gradient in one more. Without ignore_index the cross-entropy ignores label -100, as
+    summed gradient in one more; lambda_tv adds the op softmax_tv_fwd (one more pass, its gradient
+    written in the forward). Without ignore_index the cross-entropy ignores label -100, as
     torch's; the Dice raises on it first on the CPU (a label outside [0, C), as MONAI's one-hot
     does), and on a GPU counts it as out of range (the loss NaN), as the composed losses do: the op
     is then given no ignore_index (its cross-entropy adds nothing for such a label)."""
@@ -776,8 +787,7 @@ def _fused_dice_ce(chosen: str, input: Tensor, target: Tensor, include_backgroun
             total = torch.where(denominator == 0, torch.full_like(denominator, float("nan")), total / divisor)
         loss = lambda_dice * dice + lambda_ce * total.to(input.dtype)
         if lambda_tv != 0:
-            p = torch.softmax(input.to(reference.compute_dtype(input, input)), 1)
-            loss = reference._add_total_variation(loss, p, lambda_tv, spatial, reduction).to(loss.dtype)
+            loss = loss + _ops.softmax_tv(chosen, input, lambda_tv, spatial, reduction)
         return loss
 
     return _run(input.device, fn, input, labels)

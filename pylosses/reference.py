@@ -82,6 +82,15 @@ def _add_total_variation(loss: Tensor, p: Tensor, beta: float, spatial_dims: int
     return loss
 
 
+def softmax_total_variation(input: Tensor, beta: float, spatial_dims: int, reduction: str) -> Tensor:
+    """beta * the total variation of softmax(input) over the classes (dim 1) along the last
+    spatial_dims axes (the lambda_tv term of DiceCELoss): for each axis, the mean (or sum) of
+    |p[.., k+1, ..] - p[.., k, ..]| over samples, classes and pairs; computed in float32 (float64
+    for float64), returned in the input's dtype. reduction: "mean" or "sum"."""
+    p = torch.softmax(input.to(compute_dtype(input, input)), 1)
+    return _add_total_variation(p.new_zeros(()), p, beta, spatial_dims, reduction).to(input.dtype)
+
+
 def segmentation_loss(
     input: Tensor,
     target: Tensor,

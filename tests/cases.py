@@ -245,6 +245,21 @@ def check_bce_element_by_element(loss, target_dtype, from_logits=False, device="
     return worst
 
 
+def assert_same_bits_for_thread_counts(run: Callable, counts=(1, 2, 3, 1)) -> None:
+    """run() (a list of tensors) gives the same bits with each number of CPU threads in counts."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(run())
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert torch.equal(a, b)
+
+
 def check_fullgraph_training_step(backend, device, shape):
     """A small conv model plus both losses: torch.compile(fullgraph=True) (which raises on any
     graph break; AOTAutograd traces the backward with the forward) gives eager's loss and grads."""

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import pylosses
 from pylosses import _ops, reference
+from cases import assert_same_bits_for_thread_counts
 
 ops = torch.ops.pylosses
 BACKENDS = [b for b in ("native", "triton") if b in pylosses.available_backends("cpu")]
@@ -201,17 +202,9 @@ def test_meta_tensors_give_shapes(backend):
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "native"])  # (CPU threads; GPUs: tests/test_gpu.py)
 def test_deterministic_for_any_thread_count(backend):
     x, t, w, ignore_index = _case((3, 5, 64, 96), weight=True, dtype=torch.float32)
-    runs = []
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2, 1):
-            torch.set_num_threads(n)
-            runs.append(_loss_and_grad(lambda *a, **k: pylosses.cross_entropy(*a, **k, backend=backend),
-                                       x, t, w, ignore_index, 0.1, "mean", torch.float32))
-    finally:
-        torch.set_num_threads(threads)
-    for loss, grad in runs[1:]:
-        assert torch.equal(loss, runs[0][0]) and torch.equal(grad, runs[0][1])
+    assert_same_bits_for_thread_counts(
+        lambda: list(_loss_and_grad(lambda *a, **k: pylosses.cross_entropy(*a, **k, backend=backend),
+                                    x, t, w, ignore_index, 0.1, "mean", torch.float32)), counts=(1, 2, 1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

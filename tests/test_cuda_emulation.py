@@ -27,7 +27,8 @@ from pylosses import _ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = [os.path.join(ROOT, "tests", "cuda_emulation", f"{name}.cpp")
-           for name in ("mse_loss", "seg_loss", "loss_backward", "region_loss", "cross_entropy", "softmax_region")]
+           for name in ("mse_loss", "seg_loss", "loss_backward", "region_loss", "cross_entropy", "softmax_region",
+                        "softmax_tv")]
 EPS = {torch.float32: 2**-23, torch.float64: 2**-52, torch.float16: 2**-10, torch.bfloat16: 2**-7}
 
 # shapes that also take the vector path (W a multiple of 8, and for float32 4: W = 12) and
@@ -759,3 +760,37 @@ def test_softmax_region_empty_and_errors(emulated):
         emulated.softmax_region_sums(x, labels.float(), mask, 0, None, -100, 0.0, False)
     with pytest.raises(ValueError, match="softmax_region_sums_backward: grad_sums"):
         emulated.softmax_region_sums_backward(torch.zeros(2, 3, 3), torch.zeros(3), x, labels, mask, 0, None, -100, 0.0)
+
+
+# The softmax's total variation (csrc/cuda/softmax_tv.cu): a thread a pixel, grid-stride, a row of
+# partials a block. 2-D and 3-D, C = 1 (p = 1: loss and gradient 0), a size-1 axis (it adds
+# nothing), C up to 40, an empty batch, and (2, 3, 30, 40): 2400 pixels on the emulated device's
+# 6 blocks of 256 threads, two grid steps for most threads.
+SOFTMAX_TV_SHAPES = [(2, 3, 5, 7), (1, 1, 4, 6), (2, 14, 1, 9), (1, 40, 3, 4), (2, 3, 30, 40), (1, 3, 2, 3, 4),
+                     (2, 14, 1, 4, 5), (1, 1, 3, 2, 2), (0, 3, 4, 5)]
+
+
+@pytest.mark.parametrize("reduction", [1, 2], ids=["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_softmax_tv_emulated(emulated, junk_memory, dtype, reduction):
+    """softmax_tv_fwd's loss and input gradient against reference.softmax_total_variation and its
+    autograd gradient, with the partials read from junk-filled memory; without compute_grad the
+    same loss and an empty (0,) gradient; reduction "none" refused, naming it."""
+    from pylosses import reference
+    g = torch.Generator().manual_seed(11)
+    for shape in SOFTMAX_TV_SHAPES:
+        spatial = len(shape) - 2
+        x = (3 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+        want = reference.softmax_total_variation(x, 0.3, spatial, {1: "mean", 2: "sum"}[reduction])
+        (want_grad,) = torch.autograd.grad(want, x)
+        loss, grad = emulated.softmax_tv_fwd(x.detach(), 0.3, spatial, reduction, True)
+        what = f"softmax_tv {shape} {dtype} reduction={reduction}"
+        _close(loss, want.detach(), dtype, what + " loss")
+        _close(grad, want_grad, dtype, what + " grad")
+        if shape[1] == 1:
+            assert loss == 0 and torch.equal(grad, torch.zeros_like(grad)), what
+        alone, no_grad = emulated.softmax_tv_fwd(x.detach(), 0.3, spatial, reduction, False)
+        assert torch.equal(alone, loss) or (torch.isnan(alone) and torch.isnan(loss)), what
+        assert no_grad.shape == (0,), what
+    with pytest.raises(ValueError, match="reduction"):
+        emulated.softmax_tv_fwd(torch.zeros(1, 2, 3, 3, dtype=dtype), 0.3, 2, 0, True)

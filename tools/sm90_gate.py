@@ -51,7 +51,7 @@ INSTRUCTIONS_PER_BYTE = 33.5e12 / 4.3e12  # the memory-bound budget on an H200 (
 # need half the SM's warps to hide DRAM latency; the segmentation kernel keeps three rows of
 # state a thread and is sized for a quarter.
 REQUIRED_WARPS = {"mse": 32, "loss_backward": 32, "seg": 16, "sum": 8, "region": 32, "region_backward": 32,
-                  "ce": 32, "softmax_region": 16, "softmax_region_backward": 16}
+                  "ce": 32, "softmax_region": 16, "softmax_region_backward": 16, "softmax_tv": 16}
 
 # What the gate lets pass, each with its reason: (kernel family, rule, a text the variant holds or
 # "" for every variant, why). The segmentation loss's instruction count is the subject of its own
@@ -179,6 +179,22 @@ ALLOWED = [
     *((family, "calls", "float64", "Triton: the slow path of the float64 IEEE division of 1 / (the sum of "
        "exponentials), a divisor in [1, C] that never takes it") for family in ("softmax_region",
                                                                               "softmax_region_backward")),
+    # Triton softmax_tv_fwd (softmax_tv): labels "shape C=... dtype reduction grad on|off"; Triton 3.8
+    ("softmax_tv", "instructions", "C=", "Triton, a first version (issue 15): a program takes a block of pixels "
+     "and walks the classes three times (max and sum of exponentials, the loss and sum_k G_k p_k, the gradient), "
+     "each time for the pixel and its 2 x spatial_dims neighbours, so a logit's exponential is taken 2 d + 1 times a "
+     "sweep (15 an element in 2-D, 21 in 3-D with the gradient). Counted over all its sweeps: float32 168 (2-D) and "
+     "234 (3-D) instructions an element with the gradient against 62.3 (predicted 37% and 27% of copy bandwidth), "
+     "53 without it (C=4: 59%); 16-bit 182 to 263 against 31.2 to 46.7 (12% to 26%); float64 803 to 1120 (libdevice's "
+     "exp). The next step carries rows along an axis, each probability taken once a sweep"),
+    ("softmax_tv", "vector", "float16", "Triton, softmax_tv of a 16-bit input: 4 pixels a thread (64-bit accesses), "
+     "where 8 (128-bit) take 168 registers in 2-D and 230 in 3-D (8 to 12 warps an SM); the neighbours' loads along "
+     "the rows are unaligned, scalar, whatever the width, and the kernel is bound by its instructions"),
+    ("softmax_tv", "vector", "odd W", "Triton, softmax_tv on planes of S pixels not a multiple of 4: a class's plane "
+     "starts anywhere, so its loads and stores are scalar"),
+    ("softmax_tv", "occupancy", "3-D C=14 float64", "Triton, softmax_tv of a float64 input in 3-D: the online "
+     "softmax's state of a pixel and its six neighbours, 168 registers (12 warps an SM) where the gate asks for 16; "
+     "float64 checks, float32 and 16-bit train"),
     # (after the Triton entries: these match every variant, and the first match is the reason)
     # CUDA fused softmax region sums (softmax_region) and their backward: <class bound (0: chunked), mode, input>
     ("softmax_region", "instructions", "", "CUDA, the fused softmax region sums, <class bound, mode, input, with "
@@ -197,6 +213,16 @@ ALLOWED = [
      "134 against 126 pass (predicted 94% or more of copy bandwidth); 16-bit inputs 59 to 65 against 32 (49% to "
      "55%). The chunked path (above 8 classes) reads each class's logit three times and its hot loop as the gate "
      "finds it is the max sweep: its 16-bit 40 to 45 against 31 (69% to 78%)"),
+    # CUDA softmax_tv_fwd (softmax_tv): <spatial dims, input>
+    ("softmax_tv", "instructions", "", "CUDA, a first version (issue 15): a thread a pixel, four sweeps over the "
+     "classes (max; sum of exponentials; the loss and sum_k G_k p_k; the gradient), each for the pixel and its 2 x "
+     "spatial_dims neighbours, so a logit's exponential is taken 3 (2 d + 1) times with the gradient (15 in 2-D, "
+     "21 in 3-D) and each logit is loaded 4 (2 d + 1) times (from L1 or L2 but once). Counted over all four "
+     "sweeps: float32 187 (2-D) and 266 (3-D) instructions an element against 62.3 (predicted 33% and 23% of copy "
+     "bandwidth); 16-bit 209 to 297 against 31.2 (bfloat16) and 46.7 (float16, its gradient in float32): 10% to "
+     "22%; float64 807 and 1092 against 124.7 (11% to 15%: CUDA's accurate double exp). A third of it is 64-bit "
+     "address arithmetic of the neighbours' loads. The next step is a ring of rows (csrc/cuda/softmax_tv.cu): "
+     "each pixel's softmax computed once, each logit read once"),
     *((family, "calls", text, "the slow path of the float64 IEEE division 1 / sum (math::preciprocal in "
        "double; extreme operands only, the sum lies in [1, C])")
       for family, text in (("softmax_region", "double,"), ("softmax_region_backward", "double>"))),
@@ -332,16 +358,21 @@ def loops(instructions):
     return found
 
 
-def hot_loop(instructions):
-    """The instructions of the hot loop: of the loops that load from global memory and hold no
-    inner loop that does, the largest; the whole function when no loop loads. A CALL in it counts
-    as one instruction: what it calls (a 64-bit division, a division's slow path) runs only for
-    some operands, so the gate reports calls apart (see judge)."""
+def innermost_loading_loops(instructions):
+    """(start, end) of the loops that load from global memory and hold no inner loop that does."""
     def loads(start, end):
         return any(opcode(t).startswith("LDG") for a, t in instructions if start <= a <= end)
 
     ranges = [r for r in loops(instructions) if loads(*r)]
-    innermost = [(s, e) for s, e in ranges if not any(s < s2 and e2 < e for s2, e2 in ranges)]
+    return [(s, e) for s, e in ranges if not any(s < s2 and e2 < e for s2, e2 in ranges)]
+
+
+def hot_loop(instructions):
+    """The instructions of the hot loop: of the innermost loops that load from global memory,
+    the largest; the whole function when no loop loads. A CALL in it counts as one instruction:
+    what it calls (a 64-bit division, a division's slow path) runs only for some operands, so the
+    gate reports calls apart (see judge)."""
+    innermost = innermost_loading_loops(instructions)
     if innermost:
         start, end = max(innermost, key=lambda r: r[1] - r[0])
         return [t for a, t in instructions if start <= a <= end]
@@ -542,7 +573,7 @@ def triton_cases(quick=False):
     """(label, family, call) for every launcher variant the gate compiles: call() launches it."""
     import torch
 
-    from pylosses.triton_kernels import common, cross_entropy, mse, region, segmentation, softmax_region
+    from pylosses.triton_kernels import common, cross_entropy, mse, region, segmentation, softmax_region, softmax_tv
 
     dtypes = [getattr(torch, d) for d in DTYPE_NAMES]
     cases = []
@@ -710,13 +741,32 @@ def triton_cases(quick=False):
         softmax_region_case(4, torch.float64, torch.int64, 2, True, True, False, False, False)
         softmax_region_case(4, torch.float64, torch.int64, 2, True, False, False, False, True)
         softmax_region_case(14, torch.float16, torch.int32, 2, False, True, False, True, False)
+
+    def softmax_tv_case(shape_name, classes, dtype, grad, reduction=1):
+        """softmax_tv_fwd on (2, classes, spatial...): 2-D, 3-D, a 2-D plane of odd rows"""
+        spatial = {"64x64": (64, 64), "3-D": (8, 32, 32), "odd W": (33, 45)}[shape_name]
+        label = (f"{shape_name} C={classes} {str(dtype)[6:]} {['none', 'mean', 'sum'][reduction]} "
+                 f"grad {'on' if grad else 'off'}")
+
+        def call():
+            softmax_tv.softmax_tv_fwd(_tensor((2, classes, *spatial), dtype), 0.1, len(spatial), reduction, grad)
+
+        cases.append((label, "softmax_tv", call, True))
+
+    for dtype in dtypes:
+        softmax_tv_case("64x64", 14, dtype, True)
+        softmax_tv_case("3-D", 14, dtype, True)
+    softmax_tv_case("64x64", 4, torch.float32, False, reduction=2)
+    if not quick:
+        softmax_tv_case("3-D", 40, torch.bfloat16, False)
+        softmax_tv_case("odd W", 3, torch.float32, True)
     return cases
 
 
 _TRITON_FAMILY = {"mse_fwd_kernel": "mse", "seg_fwd_kernel": "seg", "loss_backward_kernel": "loss_backward",
                   "sum_groups_kernel": "sum", "region_sums_kernel": "region", "region_grad_kernel": "region_backward",
                   "cross_entropy_fwd_kernel": "ce", "softmax_region_sums_kernel": "softmax_region",
-                  "softmax_region_grad_kernel": "softmax_region_backward"}
+                  "softmax_region_grad_kernel": "softmax_region_backward", "softmax_tv_fwd_kernel": "softmax_tv"}
 
 
 def _element_bytes(type_name):
@@ -755,6 +805,8 @@ def triton_variants(quick=False):
                 functions, resources = read_cubin_like(path)
                 fn_name = next(iter(functions))
                 fill_from_sass(v, functions[fn_name], resources[fn_name])
+                if kernel_family == "softmax_tv":  # the hot loop: all its class sweeps (elements a pass: below)
+                    count_class_sweeps(v, functions[fn_name])
                 signature = src.signature
                 constants = {k[0] if isinstance(k, tuple) else k: val for k, val in getattr(src, "constants", {}).items()}
                 names = list(signature)
@@ -823,7 +875,7 @@ def demangle(names):
 
 
 _CUDA_FAMILY = (("softmax_region_sum_rows", "sum"), ("softmax_region_sums_kernel", "softmax_region"),
-                ("softmax_region_grad", "softmax_region_backward"),
+                ("softmax_region_grad", "softmax_region_backward"), ("softmax_tv", "softmax_tv"),
                 ("seg_fwd", "seg"), ("mse", "mse"), ("loss_backward", "loss_backward"), ("sum_and_finish", "sum"),
                 ("region_sums_backward", "region_backward"), ("region_sums", "region"), ("cross_entropy", "ce"))
 _TYPE_BYTES = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2, "bool": 1, "unsigned char": 1}
@@ -882,6 +934,8 @@ def cuda_output_bytes(family, targs):
         return ()
     if family == "softmax_region_backward":  # the input's gradient, in its dtype
         return (size[0],)
+    if family == "softmax_tv":  # <spatial dims, input>: the input's gradient, float16's in float32
+        return (_saved_grad_bytes(names[0]),)
     return (0,)
 
 
@@ -919,6 +973,8 @@ def cuda_streams(family, targs):
         # bound; the chunked path (kC = 0, any C above 32) counts no label bytes
         classes = int(targs[0])
         return (size[0], 1 / classes if classes else 0.0), written
+    if family == "softmax_tv":  # <spatial dims, input>: reads the input, writes its gradient
+        return (size[0],), written
     return (), 0
 
 
@@ -934,6 +990,17 @@ def softmax_elements_per_pass(targs, hot):
     size = _TYPE_BYTES[_TYPES.findall(targs[2])[0]] * 8
     access = "STG" if any(opcode(t).startswith("STG") for t in hot) else "LDG"
     return float(max(1, sum(opcode(t).startswith(access) and access_bits(opcode(t)) == size for t in hot)))
+
+
+def count_class_sweeps(v, instructions):
+    """softmax_tv's cost an element: its class sweeps (max, sum of exponentials, the loss, the
+    gradient), loops of one class a pass (#pragma unroll 1), each reading the logits of a pixel
+    and its neighbours, are the innermost loops that load; an element (a pixel's class) passes
+    once through each, so the hot loop is all of them together, one element a pass."""
+    hot = [t for s, e in innermost_loading_loops(instructions) for a, t in instructions if s <= a <= e]
+    v.hot_instructions = len(hot)
+    v.hot_calls = sum(opcode(t).startswith("CALL") for t in hot)
+    v.elements_per_pass = 1.0
 
 
 def cuda_elements_per_pass(family, targs, vec, hot):
@@ -963,7 +1030,8 @@ def cuda_variants(so_path):
         v = Variant("cuda", family, kernel, "<" + ", ".join(short) + ">")
         v.threads = 256  # kThreads, every kernel (csrc/cuda/cuda_common.cuh)
         softmax = family.startswith("softmax_region")
-        vec = 1 if softmax else next((int(a) for a in targs if a.isdigit()), 1)
+        # softmax_tv<spatial dims, input>: a pixel a thread, no packs
+        vec = 1 if softmax or family == "softmax_tv" else next((int(a) for a in targs if a.isdigit()), 1)
         if family == "seg":  # the launch's dynamic shared memory: two buffers of a tile's probabilities
             v.shared_bytes = 2 * v.threads * vec * (8 if "double" in targs[2:] else 4)
         fill_from_sass(v, instructions, resources.get(mangled, (0, 0, 0, 0)))
@@ -972,8 +1040,11 @@ def cuda_variants(so_path):
             # loop: counted by the bits it stores, a pack storing every output it writes (a
             # float16 input's gradient is float32: a pack of 8 is two 128-bit stores, one pass)
             read, written = cuda_streams(family, targs)
-            v.elements_per_pass = softmax_elements_per_pass(targs, hot_loop(instructions)) if softmax else \
-                cuda_elements_per_pass(family, targs, vec, hot_loop(instructions))
+            if family == "softmax_tv":
+                count_class_sweeps(v, instructions)
+            else:
+                v.elements_per_pass = softmax_elements_per_pass(targs, hot_loop(instructions)) if softmax else \
+                    cuda_elements_per_pass(family, targs, vec, hot_loop(instructions))
             v.vector_path = vec > 1
             v.writes_stream = vec > 1 and written > 0  # every one of them that writes may write the gradient
             v.bytes_per_element = float(sum(read) + written)
