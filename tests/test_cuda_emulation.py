@@ -762,12 +762,14 @@ def test_softmax_region_empty_and_errors(emulated):
         emulated.softmax_region_sums_backward(torch.zeros(2, 3, 3), torch.zeros(3), x, labels, mask, 0, None, -100, 0.0)
 
 
-# The softmax's total variation (csrc/cuda/softmax_tv.cu): a thread a pixel, grid-stride, a row of
+# The softmax's total variation (csrc/cuda/softmax_tv.cu): items of 8 positions along the walked
+# axis by 30 columns (a warp's in 2-D; in 3-D a block's, by 6 rows of H), grid-stride, a row of
 # partials a block. 2-D and 3-D, C = 1 (p = 1: loss and gradient 0), a size-1 axis (it adds
-# nothing), C up to 40, an empty batch, and (2, 3, 30, 40): 2400 pixels on the emulated device's
-# 6 blocks of 256 threads, two grid steps for most threads.
-SOFTMAX_TV_SHAPES = [(2, 3, 5, 7), (1, 1, 4, 6), (2, 14, 1, 9), (1, 40, 3, 4), (2, 3, 30, 40), (1, 3, 2, 3, 4),
-                     (2, 14, 1, 4, 5), (1, 1, 3, 2, 2), (0, 3, 4, 5)]
+# nothing), C up to 40, an empty batch, and on the emulated device's 6 blocks: (4, 2, 70, 65),
+# 108 warp items for 48 warps, and (1, 2, 10, 14, 33), 12 block items (2 along D, 3 along H, 2
+# along W) for 6 blocks, so that items meet at every edge and threads take several.
+SOFTMAX_TV_SHAPES = [(2, 3, 5, 7), (1, 1, 4, 6), (2, 14, 1, 9), (1, 40, 3, 4), (2, 3, 30, 40), (4, 2, 70, 65),
+                     (1, 3, 2, 3, 4), (2, 14, 1, 4, 5), (1, 1, 3, 2, 2), (1, 2, 10, 14, 33), (0, 3, 4, 5)]
 
 
 @pytest.mark.parametrize("reduction", [1, 2], ids=["mean", "sum"])

@@ -214,15 +214,14 @@ ALLOWED = [
      "55%). The chunked path (above 8 classes) reads each class's logit three times and its hot loop as the gate "
      "finds it is the max sweep: its 16-bit 40 to 45 against 31 (69% to 78%)"),
     # CUDA softmax_tv_fwd (softmax_tv): <spatial dims, input>
-    ("softmax_tv", "instructions", "", "CUDA, a first version (issue 15): a thread a pixel, four sweeps over the "
-     "classes (max; sum of exponentials; the loss and sum_k G_k p_k; the gradient), each for the pixel and its 2 x "
-     "spatial_dims neighbours, so a logit's exponential is taken 3 (2 d + 1) times with the gradient (15 in 2-D, "
-     "21 in 3-D) and each logit is loaded 4 (2 d + 1) times (from L1 or L2 but once). Counted over all four "
-     "sweeps: float32 187 (2-D) and 266 (3-D) instructions an element against 62.3 (predicted 33% and 23% of copy "
-     "bandwidth); 16-bit 209 to 297 against 31.2 (bfloat16) and 46.7 (float16, its gradient in float32): 10% to "
-     "22%; float64 807 and 1092 against 124.7 (11% to 15%: CUDA's accurate double exp). A third of it is 64-bit "
-     "address arithmetic of the neighbours' loads. The next step is a ring of rows (csrc/cuda/softmax_tv.cu): "
-     "each pixel's softmax computed once, each logit read once"),
+    ("softmax_tv", "instructions", "", "CUDA, the ring version (issue 15): a thread walks 8 positions of a column "
+     "(4 in float64) plus a halo, the softmax's statistics once, then two sweeps over the classes (the loss and "
+     "sum_k G_k p_k; the gradient), W neighbours by warp shuffles (2 of 32 lanes a halo), 3-D H neighbours through "
+     "shared memory (2 of 8 warps a halo): about 4 exponentials an output element in 2-D, 5.3 in 3-D. Counted over "
+     "its four class loops, per output element: float32 136.5 (2-D) and 233.8 (3-D) against 62.3 (predicted 46% "
+     "and 27% of copy bandwidth; the first version, a thread a pixel, 187 and 266); 16-bit 165 to 268 against 31.2 "
+     "and 46.7 (12% to 28%); float64 429 and 641 against 124.7 (19% to 29%). The sign and selection arithmetic of "
+     "the three axes' terms, twice (loss sweep and gradient sweep), is most of it now"),
     *((family, "calls", text, "the slow path of the float64 IEEE division 1 / sum (math::preciprocal in "
        "double; extreme operands only, the sum lies in [1, C])")
       for family, text in (("softmax_region", "double,"), ("softmax_region_backward", "double>"))),
@@ -1030,7 +1029,7 @@ def cuda_variants(so_path):
         v = Variant("cuda", family, kernel, "<" + ", ".join(short) + ">")
         v.threads = 256  # kThreads, every kernel (csrc/cuda/cuda_common.cuh)
         softmax = family.startswith("softmax_region")
-        # softmax_tv<spatial dims, input>: a pixel a thread, no packs
+        # softmax_tv<spatial dims, input>: no packs (a column a thread, elements_per_pass below)
         vec = 1 if softmax or family == "softmax_tv" else next((int(a) for a in targs if a.isdigit()), 1)
         if family == "seg":  # the launch's dynamic shared memory: two buffers of a tile's probabilities
             v.shared_bytes = 2 * v.threads * vec * (8 if "double" in targs[2:] else 4)
@@ -1042,6 +1041,12 @@ def cuda_variants(so_path):
             read, written = cuda_streams(family, targs)
             if family == "softmax_tv":
                 count_class_sweeps(v, instructions)
+                # a thread's pass of a class sweep serves the 8 slots of its ring (kWalk; 4 in
+                # float64), of
+                # which the output share is 30 of 32 lanes (two are a halo), in 3-D also 6 of 8
+                # warps (kWalk, kCols, kRows in csrc/cuda/softmax_tv.cu): output elements a pass
+                walk = 4 if targs[1] == "double" else 8
+                v.elements_per_pass = walk * 30 / 32 * (6 / 8 if targs[0] == "3" else 1)
             else:
                 v.elements_per_pass = softmax_elements_per_pass(targs, hot_loop(instructions)) if softmax else \
                     cuda_elements_per_pass(family, targs, vec, hot_loop(instructions))

@@ -100,14 +100,14 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t smem_bytes, const Arg
 inline void __syncthreads() { ::pylosses::emu::block->barrier.arrive_and_wait(); }
 
 namespace pylosses::emu {
-// The value of lane source(lane) of this thread's warp (its own where source is past the warp).
+// The value of lane source(lane) of this thread's warp (its own where source is outside the warp).
 template <typename T, typename Source>
 T exchange(T value, const Source& source) {
   auto& warp = *block->warps[linear_thread() / 32];
   const int lane = linear_thread() % 32, from = source(lane);
   warp.slots[lane] = static_cast<double>(value);
   warp.barrier.arrive_and_wait();
-  const T result = from < 32 ? static_cast<T>(warp.slots[from]) : value;
+  const T result = from >= 0 && from < 32 ? static_cast<T>(warp.slots[from]) : value;
   warp.barrier.arrive_and_wait();
   return result;
 }
@@ -116,6 +116,11 @@ T exchange(T value, const Source& source) {
 template <typename T>
 T __shfl_down_sync(unsigned, T value, int offset) {
   return ::pylosses::emu::exchange(value, [offset](int lane) { return lane + offset; });
+}
+
+template <typename T>
+T __shfl_up_sync(unsigned, T value, int offset) {
+  return ::pylosses::emu::exchange(value, [offset](int lane) { return lane - offset; });
 }
 
 template <typename T>

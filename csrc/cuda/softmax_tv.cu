@@ -7,12 +7,27 @@
 // pixel's C logits lie S apart. With p_c a pixel's probability of class c and G_c = sum over
 // the axes of w_a * tv_grad(prev, p_c, next) (a missing neighbour at the axis's ends standing
 // in by the pixel itself, so that its difference is 0), the gradient is
-// dx_c = p_c (G_c - sum_k G_k p_k). The loss counts each pair once, at its earlier element,
-// |p(i + e_a) - p(i)|.
+// dx_c = p_c (G_c - sum_k G_k p_k). The loss counts each pair once, at its later element,
+// |p(i) - p(i - e_a)|.
 //
-// A thread a pixel, grid-stride (softmax_tv_kernel); per-block sums of the three axes' terms in
-// a row of partials, which sum_and_finish adds in a fixed order: no atomics, no host sync, the
-// same bits run after run.
+// A ring along one axis (softmax_tv_kernel). A thread owns a column of pixels along the walked
+// axis (H in 2-D, D in 3-D) and an item is kWalk consecutive positions of it (8; 4 in float64),
+// with one more before and after. For each it computes the softmax's maximum and 1 / sum once (a
+// sweep over the classes for the maxima, one for the sums of exponentials), then sweeps the
+// classes with the kWalk + 2 probabilities of a class in registers: the walked axis's
+// neighbours are its own, and each pair's sign along it is computed once; W neighbours come from
+// the next lanes (warp shuffles of the probability and of the left pair's sign: lanes 0 and 31
+// are a halo, so a warp outputs 30 columns), and in 3-D H neighbours from the warps above and
+// below (shared memory: a block stacks 8 warps along H, the first and last a halo, 6 output
+// rows). The first sweep adds the loss terms and sum_k G_k p_k, the second (with a gradient)
+// writes dx_c. Each probability is thus computed three times an item, the halo's share on top:
+// about 4 exponentials an output element in 2-D, 5.3 in 3-D, where the first version (a thread a
+// pixel, every neighbour's softmax recomputed) took 15 and 21.
+//
+// Per-block sums of the three axes' terms go to a row of partials, which sum_and_finish adds in
+// a fixed order: no atomics, no host sync, the same bits run after run. Every pixel's statistics
+// and probabilities are computed by the same code in every thread that needs them, so a pair's
+// two sides see the same bits (a tie's sign is 0 on both sides).
 #include <torch/library.h>
 
 #include <limits>
@@ -26,12 +41,16 @@ namespace {
 
 constexpr int kTvSums = 3;  // sums of |differences| along W, H, D (seg_reduce's order)
 
-// Blocks of softmax_tv_kernel that a multiprocessor keeps, which __launch_bounds__ makes ptxas
-// fit into: 4 (64 registers a thread; 47 to 59 in use) in float32 arithmetic, 2 (128) in float64,
-// whose maxima and reciprocals of the pixel and its neighbours take twice the registers (3-D:
-// 128, without spilling once the neighbours' offsets were 32-bit).
+// output positions a thread takes along the walked axis, an item: 8, and 4 in float64 (whose
+// ring of 8 spilled at 128 registers)
 template <typename acc_t>
-constexpr int kTvBlocksPerSM = std::is_same_v<acc_t, double> ? 2 : 4;
+constexpr int kWalkOf = std::is_same_v<acc_t, double> ? 4 : 8;
+constexpr int kCols = kWarp - 2;         // output columns a warp: lanes 1 to 30 (0 and 31 are a halo)
+constexpr int kWarps = kThreads / kWarp; // 8
+constexpr int kRows = kWarps - 2;        // 3-D: output rows a block, warps 1 to 6 (0 and 7 are a halo)
+// Blocks a multiprocessor keeps (16 warps), which __launch_bounds__ makes ptxas fit into (128
+// registers a thread at most): the ring of a thread is three arrays of kRing and one of kWalk.
+constexpr int kTvBlocksPerSM = 2;
 
 template <typename input_t>
 struct TvArgs {
@@ -39,130 +58,159 @@ struct TvArgs {
   const input_t* x;              // (B, C, S), contiguous
   saved_grad_t<input_t>* grad;   // of x's shape, or null
   acc_t* partials;               // a row of kTvSums a block
-  int64_t pixels, S, CS;         // B x S, pixels a plane, C x S
-  int64_t W, H, D;               // D = 1 in 2-D
+  int64_t S, CS;                 // pixels a plane, C x S
+  int64_t W, H;                  // extents along W and H
+  int64_t walk_len, walk_stride; // the walked axis: H in 2-D (stride W), D in 3-D (stride H W)
+  int64_t col_tiles, row_tiles, walk_tiles, items;  // row_tiles 1 in 2-D
   int C;                         // classes
-  acc_t w[3];                    // the gradient's factors along W, H, D (math::SegGradWeights)
+  acc_t w_col, w_row, w_walk;    // the gradient's factors along W, H (3-D) and the walked axis
 };
 
-// A thread a pixel: the softmax of the pixel and of each of its 2 kDims neighbours (along W, H
-// and in 3-D D), the loss terms of the pairs it begins, and the gradient of its C logits. Four
-// sweeps over the classes, each reading logits of the kValues pixels (the pixel's own from DRAM
-// in the first sweep; the rest, and the neighbours', which the neighbouring threads and blocks
-// read too, from L1 or L2):
-//   1. the max of each pixel's logits,
-//   2. the sum of their exponentials, and its reciprocal,
-//   3. the pixel's and its next neighbours' probabilities, the loss terms, and with a gradient
-//      the previous neighbours' probabilities, G_c and sum_k G_k p_k,
-//   4. (with a gradient) the probabilities and G_c again, and dx_c.
-// Its cost a logit (an element), with the gradient: 3 x kValues exponentials (15 in 2-D, 21 in
-// 3-D; MUFU.EX2 in float32) and 4 x kValues loads; without it kValues + 1 + kDims exponentials
-// (8, 11); where an element needs one exponential and one load. Each pixel's softmax is computed
-// 1 + 2 kDims times: by its own thread and by each neighbour's. A first version, for correctness
-// and clarity (issue 15). The next step is a ring of rows: a block walks an axis keeping the
-// probabilities of three rows (planes in 3-D) of all C classes in registers or shared memory,
-// as the CPU kernel keeps three slices, so that each pixel's softmax is computed once and each
-// logit read once. The class sweeps are loops of one class a pass (#pragma unroll 1), which the
-// sm_90 gate adds up as the cost of an element (tools/sm90_gate.py, count_class_sweeps).
 template <int kDims, typename input_t>
-__global__ void __launch_bounds__(kThreads, kTvBlocksPerSM<acc_type_t<input_t>>)
-    softmax_tv_kernel(const TvArgs<input_t> a) {
+__global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(const TvArgs<input_t> a) {
   using acc_t = acc_type_t<input_t>;
   using grad_t = saved_grad_t<input_t>;
-  // the pixel, then its previous and next neighbour along each axis (W, H, D)
-  constexpr int kValues = 1 + 2 * kDims;
-  const int64_t len[3] = {a.W, a.H, a.D};
-  const int32_t step[3] = {1, int32_t(a.W), int32_t(a.W * a.H)};  // below 2^31 (the host checks)
+  constexpr int kWalk = kWalkOf<acc_t>;
+  constexpr int kRing = kWalk + 2;  // with the one before and the one after
+  constexpr bool k3D = kDims == 3;
+  constexpr int kWalkSum = k3D ? 2 : 1;  // the walked axis's sum: D in 3-D, H in 2-D
+  constexpr unsigned kAll = 0xffffffffu;
+  const int lane = int(threadIdx.x) % kWarp, warp = int(threadIdx.x) / kWarp;
+  // 3-D: each warp's probabilities of the class in hand at each ring position, for the H neighbours
+  __shared__ acc_t ring_rows[k3D ? kRing : 1][kWarps][kWarp];
   acc_t sums[kTvSums] = {};
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.pixels; i += stride) {
-    const int64_t b = i / a.S, s = i - b * a.S;
-    const int64_t row = s / a.W;  // h + H d
-    const int64_t coord[3] = {s - row * a.W, kDims == 3 ? row % a.H : row, kDims == 3 ? row / a.H : 0};
-    // the offsets of the kValues pixels from the pixel, within a plane (32 bits: the registers
-    // that keep float64's 3-D kernel from spilling); a missing neighbour is the pixel itself
-    const int64_t pixel = b * a.CS + s;  // its class 0
-    int32_t delta[kValues];
-    delta[0] = 0;
+  // an item is a warp's in 2-D, the block's in 3-D (whose warps share H neighbours)
+  const int64_t first = k3D ? int64_t(blockIdx.x) : int64_t(blockIdx.x) * kWarps + warp;
+  const int64_t step = k3D ? int64_t(gridDim.x) : int64_t(gridDim.x) * kWarps;
+  for (int64_t item = first; item < a.items; item += step) {
+    // item = ((b x walk_tiles + walk tile) x row_tiles + row tile) x col_tiles + column tile
+    int64_t rest = item;
+    const int64_t col_tile = rest % a.col_tiles;
+    rest /= a.col_tiles;
+    const int64_t row_tile = rest % a.row_tiles;
+    rest /= a.row_tiles;
+    const int64_t walk_tile = rest % a.walk_tiles, b = rest / a.walk_tiles;
+    const int64_t w = col_tile * kCols + lane - 1;
+    const int64_t h = k3D ? row_tile * kRows + warp - 1 : 0;
+    const int64_t j0 = walk_tile * kWalk - 1;  // the walked axis's position of ring slot 0
+    const bool pixel_ok = w >= 0 && w < a.W && (!k3D || (h >= 0 && h < a.H));
+    const bool output = pixel_ok && lane >= 1 && lane <= kCols && (!k3D || (warp >= 1 && warp <= kRows));
+    const bool has_left = w > 0, has_right = w + 1 < a.W;
+    const bool has_up = k3D && warp > 0 && h > 0, has_down = k3D && warp + 1 < kWarps && h + 1 < a.H;
+    // slot k's logit of class 0 at base + k walk_stride (used only where ok[k])
+    const int64_t base = b * a.CS + (k3D ? h * a.W : 0) + w + j0 * a.walk_stride;
+    bool ok[kRing];
 #pragma unroll
-    for (int ax = 0; ax < kDims; ++ax) {
-      delta[1 + 2 * ax] = coord[ax] > 0 ? -step[ax] : 0;
-      delta[2 + 2 * ax] = coord[ax] + 1 < len[ax] ? step[ax] : 0;
+    for (int k = 0; k < kRing; ++k) {
+      ok[k] = pixel_ok && j0 + k >= 0 && j0 + k < a.walk_len;
     }
-    // value k's logit of the class whose pixel's logit is at xc
-    const auto logit = [&](const input_t* xc, int k) { return static_cast<acc_t>(xc[delta[k]]); };
-    const input_t* const first = a.x + pixel;
+    // class c's logits of the ring, in acc_t (0 where a slot is missing): a pointer a class,
+    // stepped along the ring (no 64-bit product a slot)
+    const auto load_ring = [&](int c, acc_t (&x)[kRing]) {
+      const input_t* ptr = a.x + (base + c * a.S);
+#pragma unroll
+      for (int k = 0; k < kRing; ++k, ptr += a.walk_stride) {
+        x[k] = ok[k] ? static_cast<acc_t>(*ptr) : acc_t(0);
+      }
+    };
 
-    acc_t m[kValues], inv[kValues];  // each pixel's max logit, and 1 / its sum of exp(x_c - m)
-#pragma unroll
-    for (int k = 0; k < kValues; ++k) {
-      m[k] = logit(first, k);
-      inv[k] = 0;
-    }
-    const input_t* x = first + a.S;
+    // each slot's maximum logit, then 1 / its sum of exp(x - max) (two sweeps, each exponential
+    // the one the probabilities take)
+    acc_t m[kRing], inv[kRing];
+    load_ring(0, m);
 #pragma unroll 1
-    for (int c = 1; c < a.C; ++c, x += a.S) {
+    for (int c = 1; c < a.C; ++c) {
+      acc_t x[kRing];
+      load_ring(c, x);
 #pragma unroll
-      for (int k = 0; k < kValues; ++k) {
-        m[k] = math::pmax(logit(x, k), m[k]);
-      }
-    }
-    x = first;
-#pragma unroll 1
-    for (int c = 0; c < a.C; ++c, x += a.S) {
-#pragma unroll
-      for (int k = 0; k < kValues; ++k) {
-        inv[k] += math::pexp_nonpositive_approx(logit(x, k) - m[k]);
+      for (int k = 0; k < kRing; ++k) {
+        m[k] = math::pmax(x[k], m[k]);
       }
     }
 #pragma unroll
-    for (int k = 0; k < kValues; ++k) {
+    for (int k = 0; k < kRing; ++k) {
+      inv[k] = 0;  // the sum so far
+    }
+#pragma unroll 1
+    for (int c = 0; c < a.C; ++c) {
+      acc_t x[kRing];
+      load_ring(c, x);
+#pragma unroll
+      for (int k = 0; k < kRing; ++k) {
+        inv[k] += math::pexp_nonpositive_approx(x[k] - m[k]);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kRing; ++k) {
       inv[k] = math::preciprocal(inv[k]);
     }
 
-    // p_c of value k, for the class whose logits start at xc
-    const auto prob = [&](const input_t* xc, int k) {
-      return math::pexp_nonpositive_approx(logit(xc, k) - m[k]) * inv[k];
-    };
-    // the pixel's p_c, and in next[ax] its next neighbour's along each axis
-    const auto prob_and_next = [&](const input_t* xc, acc_t (&next)[kDims]) {
+    // One sweep of class c: its probabilities along the ring, then each output slot's G_c from
+    // its neighbours; kLoss: the loss terms and sum_k G_k p_k added up, else dx_c written.
+    acc_t dot[kWalk] = {};
+    const auto sweep = [&](int c, auto loss_tag) {
+      constexpr bool kLoss = decltype(loss_tag)::value;
+      acc_t p[kRing];
+      load_ring(c, p);
 #pragma unroll
-      for (int ax = 0; ax < kDims; ++ax) {
-        next[ax] = prob(xc, 2 + 2 * ax);
+      for (int k = 0; k < kRing; ++k) {
+        p[k] = ok[k] ? math::pexp_nonpositive_approx(p[k] - m[k]) * inv[k] : acc_t(0);
       }
-      return prob(xc, 0);
-    };
-    // G_c, from the pixel's p_c, its next neighbours' and (read here) its previous ones'
-    const auto grad_of = [&](const input_t* xc, acc_t p, const acc_t (&next)[kDims]) {
-      acc_t G = 0;
+      // the sign of each pair along the walk, once: walk_sign[k] = tv_sign(p[k - 1], p[k]), 0
+      // where either is missing (so slot k's walk term is walk_sign[k] - walk_sign[k + 1])
+      acc_t walk_sign[kRing];
 #pragma unroll
-      for (int ax = 0; ax < kDims; ++ax) {
-        G += a.w[ax] * math::tv_grad(prob(xc, 1 + 2 * ax), p, next[ax]);
+      for (int k = 1; k < kRing; ++k) {
+        walk_sign[k] = ok[k - 1] && ok[k] ? math::tv_sign(p[k - 1], p[k]) : acc_t(0);
       }
-      return G;
+      if constexpr (k3D) {
+        __syncthreads();  // the last sweep's readers are done with ring_rows
+#pragma unroll
+        for (int k = 0; k < kRing; ++k) {
+          ring_rows[k][warp][lane] = p[k];
+        }
+        __syncthreads();
+      }
+#pragma unroll
+      for (int t = 0; t < kWalk; ++t) {
+        const int k = t + 1;
+        const acc_t cur = p[k];
+        // W: the left pair's sign here, the right pair's from the next lane (the sign of its left
+        // pair); every lane shuffles, and a missing neighbour's pair has sign 0
+        const acc_t from_left = __shfl_up_sync(kAll, cur, 1);
+        const acc_t left = has_left ? from_left : cur;
+        const acc_t left_sign = math::tv_sign(left, cur);
+        const acc_t right_sign = __shfl_down_sync(kAll, left_sign, 1);
+        acc_t G = a.w_col * (left_sign - (has_right ? right_sign : acc_t(0))) +
+                  a.w_walk * (walk_sign[k] - (k + 1 < kRing ? walk_sign[k + 1] : acc_t(0)));
+        acc_t up = cur;
+        if constexpr (k3D) {
+          up = has_up ? ring_rows[k][warp - 1][lane] : cur;
+          const acc_t down = has_down ? ring_rows[k][warp + 1][lane] : cur;
+          G += a.w_row * math::tv_grad(up, cur, down);
+        }
+        if (output && ok[k]) {
+          if constexpr (kLoss) {  // each pair once, at its later element
+            sums[0] += math::tv_loss(left, cur);
+            sums[kWalkSum] += ok[k - 1] ? math::tv_loss(p[k - 1], cur) : acc_t(0);
+            if constexpr (k3D) {
+              sums[1] += math::tv_loss(up, cur);
+            }
+            dot[t] += G * cur;
+          } else {
+            a.grad[base + k * a.walk_stride + c * a.S] = static_cast<grad_t>(cur * (G - dot[t]));
+          }
+        }
+      }
     };
-    acc_t dot = 0;  // sum_k G_k p_k
-    x = first;
 #pragma unroll 1
-    for (int c = 0; c < a.C; ++c, x += a.S) {
-      acc_t next[kDims];
-      const acc_t p = prob_and_next(x, next);
-#pragma unroll
-      for (int ax = 0; ax < kDims; ++ax) {
-        sums[ax] += math::tv_loss(p, next[ax]);  // 0 where the next is missing
-      }
-      if (a.grad) {  // the same for the whole launch: no divergence
-        dot += grad_of(x, p, next) * p;
-      }
+    for (int c = 0; c < a.C; ++c) {
+      sweep(c, std::true_type{});
     }
-    if (a.grad) {
-      x = first;
-      grad_t* g = a.grad + pixel;
+    if (a.grad) {  // the same for the whole launch: no divergence
 #pragma unroll 1
-      for (int c = 0; c < a.C; ++c, x += a.S, g += a.S) {
-        acc_t next[kDims];
-        const acc_t p = prob_and_next(x, next);
-        *g = static_cast<grad_t>(p * (grad_of(x, p, next) - dot));
+      for (int c = 0; c < a.C; ++c) {
+        sweep(c, std::false_type{});
       }
     }
   }
@@ -195,11 +243,6 @@ std::tuple<at::Tensor, at::Tensor> softmax_tv_fwd_cuda(const at::Tensor& input_,
   const int64_t nd = input_.dim(), W = input_.size(nd - 1), H = input_.size(nd - 2);
   TORCH_CHECK_VALUE(input_.size(1) <= std::numeric_limits<int>::max(), "softmax_tv_fwd: too many classes, ",
                     input_.size(1));
-  // the kernel's neighbour offsets are 32-bit: at most an (H, W) plane in 3-D, a row in 2-D
-  const int64_t widest_step = spatial_dims == 3 ? W * H : W;
-  TORCH_CHECK_VALUE(widest_step <= std::numeric_limits<int32_t>::max(), "softmax_tv_fwd on CUDA: input of shape ",
-                    input_.sizes(), " has ", spatial_dims == 3 ? "(H, W) planes" : "rows", " of ", widest_step,
-                    " elements; at most 2^31 - 1 are supported");
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous();
 
@@ -221,20 +264,26 @@ std::tuple<at::Tensor, at::Tensor> softmax_tv_fwd_cuda(const at::Tensor& input_,
     args.x = input.const_data_ptr<input_t>();
     args.grad = compute_grad ? grad.mutable_data_ptr<saved_grad_t<input_t>>() : nullptr;
     args.S = n ? n / (B * C) : 0;
-    args.pixels = B * args.S;
     args.CS = C * args.S;
     args.C = int(C);
     args.W = W;
     args.H = H;
-    args.D = D;
-    for (int ax = 0; ax < 3; ++ax) {
-      args.w[ax] = acc_t(weights.axis[ax]);
-    }
+    const bool three_d = spatial_dims == 3;
+    args.walk_len = three_d ? D : H;
+    args.walk_stride = three_d ? H * W : W;
+    args.col_tiles = ceil_div(W, kCols);
+    args.row_tiles = three_d ? ceil_div(H, kRows) : 1;
+    args.walk_tiles = ceil_div(args.walk_len, kWalkOf<acc_t>);
+    args.items = n ? B * args.walk_tiles * args.row_tiles * args.col_tiles : 0;
+    args.w_col = acc_t(weights.axis[0]);
+    args.w_row = three_d ? acc_t(weights.axis[1]) : acc_t(0);
+    args.w_walk = acc_t(weights.axis[three_d ? 2 : 1]);
     const TvFinish<input_t> finish{loss.mutable_data_ptr<input_t>(), double(n), {extent[0], extent[1], extent[2]},
                                    beta, mean};
-    dispatch_bool(spatial_dims == 3, [&](auto three_d) {
-      constexpr auto kernel = &softmax_tv_kernel<decltype(three_d)::value ? 3 : 2, input_t>;
-      const int64_t blocks = n ? grid_size<kernel>(ceil_div(args.pixels, kThreads)) : 0;
+    dispatch_bool(three_d, [&](auto three_d_tag) {
+      constexpr auto kernel = &softmax_tv_kernel<decltype(three_d_tag)::value ? 3 : 2, input_t>;
+      // an item a block in 3-D, a warp in 2-D
+      const int64_t blocks = n ? grid_size<kernel>(three_d ? args.items : ceil_div(args.items, kWarps)) : 0;
       // a row of partials a block: as TileSplit counts them, `blocks` tiles of one group, a tile
       // a block, so that sum_and_finish adds rows 0 to blocks - 1 in order (none for no blocks)
       const TileSplit split = TileSplit::make(blocks, blocks, blocks);
