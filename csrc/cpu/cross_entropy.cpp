@@ -26,6 +26,7 @@
 #include <limits>
 
 #include "cpu_common.h"
+#include "class_sweep.h"
 #include "../op_checks.h"
 // after cpu_common.h (see there)
 #include "../cross_entropy_math.h"
@@ -87,38 +88,16 @@ void ce_block(const CeProblem<acc_t>& pb, const RowSource<acc_t>& input, const L
   const int64_t base = b * C * S + s0;
   // The block's logits, a row a class: converted into the scratch, or read where they are, or
   // where pb.gather_rows says so copied into it (see there).
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t* row = sc.x.data() + c * kBlock;
-    const acc_t* src = input(base + c * S, row, n);
-    if (src != row && pb.gather_rows) {
-      std::copy_n(src, n, row);
-      src = row;
-    }
-    sc.x_rows[c] = src;
-  }
+  class_rows(input, base, C, S, n, pb.gather_rows, sc.x.data(), kBlock, sc.x_rows);
   const acc_t* t = labels(b * S + s0, sc.labels.data(), n);
   acc_t* loss_row = pb.none ? loss_out.row(b * S + s0, sc.loss.data()) : nullptr;
   const V zero(acc_t(0)), one(acc_t(1));
 
   for_each_vector<acc_t>(n, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
-    V m = load<kTail>(sc.x_rows[0] + i, lanes);
-    for (int64_t c = 1; c < C; ++c) {
-      m = math::pmax(load<kTail>(sc.x_rows[c] + i, lanes), m);
-    }
     const V label = load<kTail>(t + i, lanes);
-    V sum(acc_t(0)), y_t(acc_t(0)), w_t(acc_t(0)), wy(acc_t(0));
-    for (int64_t c = 0; c < C; ++c) {
-      const V y = load<kTail>(sc.x_rows[c] + i, lanes) - m;
-      const V e = math::pexp(y);
-      sum = sum + e;
-      if constexpr (kGrad) e.store(sc.exps.data() + c * kBlock + i);
-      const V is_c = label == V(acc_t(c));
-      const V w_c(pb.weight[c]);
-      y_t = V::blendv(y_t, y, is_c);
-      w_t = V::blendv(w_t, w_c, is_c);
-      wy = at::vec::fmadd(w_c, y, wy);
-    }
+    const auto [sum, y_t, w_t, wy] =
+        class_sweep<true, kGrad, kTail>(sc.x_rows, i, lanes, label, pb.weight.data(), sc.exps.data(), kBlock);
     const V counted = label >= zero;  // a mask: all bits set where the pixel counts
     const V counts = V::blendv(zero, one, counted);
     // an ignored pixel's loss is 0 also where its logits are not finite (padding), as torch's

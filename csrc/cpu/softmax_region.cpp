@@ -33,6 +33,7 @@
 #include <optional>
 
 #include "cpu_common.h"
+#include "class_sweep.h"
 #include "../op_checks.h"
 // after cpu_common.h (see there)
 #include "../cross_entropy_math.h"
@@ -126,39 +127,16 @@ std::pair<const acc_t*, const acc_t*> softmax_block(const Geometry& geo, const P
   const int64_t C = geo.C, S = geo.S, base = b * C * S + s0;
   // the logits, a row a class: converted into the scratch, read in place, or copied into the
   // scratch first where many rows would share a cache set (gather_class_rows)
-  const bool gather = gather_class_rows(C, S * int64_t(sizeof(acc_t)));
-  for (int64_t c = 0; c < C; ++c) {
-    acc_t* row = sc.x.data() + c * kBlock;
-    const acc_t* from = src.input(base + c * S, row, n);
-    if (from != row && gather) {
-      std::copy_n(from, n, row);
-      from = row;
-    }
-    sc.x_rows[c] = from;
-  }
+  class_rows(src.input, base, C, S, n, gather_class_rows(C, S * int64_t(sizeof(acc_t))), sc.x.data(), kBlock,
+             sc.x_rows);
   const acc_t* t = src.labels(b * S + s0, sc.labels.data(), n);
   const acc_t* m = kMasked ? (*src.mask)(b * S + s0, sc.mask.data(), n) : nullptr;
   const V zero(acc_t(0)), one(acc_t(1)), classes = V(acc_t(C));
   for_each_vector<acc_t>(n, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
-    V mx = load<kTail>(sc.x_rows[0] + i, lanes);
-    for (int64_t c = 1; c < C; ++c) {
-      mx = math::pmax(load<kTail>(sc.x_rows[c] + i, lanes), mx);
-    }
     const V label = load<kTail>(t + i, lanes);
-    V sum(acc_t(0)), y_t(acc_t(0)), w_t(acc_t(0)), wy(acc_t(0));
-    for (int64_t c = 0; c < C; ++c) {
-      const V y = load<kTail>(sc.x_rows[c] + i, lanes) - mx;
-      const V e = math::pexp(y);
-      e.store(sc.exps.data() + c * kBlock + i);
-      sum = sum + e;
-      if constexpr (kCe) {
-        const V is_c = label == V(acc_t(c)), w_c(pb.weight[c]);
-        y_t = V::blendv(y_t, y, is_c);
-        w_t = V::blendv(w_t, w_c, is_c);
-        wy = at::vec::fmadd(w_c, y, wy);
-      }
-    }
+    const auto [sum, y_t, w_t, wy] =
+        class_sweep<kCe, true, kTail>(sc.x_rows, i, lanes, label, pb.weight.data(), sc.exps.data(), kBlock);
     const V inv = math::preciprocal(sum);
     inv.store(sc.inv_sum.data() + i);
     const V in_range = (label >= zero) & (label < classes);  // (false for NaN: an ignored pixel)
