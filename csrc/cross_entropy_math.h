@@ -29,10 +29,13 @@ struct CeOptions {
 };
 
 // The loss of one pixel, from L = log S, y_t = x_t - m, w_t, v, and wy = sum_c w_c y_c (used only
-// where s > 0: the caller may pass 0 for it when it is not).
+// where s > 0: the caller may pass 0 for it when it is not). Without smoothing its term is left
+// out, not multiplied by 0: wy is -inf where a class's logit is -inf (a class masked out, which
+// torch takes: its loss is finite), and 0 * -inf would make the loss NaN.
 template <typename S, typename T>
 C10_HOST_DEVICE inline T ce_loss(const CeOptions<S>& o, T log_sum, T y_t, T w_t, T v, T wy) {
-  return T(o.keep) * w_t * (log_sum - y_t) + T(o.smooth) * v * (T(o.weight_sum) * log_sum - wy);
+  const T own = T(o.keep) * w_t * (log_sum - y_t);
+  return o.smooth == S(0) ? own : own + T(o.smooth) * v * (T(o.weight_sum) * log_sum - wy);
 }
 
 // A of the gradient dx_c = A p_c - B_c: the factor of every class's probability.

@@ -28,8 +28,9 @@ C10_HOST_DEVICE inline auto in_unit_interval(T p) { return p * (T(1) - p) >= T(0
 
 // Clamp of the logs in nn.BCELoss, so that p = 0 or 1 gives a finite loss.
 constexpr double kBceLogClamp = -100.0;
-// Floor of p (1 - p) in nn.BCELoss's backward.
-constexpr double kBceGradEps = 1e-12;
+// Floor of p (1 - p) in nn.BCELoss's backward: torch's EPSILON, a float (1e-12f, 9.99999996e-13
+// as a double, which the float64 gradient then matches to the last bit).
+constexpr double kBceGradEps = static_cast<double>(1e-12f);
 
 // log(1 - s) for |s| <= 1/8: -s c(s), c a degree-5 polynomial, fitted (Remez, minimax in the
 // relative error) to -log(1 - s) / s on [-1/8, 1/8]: within 2^-25.8 of it in exact arithmetic,

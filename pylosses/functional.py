@@ -10,6 +10,7 @@ import functools
 import math
 import numbers
 import os
+import sys
 import warnings
 from typing import Callable, List, Optional, Sequence, Union
 
@@ -148,7 +149,7 @@ def _check_weight(name: str, value) -> None:
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     # comparisons, not math.isfinite: torch.compile(dynamic=True) traces a module's float
     # attributes as symbolic floats, which math.isfinite cannot take (NaN fails both)
-    if not -math.inf < value < math.inf:
+    if not -sys.float_info.max <= value <= sys.float_info.max:  # (also an int too large for a float)
         raise ValueError(f"{name} must be finite, got {value!r}")
 
 
@@ -352,7 +353,7 @@ def _class_weight(weight) -> Optional[Tensor]:
     never negative (checked where it costs no host sync: not for a weight already on a GPU)."""
     if weight is None:
         return None
-    if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, Sequence, Tensor)):
+    if isinstance(weight, (bool, str, bytes)) or not isinstance(weight, (numbers.Real, Sequence, Tensor)):
         raise TypeError(f"weight must be None, a number, a sequence of numbers or a tensor, got {type(weight).__name__}")
     w = torch.as_tensor(weight)
     if not w.is_floating_point():
@@ -362,6 +363,22 @@ def _class_weight(weight) -> Optional[Tensor]:
     if w.device.type == "cpu" and bool((w < 0).any()):
         raise ValueError(f"weight must be no less than 0, got {w.tolist()}")
     return w
+
+
+def _check_not_differentiable(name: str, weight, loss: str) -> None:
+    """torch's rule for its cross-entropy's weight and BCE's pos_weight: they take no gradient, and
+    one that asks for it is an error (rather than a gradient silently left out by one backend)."""
+    if isinstance(weight, Tensor) and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"{name}: {loss} is not differentiable with respect to {name} (torch raises too); "
+                           f"pass {name}.detach()")
+
+
+def _to_device(name: str, weight: Tensor, device: torch.device) -> Tensor:
+    """A weight moved to the input's device (as MONAI moves its class weights); one on the meta
+    device holds no values to move."""
+    if weight.device.type == "meta" and device.type != "meta":
+        raise ValueError(f"{name} must hold values for an input on {device}: it is on the meta device")
+    return weight.to(device)
 
 
 def _dice_weight(weight, classes: int, device: torch.device) -> Optional[Tensor]:
@@ -375,7 +392,7 @@ def _dice_weight(weight, classes: int, device: torch.device) -> Optional[Tensor]
     elif w.shape[0] != classes:
         raise ValueError(f"weight has {w.shape[0]} values for {classes} classes (with include_background=False, the "
                          f"weight should not include the background class 0)")
-    return w.to(device)
+    return _to_device("weight", w, device)
 
 
 def _label_map(input: Tensor, target: Tensor, ignore_index: Optional[int], checked_by_op: bool = False) -> Tensor:
@@ -396,6 +413,12 @@ def _label_map(input: Tensor, target: Tensor, ignore_index: Optional[int], check
         labels = labels.to(torch.uint8)
     elif labels.dtype not in _CLASS_TARGETS:
         labels = labels.long()
+    if ignore_index is not None and labels.dtype != torch.int64:
+        info = torch.iinfo(labels.dtype)
+        if not info.min <= ignore_index <= info.max:
+            # no label of this dtype is ignore_index (so nothing is ignored), where a comparison
+            # in the labels' dtype would wrap it into one (257 into a uint8's 1)
+            labels = labels.long()
     on_cpu = labels.device.type == "cpu"
     if (on_cpu and not checked_by_op) or (_ops.input_checks and not on_cpu and labels.device.type != "meta"):
         reference.check_class_targets(labels, classes, ignore_index)
@@ -579,17 +602,24 @@ def generalized_dice_loss(input: Tensor, target: Tensor, include_background: boo
         (include_background, w_type, float(smooth_nr), float(smooth_dr), batch, reduction))
 
 
+def _pos_weight_tensor(pos_weight) -> Optional[Tensor]:
+    """pos_weight as a floating tensor (or None), as torch's BCEWithLogitsLoss keeps it."""
+    if pos_weight is None:
+        return None
+    if isinstance(pos_weight, (bool, str, bytes)) or not isinstance(pos_weight, (numbers.Real, Sequence, Tensor)):
+        raise TypeError(f"pos_weight must be None, a number, a sequence of numbers or a tensor, "
+                        f"got {type(pos_weight).__name__}")
+    pw = torch.as_tensor(pos_weight)
+    return pw if pw.is_floating_point() else pw.float()
+
+
 def _check_pos_weight(pos_weight, input: Tensor) -> Optional[Tensor]:
     """torch's pos_weight: a tensor (or numbers) that broadcasts against the input, by torch's
     rules (per channel of (B, C, H, W): shape (C, 1, 1))."""
-    if pos_weight is None:
+    pw = _pos_weight_tensor(pos_weight)
+    if pw is None:
         return None
-    if isinstance(pos_weight, bool) or not isinstance(pos_weight, (numbers.Real, Sequence, Tensor)):
-        raise TypeError(f"pos_weight must be None, a number, a sequence of numbers or a tensor, "
-                        f"got {type(pos_weight).__name__}")
-    pw = torch.as_tensor(pos_weight, device=input.device)
-    if not pw.is_floating_point():
-        pw = pw.float()
+    pw = _to_device("pos_weight", pw, input.device)
     try:
         shape = torch.broadcast_shapes(pw.shape, input.shape)
     except RuntimeError:
@@ -628,6 +658,7 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
                                       include_background=include_background, squared_pred=squared_pred,
                                       jaccard=jaccard, batch=batch, soft_label=soft_label)
     _check_combined("dice_bce_loss", reduction, lambda_dice=lambda_dice, lambda_bce=lambda_bce, lambda_tv=lambda_tv)
+    _check_not_differentiable("pos_weight", pos_weight, "BCE with logits")
     mask = _check_region_tensors(input, target, mask)
     spatial = input.dim() - 2
     if lambda_tv != 0 and spatial not in (2, 3):
@@ -698,6 +729,7 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
                                       squared_pred=squared_pred, jaccard=jaccard, batch=batch)
     _check_combined("dice_ce_loss", reduction, lambda_dice=lambda_dice, lambda_ce=lambda_ce, lambda_tv=lambda_tv)
     _check_label_smoothing(label_smoothing)
+    _check_not_differentiable("weight", weight, "DiceCELoss's cross-entropy")
     _check_tensors(input, input, _FLOATS)
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
@@ -721,7 +753,8 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
                                    squared_pred, jaccard, reduction, smooth_nr, smooth_dr, batch, dice_weight,
                                    ignore_index=ignore_index, backend=backend)
     if w is not None:
-        w = w.to(input.device).expand(classes) if w.dim() == 0 else w.to(input.device)
+        w = _to_device("weight", w, input.device)
+        w = w.expand(classes) if w.dim() == 0 else w
     if classes == 1:  # MONAI's BCE with logits, its weight the pos_weight
         keep = None if ignore_index is None else target != ignore_index
         t = target if target.is_floating_point() else target.to(input.dtype)
@@ -773,7 +806,7 @@ def _fused_dice_ce(chosen: str, input: Tensor, target: Tensor, include_backgroun
     labels = _label_map(input, target, ignore_index, checked_by_op=chosen == "native" and input.device.type == "cpu")
     dice_w = _dice_weight(dice_weight, _foreground_classes(input, include_background), input.device)
     if w is not None:
-        w = (w.expand(classes) if w.dim() == 0 else w).to(input.device)
+        w = _to_device("weight", w.expand(classes) if w.dim() == 0 else w, input.device)
         if w.shape != (classes,):
             raise ValueError(f"weight must have one value a class, shape ({classes},), got {tuple(w.shape)}")
     mode = reference.region_mode(squared_pred, False)
@@ -855,6 +888,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
                              reduction=reduction, label_smoothing=label_smoothing, backend=backend)
         return loss.squeeze(0) if reduction == "none" else loss
     _check_cross_entropy_args(input, target, weight, ignore_index, label_smoothing)
+    _check_not_differentiable("weight", weight, "the cross-entropy")
     chosen = _pick_backend(backend, input.device, input.numel())
     if chosen in _ops.PREFIX:
         fn = functools.partial(_ops.cross_entropy, chosen)

@@ -176,7 +176,8 @@ class DiceBCELoss(_RegionLoss):
         self.lambda_dice, self.lambda_bce, self.lambda_tv = lambda_dice, lambda_bce, lambda_tv
         self.backend = backend
         self.register_buffer("class_weight", F._class_weight(weight))
-        self.register_buffer("pos_weight", None if pos_weight is None else F._class_weight(pos_weight))
+        # as torch's BCEWithLogitsLoss keeps it: any shape that broadcasts against the input
+        self.register_buffer("pos_weight", F._pos_weight_tensor(pos_weight))
 
     def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return F.dice_bce_loss(input, target, include_background=self.include_background,

@@ -38,6 +38,7 @@ BAD_CALLS = [
     (pylosses.segmentation_loss, dict(input=X, target=T, alpha="0.7"), TypeError, ["alpha", "'0.7'"]),
     (pylosses.segmentation_loss, dict(input=X, target=T, beta=float("nan")), ValueError, ["beta", "nan"]),
     (pylosses.segmentation_loss, dict(input=X, target=T, alpha=True), TypeError, ["alpha", "True"]),
+    (pylosses.segmentation_loss, dict(input=X, target=T, alpha=10**400), ValueError, ["alpha", "finite"]),
     (pylosses.segmentation_loss, dict(input=X, target=T, from_logits=1), TypeError, ["from_logits", "1"]),
     (pylosses.segmentation_loss, dict(input=X, target=T, reduction=None), ValueError, ["reduction", "None"]),
     (pylosses.SegmentationLoss, dict(reduction="elementwise_mean"), ValueError, ["reduction", "elementwise_mean"]),
@@ -119,19 +120,22 @@ def test_the_kernels_and_the_reference_say_the_same():
 
 
 @needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("from_logits", [False, True])
-def test_extreme_values_match_nn(from_logits):
-    # p exactly 0 and 1 (BCE's clamps at -100, its gradient's 1e-12 floor, infinite target grads)
+def test_extreme_values_match_nn(from_logits, dtype):
+    # p exactly 0 and 1 (BCE's clamps at -100, its gradient's floor of p (1 - p), torch's float
+    # 1e-12 also in float64, infinite target grads)
     values = [0.0, 1.0, 0.0, 1.0, 0.5, 1e-30] if not from_logits else [-200.0, 200.0, 80.0, -80.0, 0.0, 30.0]
-    x = torch.tensor(values).reshape(1, 1, 2, 3).requires_grad_()
-    t = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 1.0]).reshape(1, 1, 2, 3).requires_grad_()
+    x = torch.tensor(values, dtype=dtype).reshape(1, 1, 2, 3).requires_grad_()
+    t = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 1.0], dtype=dtype).reshape(1, 1, 2, 3).requires_grad_()
     ours = pylosses.segmentation_loss(x, t, alpha=1.0, beta=0.0, from_logits=from_logits, reduction="sum",
                                       backend="native")
     bce = nn.BCEWithLogitsLoss(reduction="sum") if from_logits else nn.BCELoss(reduction="sum")
     theirs = bce(x, t)
     torch.testing.assert_close(ours, theirs)
+    tol = {"rtol": 1e-12, "atol": 0.0} if dtype == torch.float64 else {}
     for a, b in zip(torch.autograd.grad(ours, (x, t)), torch.autograd.grad(theirs, (x, t))):
-        torch.testing.assert_close(a, b, equal_nan=True)
+        torch.testing.assert_close(a, b, equal_nan=True, **tol)
 
 
 def test_modules_are_losses_and_carry_configuration():

@@ -132,6 +132,28 @@ def test_weights_of_zero(backend):
     assert loss.isnan() and not grad.isfinite().any()
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_a_class_masked_out_with_minus_inf(backend):
+    """A logit of -inf (a class masked out) is p = 0 to torch: the loss stays finite where it is
+    not the label's, inf where it is (with smoothing, every pixel's -log p of it is inf); never
+    NaN, which 0 x -inf in the smoothing's term would give."""
+    x, t, w, _ = _case((2, 3, 6, 8), ignore="absent", dtype=torch.float32, weight=True)
+    t = t.clamp(0, 1)
+    x[:, 2] = float("-inf")
+    for reduction in REDUCTIONS:
+        for weight in (None, w):
+            got, grad = _loss_and_grad(lambda *a, **k: pylosses.cross_entropy(*a, **k, backend=backend),
+                                       x, t, weight, -100, 0.0, reduction, torch.float32)
+            want, grad_want = _loss_and_grad(F.cross_entropy, x.double(), t, weight, -100, 0.0, reduction,
+                                             torch.float64)
+            assert got.isfinite().all()
+            torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-6)
+            torch.testing.assert_close(grad.double(), grad_want, rtol=2e-6, atol=2e-6)
+    t[0, 0, 0] = 2  # the label's own logit is -inf: torch's inf
+    assert pylosses.cross_entropy(x, t, backend=backend, reduction="sum") == float("inf")
+    assert pylosses.cross_entropy(x, t.clamp(0, 1), backend=backend, label_smoothing=0.1) == float("inf")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ignored_pixels_with_non_finite_logits(backend):
     """Padding: an ignored pixel's logits may be inf or NaN; its loss and gradient are 0 and the
@@ -291,6 +313,8 @@ BAD_ARGUMENTS = [
     ("weight length", {"weight": torch.ones(4)}, ValueError, "one value a class"),
     ("weight dtype", {"weight": torch.ones(3, dtype=torch.int64)}, TypeError, "weight must be floating"),
     ("weight type", {"weight": [1.0, 1.0, 1.0]}, TypeError, "weight must be a torch.Tensor"),
+    ("weight requires grad", {"weight": torch.ones(3, requires_grad=True)}, RuntimeError,
+     "not differentiable with respect to weight"),
     ("ignore_index type", {"ignore_index": 1.5}, TypeError, "ignore_index must be an int"),
     ("smoothing range", {"label_smoothing": 1.5}, ValueError, "label_smoothing must be between"),
     ("smoothing nan", {"label_smoothing": float("nan")}, ValueError, "label_smoothing must be finite"),

@@ -537,6 +537,18 @@ def test_cross_entropy_every_pixel_ignored(emulated, reduction):
             assert torch.equal(grad * scale, torch.zeros_like(grad))
 
 
+def test_cross_entropy_a_class_masked_out_with_minus_inf(emulated):
+    """A class whose logits are -inf (masked out) that no pixel has for its label: torch's
+    finite loss, on the register and the streaming paths (never 0 x -inf in the smoothing's term)."""
+    for n_classes, bs in ((4, (2, 40, 80)), (7, (3, 5, 9)), (40, (2, 5, 8))):
+        x, t = _ce_inputs(bs, n_classes, torch.float32, seed=2)
+        t = t.clamp(max=n_classes - 2)
+        x[:, n_classes - 1] = float("-inf")
+        for reduction in (0, 1):
+            loss, _, _ = _ce_compare(emulated, x, t, None, -100, 0.0, reduction, f"-inf C={n_classes}")
+            assert loss.isfinite().all()
+
+
 def test_cross_entropy_zero_weights_give_nan(emulated):
     """Pixels that count but weigh 0 (D = 0): "mean" is NaN, as torch's."""
     x, t = _ce_inputs((2, 8, 12), 3, torch.float32)
@@ -717,6 +729,19 @@ def test_softmax_region_with_ce_matches_the_cpu(emulated, dtype, options):
             back = (grad_sums, grad_ce) + args[:-1]
             _close_to(emulated.softmax_region_sums_backward(*back), torch.ops.pylosses.softmax_region_sums_backward(*back),
                       grad_tol, what + f" grad (grad_ce {grad_ce.tolist()})")
+
+
+def test_softmax_region_ce_with_a_class_masked_out_with_minus_inf(emulated):
+    """Logits of -inf in a class no pixel has for its label (masked out): the cross-entropy is
+    finite, as torch's and the CPU kernel's (0 x -inf in the smoothing's term made it NaN)."""
+    for shape in [(2, 3, 5, 7), (2, 40, 6)]:
+        x, labels, mask = _op_inputs(shape, torch.float32, torch.int64, masked=False, seed=3)
+        labels = labels.clamp(max=shape[1] - 2)
+        x[:, shape[1] - 1] = float("-inf")
+        args = (x, labels, mask, 0, None, _ops.NO_IGNORE, 0.0, True)
+        got, want = emulated.softmax_region_sums(*args), torch.ops.pylosses.softmax_region_sums(*args)
+        assert got[1].isfinite().all() and want[1].isfinite().all(), shape
+        _close_to(got[1], want[1], 2e-5, f"{shape} ce")
 
 
 def test_softmax_region_out_of_range_labels_and_determinism(emulated, junk_memory):

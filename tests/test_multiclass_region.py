@@ -159,6 +159,41 @@ def test_label_map_dtypes_agree():
                                        rtol=1e-12, atol=1e-12)
 
 
+_KERNELS = [b for b in ("native", "triton") if b in pylosses.available_backends("cpu")]
+
+
+@pytest.mark.parametrize("ignore_index", [257, -255, 2**32 + 1])
+def test_an_ignore_index_no_label_dtype_holds_ignores_nothing(ignore_index):
+    """ignore_index outside a uint8 or int32 map's range matches no label (as for an int64 map),
+    where a comparison in the map's dtype would wrap it onto a class (257 onto a uint8's 1)."""
+    shape = (2, 3, 4, 5)
+    x, labels = _logits(shape), _labels(shape)
+    for backend in _KERNELS + ["reference"]:
+        for fn in (pylosses.dice_loss, pylosses.tversky_loss, pylosses.dice_ce_loss):
+            want = fn(x, labels.long(), softmax=True, to_onehot_y=True, backend=backend)
+            for dtype in (torch.uint8, torch.int32):
+                if dtype == torch.uint8 or abs(ignore_index) > 2**31:
+                    got = fn(x, labels.to(dtype), softmax=True, to_onehot_y=True, ignore_index=ignore_index,
+                             backend=backend)
+                    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_class_masked_out_with_minus_inf_is_monais_loss():
+    """DiceCE over logits with one class at -inf everywhere (masked out): MONAI's finite loss and
+    gradient, on every backend (its cross-entropy must not turn 0 x -inf into NaN)."""
+    shape = (2, 4, 5, 6)
+    x, labels = _logits(shape), _labels(shape).clamp(max=2)
+    x[:, 3] = float("-inf")
+    monai_losses = pytest.importorskip("monai.losses")
+    want = monai_losses.DiceCELoss(softmax=True, to_onehot_y=True)(x, labels.double())
+    for backend in _KERNELS + ["reference"]:
+        xa = x.detach().requires_grad_(True)
+        got = pylosses.dice_ce_loss(xa, labels, softmax=True, to_onehot_y=True, backend=backend)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        grad, = torch.autograd.grad(got, xa)
+        assert grad[:, :3].isfinite().all() and (grad[:, 3] == 0).all()
+
+
 def test_lambda_tv_adds_the_total_variation_of_the_softmax():
     """lambda_tv adds the segmentation loss's total variation of the softmax probabilities (of
     the sigmoid for one channel), values and gradients."""

@@ -352,10 +352,26 @@ def test_bad_tensors_and_options():
         (lambda: pylosses.dice_bce_loss(x[..., 0], t[..., 0], lambda_tv=0.1), ValueError, "lambda_tv"),
         (lambda: pylosses.dice_bce_loss(x, t, pos_weight=torch.ones(3)), ValueError, "pos_weight"),
         (lambda: pylosses.DiceBCELoss(lambda_dice=float("inf")), ValueError, "lambda_dice"),
+        (lambda: pylosses.dice_loss(x, t, weight="1"), TypeError, "weight"),
+        (lambda: pylosses.DiceBCELoss(pos_weight="1"), TypeError, "pos_weight"),
+        (lambda: pylosses.dice_loss(x, t, weight=torch.ones(3, device="meta")), ValueError, "weight.*meta"),
+        (lambda: pylosses.dice_bce_loss(x, t, pos_weight=torch.ones(3, 1, 1, device="meta")), ValueError,
+         "pos_weight.*meta"),
+        (lambda: pylosses.dice_bce_loss(x, t, pos_weight=torch.ones(3, 1, 1, requires_grad=True)), RuntimeError,
+         "not differentiable with respect to pos_weight"),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):
             call()
+
+
+def test_dice_bce_module_takes_what_the_function_takes_for_pos_weight():
+    """pos_weight as torch's BCEWithLogitsLoss keeps it: one a channel, (C, 1, 1), or any number
+    (a negative one too, as torch's), the module and the function alike."""
+    x, t = torch.randn(2, 3, 4, 4, dtype=torch.float64), (torch.rand(2, 3, 4, 4) > 0.5).double()
+    for pos_weight in (torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64).view(3, 1, 1), -1.0, [2.0]):
+        module = pylosses.DiceBCELoss(pos_weight=pos_weight)
+        torch.testing.assert_close(module(x, t), pylosses.dice_bce_loss(x, t, pos_weight=pos_weight))
 
 
 def test_module_is_a_drop_in_for_monai():
