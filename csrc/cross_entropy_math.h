@@ -29,13 +29,19 @@ struct CeOptions {
 };
 
 // The loss of one pixel, from L = log S, y_t = x_t - m, w_t, v, and wy = sum_c w_c y_c (used only
-// where s > 0: the caller may pass 0 for it when it is not). Without smoothing its term is left
-// out, not multiplied by 0: wy is -inf where a class's logit is -inf (a class masked out, which
-// torch takes: its loss is finite), and 0 * -inf would make the loss NaN.
+// where s > 0: the caller may pass 0 for it when it is not).
 template <typename S, typename T>
 C10_HOST_DEVICE inline T ce_loss(const CeOptions<S>& o, T log_sum, T y_t, T w_t, T v, T wy) {
-  const T own = T(o.keep) * w_t * (log_sum - y_t);
-  return o.smooth == S(0) ? own : own + T(o.smooth) * v * (T(o.weight_sum) * log_sum - wy);
+  return T(o.keep) * w_t * (log_sum - y_t) + T(o.smooth) * v * (T(o.weight_sum) * log_sum - wy);
+}
+
+// wy as ce_loss takes it from a kernel that sums it whether or not there is smoothing: 0 without,
+// where a class's logit of -inf (a class masked out, which torch takes: a finite loss) makes wy
+// -inf and the smoothing's term 0 x -inf, NaN. (The CUDA cross-entropy sums wy only with
+// smoothing, a template argument, and needs none of this.)
+template <typename S, typename T>
+C10_HOST_DEVICE inline T ce_smoothing_wy(const CeOptions<S>& o, T wy) {
+  return o.smooth == S(0) ? T(0) : wy;
 }
 
 // A of the gradient dx_c = A p_c - B_c: the factor of every class's probability.

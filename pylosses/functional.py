@@ -501,6 +501,17 @@ def _kernel_region_sums(chosen: str, input: Tensor, target: Tensor, labels: Opti
     return sums
 
 
+def _check_kernel_region_target(chosen: str, input: Tensor, target: Tensor, mask: Optional[Tensor]) -> None:
+    """The uint8 target's 0/1 check (the CPU's error) where the kernels do not make it: the native
+    CPU op raises itself; triton on CPU tensors (the interpreter) always; on a GPU, either
+    backend under set_input_checks(True) (a host sync)."""
+    device = input.device.type
+    if device == "meta" or (chosen == "native" and device == "cpu"):
+        return
+    if device == "cpu" or _ops.input_checks:
+        reference.check_region_mask(target, mask, any_device=True)
+
+
 def _region_loss(name: str, from_sums: Callable, input: Tensor, target: Tensor, labels: Optional[Tensor],
                  mask: Optional[Tensor], sigmoid: bool, softmax: bool, mode: int, ignore_index: Optional[int],
                  backend: str, reference_args: tuple, from_sums_args: tuple) -> Tensor:
@@ -508,8 +519,8 @@ def _region_loss(name: str, from_sums: Callable, input: Tensor, target: Tensor, 
     (its last), which is added here."""
     chosen = _pick_backend(backend, input.device, input.numel())
     if chosen in _ops.PREFIX:
-        if labels is None and _ops.input_checks and chosen == "native" and input.device.type not in ("cpu", "meta"):
-            reference.check_region_mask(target, mask, any_device=True)
+        if labels is None:
+            _check_kernel_region_target(chosen, input, target, mask)
         out_dtype = input.dtype if labels is not None else reference.region_out_dtype(input, target)
 
         def fn(input, target, mask):
@@ -681,6 +692,7 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
     # pos_weight of one value a channel (or none): Dice + BCE read the logits twice, as Dice alone.
     # A pos_weight that varies along space: Dice from the region ops, BCE from torch's op. Total
     # variation from the segmentation loss's op.
+    _check_kernel_region_target(chosen, input, target, mask)
     pw_channels = _per_channel(pw, input)
     fused_bce = pw is None or pw_channels is not None
 

@@ -456,6 +456,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     n_classes = x.shape[1]
     t = target.long()
     ignored = t == ignore_index
+    # an ignored pixel's logits may be inf or NaN (padding): read as 0, so that its loss and
+    # gradient are 0 (a weight of 0 times NaN would be NaN), as torch's
+    x = torch.where(ignored.unsqueeze(1), torch.zeros((), dtype=dtype, device=x.device), x)
     t = torch.where(ignored, torch.zeros_like(t), t).unsqueeze(1)
     w = torch.ones(n_classes, dtype=dtype, device=x.device) if weight is None else weight.to(dtype)
     w = w.view([1, n_classes] + [1] * (x.dim() - 2))

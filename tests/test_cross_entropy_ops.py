@@ -154,7 +154,7 @@ def test_a_class_masked_out_with_minus_inf(backend):
     assert pylosses.cross_entropy(x, t.clamp(0, 1), backend=backend, label_smoothing=0.1) == float("inf")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["reference", "jit"])
 def test_ignored_pixels_with_non_finite_logits(backend):
     """Padding: an ignored pixel's logits may be inf or NaN; its loss and gradient are 0 and the
     others' are untouched, as torch's."""

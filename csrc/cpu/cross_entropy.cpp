@@ -101,7 +101,8 @@ void ce_block(const CeProblem<acc_t>& pb, const RowSource<acc_t>& input, const L
     const V counted = label >= zero;  // a mask: all bits set where the pixel counts
     const V counts = V::blendv(zero, one, counted);
     // an ignored pixel's loss is 0 also where its logits are not finite (padding), as torch's
-    const V loss = V::blendv(zero, math::ce_loss(pb.loss_options, math::plog(sum), y_t, w_t, counts, wy), counted);
+    const V wy_used = math::ce_smoothing_wy(pb.loss_options, wy);
+    const V loss = V::blendv(zero, math::ce_loss(pb.loss_options, math::plog(sum), y_t, w_t, counts, wy_used), counted);
     if (pb.none) {
       store<kTail>(loss, loss_row + i, lanes);
     } else {

@@ -151,7 +151,8 @@ std::pair<const acc_t*, const acc_t*> softmax_block(const Geometry& geo, const P
         w_t.store(sc.label_weight.data() + i);
       } else {
         // a pixel that does not count adds 0, also where its logits are not finite (padding)
-        accumulate<kTail>(ce[0], kept(math::ce_loss(pb.ce, math::plog(sum), y_t, w_t, counts, wy), in_range),
+        const V wy_used = math::ce_smoothing_wy(pb.ce, wy);
+        accumulate<kTail>(ce[0], kept(math::ce_loss(pb.ce, math::plog(sum), y_t, w_t, counts, wy_used), in_range),
                           lanes);
         accumulate<kTail>(ce[1], w_t, lanes);
         accumulate<kTail>(ce[2], counts, lanes);

@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, kCe, acc_typ
       }
       if constexpr (kCe) {
         const acc_t v = px.cls >= 0 ? acc_t(1) : acc_t(0);
-        const acc_t loss = math::ce_loss(o, sm.log_sum, sm.y_t, px.w_t, v, sm.wy);
+        const acc_t loss = math::ce_loss(o, sm.log_sum, sm.y_t, px.w_t, v, math::ce_smoothing_wy(o, sm.wy));
         extra[1] += px.cls >= 0 ? loss : acc_t(0);  // a select: padding's NaN stays out
         extra[2] += px.w_t;
         extra[3] += v;
