@@ -170,3 +170,61 @@ def test_bce_element_by_element(from_logits):
                                           backend="triton")
 
     check_bce_element_by_element(loss, torch.bool, from_logits, points=40)
+
+
+def test_grids_stay_within_cuda_limits(monkeypatch):
+    """Triton launches a grid without checking it against CUDA's limits (at most 65535 programs
+    on a second axis), and a launch past them fails on a GPU with an error that names no size:
+    softmax_region_sums with 16384 classes adds 4 x 16384 columns of partial sums a sample."""
+    from pylosses.triton_kernels import common, softmax_region
+
+    grids = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            grids.append(tuple(grid))
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(common, "sum_groups_kernel", Kernel())
+    monkeypatch.setattr(softmax_region, "softmax_region_sums_kernel", Kernel())
+    with FakeTensorMode():
+        x = torch.empty(2, 16384, 2, 2, device="cuda:0")
+        labels = torch.empty(2, 2, 2, dtype=torch.int64, device="cuda:0")
+        softmax_region.softmax_region_sums(x, labels, None, 0, None, -100, 0.0, True)
+    assert len(grids) == 3, grids  # the sums, their rows added, the cross-entropy's
+    for grid in grids:
+        assert 0 < grid[0] < 2**31 and all(0 < n <= 65535 for n in grid[1:]), grids
+
+
+def test_sum_groups_adds_each_group_and_column():
+    """sum_groups on its one-axis grid (a program a (group, column)) against torch's sum."""
+    from pylosses.triton_kernels import common
+
+    partials = torch.randn(3 * 70, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(common.sum_groups(partials, 3), partials.view(3, 70, 5).sum(1), rtol=1e-12, atol=0)
+
+
+def test_sizes_past_the_kernels_32_bit_indices_are_refused():
+    """What the Triton kernels would index in 32 bits and wrap without a word is refused, naming
+    the size: more classes than MAX_CLASSES (Triton truncates an int32 argument silently), a tile
+    count whose last program's end passes 2**31 (the cross-entropy skipped those tiles), and an H
+    whose row walk reaches row 2**31 (its next row's test wrapped)."""
+    from pylosses.triton_kernels import common, cross_entropy, segmentation, softmax_region, softmax_tv
+
+    C = common.MAX_CLASSES + 1
+    with FakeTensorMode():
+        x = torch.empty(1, C, 1, 2, device="cuda:0")
+        labels = torch.empty(1, 1, 2, dtype=torch.int64, device="cuda:0")
+        with pytest.raises(ValueError, match=f"too many classes, {C}"):
+            cross_entropy.cross_entropy_fwd(x, labels, None, -100, 0.0, 1, True)
+        with pytest.raises(ValueError, match=f"too many classes, {C}"):
+            softmax_region.softmax_region_sums(x, labels, None, 0, None, -100, 0.0, True)
+        with pytest.raises(ValueError, match=f"too many classes, {C}"):
+            softmax_tv.softmax_tv_fwd(torch.empty(1, C, 2, 2, device="cuda:0"), 1.0, 2, 1, True)
+        tall = torch.empty(1, 1, 2**31 - 64, 2, device="cuda:0", dtype=torch.float16)
+        with pytest.raises(ValueError, match="below 2\\*\\*31 - 1024"):
+            segmentation.seg_loss_fwd(tall, tall, 0.7, 0.3, 2, True, 0, True, False, False)
+    # (2**31 - 1) samples of 2 pixels in float16: 262144 tiles a program, 8192 programs
+    with pytest.raises(ValueError, match="more tiles than a launch holds"):
+        cross_entropy._Layout(2**31 - 1, 1, 2, 2, False)

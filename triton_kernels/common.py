@@ -42,9 +42,11 @@ def launch_device(tensor: torch.Tensor):
 @triton.jit(do_not_specialize=["group_len", "n_cols"])
 def sum_groups_kernel(partial_ptr, out_ptr, group_len: tl.int32, n_cols: tl.int32, BLOCK: tl.constexpr):
     """out[g, c] = the sum of partial[g, 0:group_len, c], in a fixed order: one program a
-    (group, column), so the result has the same bits run after run."""
-    g = tl.program_id(0).to(tl.int64)
-    c = tl.program_id(1)
+    (group, column), so the result has the same bits run after run. A 1-D grid: a second axis
+    holds at most 65535 programs, fewer than the columns of 16384 classes' sums."""
+    pid = tl.program_id(0).to(tl.int64)
+    g = pid // n_cols
+    c = pid - g * n_cols
     acc = tl.zeros([BLOCK], dtype=out_ptr.dtype.element_ty)
     base = g * group_len * n_cols + c
     for start in range(0, group_len, BLOCK):
@@ -59,9 +61,23 @@ def sum_groups(partials: torch.Tensor, groups: int) -> torch.Tensor:
     out = torch.zeros((groups, n_cols), dtype=partials.dtype, device=partials.device)
     if groups == 0 or partials.shape[0] == 0:
         return out
+    if groups * n_cols >= 2**31:
+        raise ValueError(f"sum_groups (triton): {groups} x {n_cols} sums need more programs than a launch holds")
     with launch_device(partials):
-        sum_groups_kernel[(groups, n_cols)](partials, out, partials.shape[0] // groups, n_cols, BLOCK=REDUCE_BLOCK)
+        sum_groups_kernel[(groups * n_cols,)](partials, out, partials.shape[0] // groups, n_cols, BLOCK=REDUCE_BLOCK)
     return out
+
+
+# The multi-class kernels take C as a 32-bit integer and offsets of C times a thread's vector (up
+# to 16) in 32 bits: C stays below this, or the launch is refused (the CUDA kernels' bound is 2**31).
+MAX_CLASSES = 2**27 - 1
+
+
+def check_classes(op: str, C: int) -> None:
+    """A clear error, naming C, for a class count the Triton kernels cannot index (Triton would
+    truncate it to 32 bits without a word)."""
+    if C > MAX_CLASSES:
+        raise ValueError(f"{op} (triton): too many classes, {C} (at most {MAX_CLASSES})")
 
 
 @triton.jit

@@ -60,7 +60,7 @@ import triton.language as tl
 
 from pylosses._dtypes import saved_grad_dtype
 
-from .common import acc_dtype, acc_torch_dtype, launch_device, reciprocal, sum_groups, to_element
+from .common import acc_dtype, acc_torch_dtype, check_classes, launch_device, reciprocal, sum_groups, to_element
 from .segmentation import _log_plain as _log_sum  # (S in [1, C]; NaN only where the loss is)
 
 # at::Reduction
@@ -701,9 +701,10 @@ def cross_entropy_fwd_kernel(x_ptr, t_ptr, w_ptr, loss_ptr, grad_ptr, partial_pt
         tl.store(out + 2, tl.sum(count if WEIGHT else weight_total))
 
 
-def class_tiles(layout, C: int, element_size: int) -> None:
+def class_tiles(layout, op: str, C: int, element_size: int) -> None:
     """Sets layout.vec, chunked, block_c, lanes, even_c and block_p: how a tile of one warp covers
-    the classes and pixels (the module's docstring)."""
+    the classes and pixels (the module's docstring); op's error for too many classes."""
+    check_classes(op, C)
     layout.vec = vec = VECTOR_BYTES // element_size
     values = THREAD_VALUES[element_size]
     layout.chunked = C > REGISTER_CLASSES
@@ -726,7 +727,7 @@ class _Layout:
     """How the tiles cover the classes and pixels, and how many a program takes."""
 
     def __init__(self, n_samples: int, C: int, P: int, element_size: int, options: bool):
-        class_tiles(self, C, element_size)
+        class_tiles(self, "cross_entropy_fwd", C, element_size)
         self.max_registers = None if options or (element_size < 4 and self.chunked) else MAX_REGISTERS
         self.rows = P == 1
         if self.rows:
@@ -739,7 +740,8 @@ class _Layout:
         self.even_p = (n_samples if self.rows else P) % self.block_p == 0
         self.tiles = max(1, triton.cdiv(total, PROGRAMS))
         self.programs = triton.cdiv(total, self.tiles)
-        if total >= 2**31:  # (tile and program ids are int32)
+        # (tile and program ids are int32: the last program's first tile + tiles too)
+        if self.programs * self.tiles >= 2**31:
             raise ValueError(f"cross_entropy_fwd (triton): {n_samples} samples of {P} pixels need more tiles than a "
                              "launch holds")
 

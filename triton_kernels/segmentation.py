@@ -503,7 +503,7 @@ def seg_fwd_kernel(x_ptr, t_ptr, grad_ptr, grad_t_ptr, partial_ptr, planes: tl.i
         volume = pid // tiles
         plane = tl.full([], H, tl.int64) * W
         if ALIGN > 1:
-            offs, mine, w, h, _ = _tile_layout(volume * D, tile_h * BLOCK_H, tile_w, planes - 1, H, W, ALIGN,
+            offs, mine, w, h, _ = _tile_layout(volume.to(tl.int64) * D, tile_h * BLOCK_H, tile_w, planes - 1, H, W, ALIGN,
                                                BLOCK_H, BLOCK_W, EXACT=False)
             plane = tl.multiple_of(plane, ALIGN)  # (what WALK means)
             acc = tl.zeros([BLOCK_H, BLOCK_W], ACC)
@@ -636,8 +636,10 @@ def seg_loss_fwd(input, target, alpha, beta, spatial_dims, from_logits, reductio
         spatial = x.shape[-spatial_dims:]
         (D, H, W), weights = kernel_shape(spatial, [axis_weight(length) for length in spatial], n // groups)
         planes = n // (H * W)  # (sample, channel, depth) planes, or what kernel_shape made them
-        if max(D, H, W) >= 2**31 - 2 * ALIGN:
-            raise ValueError(f"segmentation_loss (triton): spatial sizes must stay below 2**31 - {2 * ALIGN}, "
+        # (rows, columns and depths are int32, and the row walk's bands round H up by up to
+        # ROW_STEPS tiles of rows: the row after the last must stay a 32-bit number)
+        if max(D, H, W) >= 2**31 - 1024:
+            raise ValueError(f"segmentation_loss (triton): spatial sizes must stay below 2**31 - 1024, "
                              f"got {tuple(spatial)}")
         walk = ((DEPTH_WALK if (H * W) % row_alignment(W) == 0 else PLANES) if D > 1 else
                 (ROW_WALK if row_alignment(W) == 1 else PLANES)).value

@@ -421,14 +421,15 @@ class _Layout:
     program takes, and the partial rows a sample gets."""
 
     def __init__(self, n_samples: int, C: int, P: int, element_size: int):
-        class_tiles(self, C, element_size)
+        class_tiles(self, "softmax_region_sums", C, element_size)
         self.tiles_per_sample = triton.cdiv(P, self.block_p)
         self.even_p = P % self.block_p == 0
         self.tiles = max(1, triton.cdiv(n_samples * self.tiles_per_sample, PROGRAMS))
         self.programs_per_sample = triton.cdiv(self.tiles_per_sample, self.tiles)
         self.programs = n_samples * self.programs_per_sample
         self.rows_per_sample = self.tiles_per_sample if self.chunked else self.programs_per_sample
-        if n_samples * self.tiles_per_sample >= 2**31:  # (tile and program ids are int32)
+        # (tile and program ids are int32: a sample's last program's first tile + tiles too)
+        if n_samples * self.tiles_per_sample >= 2**31 or self.programs_per_sample * self.tiles >= 2**31:
             raise ValueError(f"softmax_region_sums (triton): {n_samples} samples of {P} pixels need more tiles than a "
                              "launch holds")
 

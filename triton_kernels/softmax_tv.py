@@ -43,7 +43,8 @@ import triton.language as tl
 
 from pylosses._dtypes import saved_grad_dtype
 
-from .common import acc_dtype, acc_torch_dtype, launch_device, reciprocal, sign, sum_groups, to_element
+from .common import (acc_dtype, acc_torch_dtype, check_classes, launch_device, reciprocal, sign, sum_groups,
+                     to_element)
 from .cross_entropy import _exp
 
 NUM_WARPS = 4
@@ -230,6 +231,7 @@ def softmax_tv_fwd(input: torch.Tensor, beta: float, spatial_dims: int, reductio
     (saved_grad_dtype), or an empty (0,) tensor without compute_grad."""
     op = "softmax_tv_fwd"
     check_args(op, input, spatial_dims, reduction)
+    check_classes(op, input.shape[1])
     x = input.contiguous()
     B, C = x.shape[:2]
     spatial = list(x.shape[2:])

@@ -41,6 +41,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "../kernel_common.h"
@@ -260,6 +261,8 @@ void sum_and_finish(const at::Tensor& partials, int64_t groups, const TileSplit&
   if (groups == 0) {
     return;
   }
+  TORCH_CHECK_VALUE(groups <= std::numeric_limits<int32_t>::max(), "a loss of ", groups,
+                    " groups (samples or planes) needs more CUDA blocks than a launch holds");
   // a warp for the few rows of a sample's group, the block for a whole tensor's rows
   const int64_t threads = std::min<int64_t>(kThreads, ceil_div(split.rows_per_group(), kWarp) * kWarp);
   const auto kernel = &sum_and_finish_kernel<kN, acc_t, Finish>;

@@ -556,7 +556,9 @@ void launch_sums(SumsArgs<input_t> args, int64_t B, at::Tensor& sums, at::Tensor
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   TORCH_CHECK_VALUE(smem <= size_t(most), "softmax_region_sums: ", C,
                     " classes need more shared memory than a CUDA block has (", smem, " bytes)");
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  // the most a block may take (the same value from every call: no race between host threads
+  // launching with different C), not this launch's smem
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(n_tiles, kWarpsPerBlock),
