@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from . import _ops, reference
 
@@ -101,7 +102,35 @@ def available_backends(device: Union[str, torch.device] = "cpu") -> List[str]:
     return [b for b in order if not _unavailable_reason(b, device)]
 
 
-def _pick_backend(backend: str, device: torch.device, numel: int = 1, loss: Optional[str] = None) -> str:
+def _derivative_transform(tensors: Sequence) -> Optional[str]:
+    """What asks of these tensors a derivative that the fused kernels cannot give, or None: a
+    dual tensor of forward-mode AD, or a tensor under torch.func's grad, jvp, jacrev or jacfwd.
+    The ops' autograd formulas (torch.library.register_autograd) are reverse mode only: torch
+    drops a tangent through them without a word (a derivative of 0) and fails torch.func.grad
+    with an error about autograd.Function. (Not while torch.compile traces: dynamo handles it.)"""
+    if torch.compiler.is_compiling():
+        return None
+    for t in tensors:
+        if not isinstance(t, Tensor):
+            continue
+        if torch._C._functorch.is_gradtrackingtensor(t):
+            return "torch.func's grad, jvp, jacrev and jacfwd"
+        if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
+            return "forward-mode AD (torch.autograd.forward_ad)"
+    return None
+
+
+def _pick_backend(backend: str, device: torch.device, numel: int = 1, loss: Optional[str] = None,
+                  tensors: Sequence = ()) -> str:
+    """The backend that runs a loss of the tensors (its input first): backend="auto" takes the
+    reference under forward-mode AD or torch.func's derivative transforms, which the kernels of
+    native and triton do not support (those backends raise there)."""
+    transform = _derivative_transform(tensors)
+    if transform and backend in ("native", "triton"):
+        raise RuntimeError(f"pylosses: backend={backend!r} does not support {transform}: its fused kernels give "
+                           "first derivatives by backward() only; use backend='reference' (which 'auto' takes there)")
+    if transform and backend == "auto":
+        return "reference"
     if backend == "compile" and (numel == 0 or device.type == "meta"):
         # inductor fails on empty tensors (a division by zero in mean) and, once it compiles
         # with dynamic shapes, on meta tensors; the same reference, run eagerly, gives the result
@@ -223,7 +252,7 @@ def mse_loss(input: Tensor, target: Tensor, reduction: str = "mean", backend: st
     """
     _check_options(reduction, backend)
     _check_tensors(input, target, _FLOATS)
-    chosen = _pick_backend(backend, input.device, input.numel())
+    chosen = _pick_backend(backend, input.device, input.numel(), tensors=(input, target))
     if chosen in _ops.PREFIX:
         return _run(input.device, functools.partial(_ops.mse_loss, chosen), input, target, reduction)
     return _run(input.device, _reference_variant("mse_loss", chosen), input, target, reduction)
@@ -253,7 +282,7 @@ def segmentation_loss(
             f"input must have a batch axis and spatial_dims={spatial_dims} spatial axes, "
             f"i.e. at least {spatial_dims + 1} dimensions, got shape {tuple(input.shape)}"
         )
-    chosen = _pick_backend(backend, input.device, input.numel(), "segmentation_loss")
+    chosen = _pick_backend(backend, input.device, input.numel(), "segmentation_loss", (input, target))
     if chosen in _ops.PREFIX:
         fn = functools.partial(_ops.segmentation_loss, chosen)
     else:
@@ -350,7 +379,8 @@ def _foreground_classes(input: Tensor, include_background: bool) -> int:
 
 def _class_weight(weight) -> Optional[Tensor]:
     """MONAI's weight argument as a tensor: None, one number for every class, or one a class;
-    never negative (checked where it costs no host sync: not for a weight already on a GPU)."""
+    never negative (checked where it costs no host sync: not for a weight already on a GPU, nor
+    while torch.compile traces, where the check would be a data-dependent branch)."""
     if weight is None:
         return None
     if isinstance(weight, (bool, str, bytes)) or not isinstance(weight, (numbers.Real, Sequence, Tensor)):
@@ -360,7 +390,7 @@ def _class_weight(weight) -> Optional[Tensor]:
         w = w.float()
     if w.dim() > 1:
         raise ValueError(f"weight must be a number or one-dimensional, got shape {tuple(w.shape)}")
-    if w.device.type == "cpu" and bool((w < 0).any()):
+    if w.device.type == "cpu" and not torch.compiler.is_compiling() and bool((w < 0).any()):
         raise ValueError(f"weight must be no less than 0, got {w.tolist()}")
     return w
 
@@ -400,7 +430,9 @@ def _label_map(input: Tensor, target: Tensor, ignore_index: Optional[int], check
     spatial...) of dtype int64, int32 or uint8 (others as MONAI's one_hot takes them: .long()).
     On the CPU a class outside [0, C) that is not ignore_index raises torch's IndexError: here, or
     where checked_by_op, in the op that takes the map (the native CPU softmax_region_sums, whose
-    check is one pass in C++; torch's took 8 ms at 4M int64 labels with ignore_index among them)."""
+    check is one pass in C++; torch's took 8 ms at 4M int64 labels with ignore_index among them).
+    Not while torch.compile traces (a data-dependent branch): a label outside [0, C) is then in no
+    class's one-hot, as on a GPU without set_input_checks."""
     b, classes, spatial = input.shape[0], input.shape[1], tuple(input.shape[2:])
     if tuple(target.shape) == (b, 1) + spatial:
         labels = target.squeeze(1)
@@ -420,6 +452,8 @@ def _label_map(input: Tensor, target: Tensor, ignore_index: Optional[int], check
             # in the labels' dtype would wrap it into one (257 into a uint8's 1)
             labels = labels.long()
     on_cpu = labels.device.type == "cpu"
+    if torch.compiler.is_compiling():
+        return labels
     if (on_cpu and not checked_by_op) or (_ops.input_checks and not on_cpu and labels.device.type != "meta"):
         reference.check_class_targets(labels, classes, ignore_index)
     return labels
@@ -517,7 +551,7 @@ def _region_loss(name: str, from_sums: Callable, input: Tensor, target: Tensor, 
                  backend: str, reference_args: tuple, from_sums_args: tuple) -> Tensor:
     """reference_args: the reference loss's arguments after (input, target, mask) but for softmax
     (its last), which is added here."""
-    chosen = _pick_backend(backend, input.device, input.numel())
+    chosen = _pick_backend(backend, input.device, input.numel(), tensors=(input, target))
     if chosen in _ops.PREFIX:
         if labels is None:
             _check_kernel_region_target(chosen, input, target, mask)
@@ -678,7 +712,7 @@ def dice_bce_loss(input: Tensor, target: Tensor, include_background: bool = True
     pw = _check_pos_weight(pos_weight, input)
     w = _dice_weight(weight, _foreground_classes(input, include_background), input.device)
     mode = reference.region_mode(squared_pred, soft_label)
-    chosen = _pick_backend(backend, input.device, input.numel())
+    chosen = _pick_backend(backend, input.device, input.numel(), tensors=(input, target))
     options = (include_background, squared_pred, jaccard, reduction, float(smooth_nr), float(smooth_dr), batch, w,
                soft_label)
     if chosen not in _ops.PREFIX:
@@ -756,7 +790,7 @@ def dice_ce_loss(input: Tensor, target: Tensor, include_background: bool = True,
                          f"got input of shape {tuple(input.shape)}")
     w = _class_weight(weight)
     dice_weight = w[1:] if w is not None and w.dim() == 1 and not include_background else w
-    chosen = _pick_backend(backend, input.device, input.numel())
+    chosen = _pick_backend(backend, input.device, input.numel(), tensors=(input, target))
     if classes > 1 and softmax and to_onehot_y and target.shape[1] == 1 and _fused_softmax_region(chosen, input):
         return _fused_dice_ce(chosen, input, target, include_background, squared_pred, jaccard, reduction,
                               float(smooth_nr), float(smooth_dr), batch, w, dice_weight, float(lambda_dice),
@@ -830,12 +864,12 @@ def _fused_dice_ce(chosen: str, input: Tensor, target: Tensor, include_backgroun
         if reduction == "mean":  # torch's: NaN when D = 0, a zero gradient when no pixel counts
             divisor = torch.where(counted > 0, denominator, torch.ones_like(denominator))
             total = torch.where(denominator == 0, torch.full_like(denominator, float("nan")), total / divisor)
-        loss = lambda_dice * dice + lambda_ce * total.to(input.dtype)
-        if lambda_tv != 0:
-            loss = loss + _ops.softmax_tv(chosen, input, lambda_tv, spatial, reduction)
-        return loss
+        return lambda_dice * dice + lambda_ce * total.to(input.dtype)
 
-    return _run(input.device, fn, input, labels)
+    loss = _run(input.device, fn, input, labels)
+    if lambda_tv != 0:  # added as the composed path adds it: in float32 under autocast
+        loss = loss + _softmax_tv(chosen, input, lambda_tv, spatial, reduction)
+    return loss
 
 
 # multi-class ------------------------------------------------------------------------------
@@ -901,7 +935,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
         return loss.squeeze(0) if reduction == "none" else loss
     _check_cross_entropy_args(input, target, weight, ignore_index, label_smoothing)
     _check_not_differentiable("weight", weight, "the cross-entropy")
-    chosen = _pick_backend(backend, input.device, input.numel())
+    chosen = _pick_backend(backend, input.device, input.numel(), tensors=(input, target))
     if chosen in _ops.PREFIX:
         fn = functools.partial(_ops.cross_entropy, chosen)
     else:

@@ -299,3 +299,15 @@ def chunked_seg_reference(x: torch.Tensor, t: torch.Tensor, alpha: float, beta: 
         tv_h += (band[1:] - band[:-1]).abs().sum()
     n = H * W
     return alpha * bce / n + beta * (tv_w / (H * (W - 1)) + tv_h / ((H - 1) * W))
+
+
+# A loss of each CPU op that returns a gradient, on an input x (B, C, spatial...) of any float
+# dtype, its target made from x (so not differentiable), on backend b.
+GRADIENT_LOSSES = {
+    "mse": lambda x, b: pylosses.mse_loss(x, torch.zeros_like(x), backend=b),
+    "segmentation": lambda x, b: pylosses.segmentation_loss(x, x > 0, from_logits=True, backend=b),
+    "dice": lambda x, b: pylosses.dice_loss(x, (x > 0.5).float(), sigmoid=True, backend=b),
+    "cross_entropy": lambda x, b: pylosses.cross_entropy(x, (x[:, 0] > 0).long(), backend=b),
+    "dice_ce": lambda x, b: pylosses.dice_ce_loss(x, (x[:, :1] > 0).long(), softmax=True, to_onehot_y=True,
+                                                  backend=b),
+}

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import pylosses
 from pylosses import functional
-from cases import MSE, SEG, SEG_LOGITS, make_pair
+from cases import GRADIENT_LOSSES, MSE, SEG, SEG_LOGITS, make_pair
 
 HAS_NATIVE = "native" in pylosses.available_backends("cpu")
 needs_native = pytest.mark.skipif(not HAS_NATIVE, reason="pylosses._C is not built")
@@ -274,3 +274,57 @@ def test_checking_mode_raises_what_the_cpu_raises(name, target, kind, bad_probs,
             _ops._check_inputs(x, target, from_logits)
     with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
         _ops._check_inputs(_P + 1, torch.rand(2, 1, 6, 7), False)
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_LOSSES))
+def test_forward_mode_and_func_transforms_take_the_reference(name):
+    """The ops' derivatives are reverse mode only, and torch would drop a tangent through them
+    without a word (a derivative of 0): under forward-mode AD and torch.func's transforms
+    backend="auto" takes the reference, and native says it does not support them."""
+    from torch.autograd import forward_ad
+
+    loss = GRADIENT_LOSSES[name]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=generator)
+    v = torch.randn(x.shape, dtype=torch.float64, generator=generator)
+    value, tangent = torch.func.jvp(lambda a: loss(a, "reference"), (x,), (v,))
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(leaf, "reference"), leaf)
+    torch.testing.assert_close(tangent, (grad * v).sum())  # the reference's own derivatives agree
+    assert tangent.abs() > 1e-6
+    got_value, got_tangent = torch.func.jvp(lambda a: loss(a, "auto"), (x,), (v,))
+    torch.testing.assert_close(got_value, value)
+    torch.testing.assert_close(got_tangent, tangent)
+    with forward_ad.dual_level():
+        dual_tangent = forward_ad.unpack_dual(loss(forward_ad.make_dual(x, v), "auto")).tangent
+    torch.testing.assert_close(dual_tangent, tangent)
+    torch.testing.assert_close(torch.func.grad(lambda a: loss(a, "auto"))(x), grad)
+    with pytest.raises(RuntimeError, match="backend='native' does not support torch.func"):
+        torch.func.jvp(lambda a: loss(a, "native"), (x,), (v,))
+    with pytest.raises(RuntimeError, match="backend='native' does not support torch.func"):
+        torch.func.grad(lambda a: loss(a, "native"))(x)
+    with forward_ad.dual_level(), pytest.raises(RuntimeError, match="does not support forward-mode AD"):
+        loss(forward_ad.make_dual(x, v), "native")
+
+
+@pytest.mark.parametrize("make", [pylosses.MSELoss, pylosses.SegmentationLoss, pylosses.DiceLoss, pylosses.TverskyLoss,
+                                  pylosses.GeneralizedDiceLoss, pylosses.DiceBCELoss, pylosses.DiceCELoss,
+                                  pylosses.CrossEntropyLoss])
+def test_a_model_holding_a_loss_module_scripts(make):
+    """torch.jit.script of a model with the criterion as a submodule (as torch's and MONAI's
+    losses allow): its forward is left out of TorchScript, and calling it there raises."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1)
+            self.criterion = make()
+
+        def forward(self, x):
+            return self.conv(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch.jit.script is deprecated)
+        scripted = torch.jit.script(Net())
+    x = torch.randn(1, 2, 3, 3)
+    torch.testing.assert_close(scripted(x), scripted.conv(x))

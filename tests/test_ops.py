@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pylosses
-from cases import (MSE, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, assert_same_bits_for_thread_counts,
+from cases import (GRADIENT_LOSSES, MSE, SEG, SEG3D, SEG3D_LOGITS, SEG_LOGITS, assert_same_bits_for_thread_counts,
                    check_fullgraph_training_step, make_pair)
 
 pytestmark = pytest.mark.skipif("native" not in pylosses.available_backends("cpu"),
@@ -199,14 +199,7 @@ def _thp_eligible(address: int):
 # Each CPU op that returns a gradient, at 2^23 + 2^20 float32 elements (36 MiB: above
 # cpu_common.h's kHugePageAdviceBytes), against the reference backend.
 _BIG = 9 * 2**20
-_BIG_GRADIENT_LOSSES = {
-    "mse": lambda x, b: pylosses.mse_loss(x, torch.zeros_like(x), backend=b),
-    "segmentation": lambda x, b: pylosses.segmentation_loss(x, x > 0, from_logits=True, backend=b),
-    "dice": lambda x, b: pylosses.dice_loss(x, (x > 0.5).float(), sigmoid=True, backend=b),
-    "cross_entropy": lambda x, b: pylosses.cross_entropy(x, (x[:, 0] > 0).long(), backend=b),
-    "dice_ce": lambda x, b: pylosses.dice_ce_loss(x, (x[:, :1] > 0).long(), softmax=True, to_onehot_y=True,
-                                                  backend=b),
-}
+_BIG_GRADIENT_LOSSES = GRADIENT_LOSSES
 
 
 @pytest.mark.parametrize("name", sorted(_BIG_GRADIENT_LOSSES))
@@ -224,3 +217,4 @@ def test_large_gradient_is_exact_and_advised_for_huge_pages(name):
     if _thp_mode() not in ("madvise", "always"):
         pytest.skip(f"transparent huge pages are {_thp_mode()!r} here")
     assert _thp_eligible(grads["native"].data_ptr() + (4 << 20)) is True
+
