@@ -414,3 +414,40 @@ def test_fullgraph_compile_of_a_model_with_a_region_loss():
     torch.testing.assert_close(compiled, eager)
     for p, g in zip(model.parameters(), grads):
         torch.testing.assert_close(p.grad, g)
+
+
+_LABELS = "labels"  # a target of class indices (B, 1, H, W), not a 0/1 mask (B, C, H, W)
+_COMPILED_CRITERIA = {
+    "dice weight": (lambda: pylosses.DiceLoss(sigmoid=True, weight=[1.0, 2.0, 0.5]), False),
+    "dice label map": (lambda: pylosses.DiceLoss(softmax=True, to_onehot_y=True), _LABELS),
+    "dice label map ignore_index": (lambda: pylosses.DiceLoss(softmax=True, to_onehot_y=True, ignore_index=0), _LABELS),
+    "tversky label map": (lambda: pylosses.TverskyLoss(softmax=True, to_onehot_y=True), _LABELS),
+    "dice_ce weight": (lambda: pylosses.DiceCELoss(softmax=True, to_onehot_y=True, weight=torch.tensor([1.0, 2.0, 0.5])),
+                       _LABELS),
+    "dice_bce weight": (lambda: pylosses.DiceBCELoss(weight=[1.0, 2.0, 0.5]), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_COMPILED_CRITERIA))
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_fullgraph_compile_with_weights_and_label_maps(name, backend):
+    """The checks of a class weight and of a label map are data-dependent: while torch.compile
+    traces they are left out (as on a GPU), so that fullgraph=True holds for every option."""
+    if backend not in pylosses.available_backends("cpu"):
+        pytest.skip("pylosses._C is not built")
+    make, target_kind = _COMPILED_CRITERIA[name]
+    criterion = make()
+    criterion.backend = backend
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 7, generator=generator, requires_grad=True)
+    if target_kind == _LABELS:
+        target = torch.randint(0, 3, (2, 1, 6, 7), generator=generator)
+    else:
+        target = (torch.rand(2, 3, 6, 7, generator=generator) > 0.5).float()
+    eager = criterion(x, target)
+    (eager_grad,) = torch.autograd.grad(eager, x)
+    torch._dynamo.reset()  # (a new criterion each case: past dynamo's recompile limit otherwise)
+    compiled = torch.compile(lambda a, b: criterion(a, b), fullgraph=True, backend="aot_eager")(x, target)
+    (compiled_grad,) = torch.autograd.grad(compiled, x)
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled_grad, eager_grad)

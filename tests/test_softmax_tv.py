@@ -128,3 +128,20 @@ def test_meta_tensors_give_the_shapes():
         loss, grad = getattr(torch.ops.pylosses, _ops.PREFIX[backend] + "softmax_tv_fwd")(x, 0.3, 2, 1, True)
         assert loss.shape == () and loss.dtype == torch.float16
         assert grad.shape == x.shape and grad.dtype == torch.float32
+
+
+def test_dice_ce_lambda_tv_under_autocast_is_the_same_on_every_backend():
+    """Under CPU bfloat16 autocast DiceCE's terms arrive in float32 and are added there: the fused
+    path added the total variation to the bfloat16 Dice + CE before that (4e-4 apart)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 9, generator=generator).bfloat16()
+    labels = torch.randint(0, 3, (2, 1, 8, 9), generator=generator)
+    losses = {}
+    for backend in ("native", "reference"):
+        if backend not in pylosses.available_backends("cpu"):
+            pytest.skip("pylosses._C is not built")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses[backend] = pylosses.dice_ce_loss(x, labels, softmax=True, to_onehot_y=True, lambda_tv=0.1,
+                                                    backend=backend)
+    assert losses["native"].dtype == losses["reference"].dtype == torch.float32
+    torch.testing.assert_close(losses["native"], losses["reference"])
