@@ -362,7 +362,7 @@ class _NoDoubleBackward(torch.autograd.Function):
     def backward(ctx, _):
         raise RuntimeError(
             "pylosses: second-order gradients (double backward, create_graph=True) are not supported by the "
-            "fused kernels of the native and triton backends; backend='reference' (or 'jit', 'compile') supports them")
+            "fused kernels of the native and triton backends; backend='reference' (or 'jit') supports them")
 
 
 def _make_backward(backward_op):

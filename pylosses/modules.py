@@ -2,6 +2,7 @@
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 from torch.nn.modules.loss import _Loss, _WeightedLoss
 
@@ -16,6 +17,7 @@ class MSELoss(_Loss):
         super().__init__(reduction=reduction)
         self.backend = backend
 
+    @torch.jit.unused
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(input, target, reduction=self.reduction, backend=self.backend)
 
@@ -44,6 +46,7 @@ class SegmentationLoss(_Loss):
         self.spatial_dims = spatial_dims
         self.backend = backend
 
+    @torch.jit.unused
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.segmentation_loss(
             input, target, alpha=self.alpha, beta=self.beta, from_logits=self.from_logits,
@@ -88,6 +91,7 @@ class DiceLoss(_RegionLoss):
         self.backend = backend
         self.register_buffer("class_weight", F._class_weight(weight))
 
+    @torch.jit.unused
     def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return F.dice_loss(input, target, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
                            sigmoid=self.sigmoid, softmax=self.softmax, ignore_index=self.ignore_index,
@@ -117,6 +121,7 @@ class TverskyLoss(_RegionLoss):
         self.smooth_nr, self.smooth_dr, self.batch, self.soft_label = float(smooth_nr), float(smooth_dr), batch, soft_label
         self.backend = backend
 
+    @torch.jit.unused
     def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return F.tversky_loss(input, target, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
                               sigmoid=self.sigmoid, softmax=self.softmax, ignore_index=self.ignore_index,
@@ -146,6 +151,7 @@ class GeneralizedDiceLoss(_RegionLoss):
         self.smooth_nr, self.smooth_dr, self.batch, self.soft_label = float(smooth_nr), float(smooth_dr), batch, soft_label
         self.backend = backend
 
+    @torch.jit.unused
     def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return F.generalized_dice_loss(input, target, include_background=self.include_background,
                                        to_onehot_y=self.to_onehot_y, sigmoid=self.sigmoid, softmax=self.softmax,
@@ -179,6 +185,7 @@ class DiceBCELoss(_RegionLoss):
         # as torch's BCEWithLogitsLoss keeps it: any shape that broadcasts against the input
         self.register_buffer("pos_weight", F._pos_weight_tensor(pos_weight))
 
+    @torch.jit.unused
     def forward(self, input: Tensor, target: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         return F.dice_bce_loss(input, target, include_background=self.include_background,
                                squared_pred=self.squared_pred, jaccard=self.jaccard, reduction=self.reduction,
@@ -215,6 +222,7 @@ class DiceCELoss(_RegionLoss):
         self.label_smoothing, self.ignore_index, self.backend = label_smoothing, ignore_index, backend
         self.register_buffer("class_weight", F._class_weight(weight))
 
+    @torch.jit.unused
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.dice_ce_loss(input, target, self.include_background, self.to_onehot_y, self.sigmoid, self.softmax,
                               None, self.squared_pred, self.jaccard, self.reduction, self.smooth_nr, self.smooth_dr,
@@ -239,6 +247,7 @@ class CrossEntropyLoss(_WeightedLoss):
         self.label_smoothing = label_smoothing
         self.backend = backend
 
+    @torch.jit.unused
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
                                label_smoothing=self.label_smoothing, backend=self.backend)
