@@ -46,10 +46,11 @@ build: $(EDITABLE)
 # PYTEST_ARGS: more pytest arguments (.ci/run's second leg leaves out what it repeats).
 # PYTEST_WORKERS: pytest-xdist processes, each taking whole test files (--dist loadfile: a
 # file's module fixtures, such as the CUDA emulation's build, are made once); 0 runs in one.
+# The 15 slowest tests are listed at the end (where CI's time goes).
 PYTEST_ARGS ?=
 PYTEST_WORKERS ?= 2
 test: build
-	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) --durations=15 $(PYTEST_ARGS)
 
 bench: build
 	$(PY) -m benchmarks
