@@ -23,9 +23,10 @@ import sys
 import torch
 
 from benchmarks import report
-from benchmarks.common import (DTYPES, LOSSES, MODES, PROVIDERS, available_providers, compulsory_bytes, copy_workload,
-                               device_name, first_call_seconds, format_size, loss_shape, machine, make_inputs,
-                               median_seconds, parse_size, peak_extra_bytes, workload)
+from benchmarks.common import (DTYPES, LOSSES, MODES, PROVIDERS, REFERENCE_TOLERANCE, available_providers,
+                               compulsory_bytes, copy_workload, device_name, first_call_seconds, format_size,
+                               fresh_compilations, loss_fn, loss_shape, machine, make_inputs, median_seconds,
+                               parse_size, peak_extra_bytes, reference_error, workload)
 
 # default sweeps, launch-bound to bandwidth-bound; --quick: a smoke run of a few cells
 SIZES = {"cpu": ["64K", "256K", "1M", "4M", "16M"], "cuda": ["64K", "1M", "4M", "16M", "64M", "256M"]}
@@ -100,16 +101,20 @@ def measure_cell(loss, mode, dtype, size, args):
     shape = loss_shape(loss, size)
     x, t = make_inputs(loss, shape, DTYPES[dtype], device)
     nbytes = compulsory_bytes(mode, x, t, loss)
+    fresh_compilations()
     steps = {p: workload(loss, p, mode, x, t) for p in args.providers}
     first = {p: first_call_seconds(step, device) for p, step in steps.items()}  # compiles
     peaks = {p: peak_extra_bytes(step, device) for p, step in steps.items()}
+    errors = {p: reference_error(loss_fn(loss, p), loss_fn(loss, "reference"), mode, x, t) for p in args.providers}
     steps["copy"] = copy_workload(nbytes, device)
     times = median_seconds(steps, args.repeats, device, back_to_back=args.back_to_back)
     copy_s = times.pop("copy")
     rows = []
     for p, seconds in times.items():
         rows.append({
-            "loss": loss, "mode": mode, "dtype": dtype, "size": size, "numel": x.numel(), "shape": list(shape),
+            "loss": loss, "mode": mode, "dtype": dtype, "numel": x.numel(), "shape": list(shape),
+            # the size measured: the one asked for, or what its shape rounded it to
+            "size": size if parse_size(size) == x.numel() else format_size(x.numel()),
             "provider": p, "median_ms": seconds * 1e3,
             "speedup_vs_eager": times["reference"] / seconds,
             "speedup_vs_compile": times["compile"] / seconds if "compile" in times else None,
@@ -119,6 +124,8 @@ def measure_cell(loss, mode, dtype, size, args):
             "bandwidth_fraction": copy_s / seconds,
             "peak_extra_mb": None if peaks[p] is None else peaks[p] / 2**20,
             "first_call_s": first[p],
+            "reference_error": errors[p],
+            "agrees_with_reference": errors[p] <= REFERENCE_TOLERANCE[DTYPES[dtype]],
         })
     del x, t, steps
     if device == "cuda":
@@ -153,6 +160,9 @@ def main(argv=None):
     folder = args.folder or os.path.join(args.out, f"{device_name(info)}-{info['date']}"
                                          + ("-quick" if args.quick else ""))
     os.makedirs(folder, exist_ok=True)
+    for name in report.PLOTS:  # a previous run's plots in the folder would show other results
+        if os.path.exists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
     rows = []
     progress = report.Progress(len(cells))
     for loss, mode, dtype, size in cells:

@@ -5,6 +5,7 @@ import datetime
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Optional
@@ -109,7 +110,39 @@ def step_of(call: Callable, mode: str, x: torch.Tensor, t) -> Callable[[], None]
     def step():
         x.grad = None
         call(x, t).backward()
+    # for peak_extra_bytes: the gradient a call leaves is freed by the next call's first line
+    step.forget_gradient = lambda: setattr(x, "grad", None)
     return step
+
+
+# The largest relative error (loss, and gradient with backward) at which a provider counts as
+# computing the reference's loss: its kernels differ by rounding, a few ulp an element.
+REFERENCE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 3e-2}
+
+
+def reference_error(call: Callable, reference_call: Callable, mode: str, x: torch.Tensor, t) -> float:
+    """max over the loss and (forward+backward) the input's gradient of |a - b| / |b| (norms, in
+    float64) between call and the reference: the check that what a row times computes the loss."""
+    def run(f):
+        leaf = x.detach().requires_grad_(mode != "forward")
+        with torch.set_grad_enabled(mode != "forward"):
+            loss = f(leaf, t)
+            grad = torch.autograd.grad(loss, leaf)[0] if mode != "forward" else None
+        return [v.detach().double() for v in (loss, grad) if v is not None]
+
+    errors = []
+    for got, want in zip(run(call), run(reference_call)):
+        scale = torch.linalg.vector_norm(want)
+        errors.append(float(torch.linalg.vector_norm(got - want) / (scale if scale > 0 else 1.0)))
+    return max(errors)
+
+
+def fresh_compilations() -> None:
+    """Forgets what torch.compile has compiled: each cell compiles its own in its warm-up (which
+    the medians leave out). Without it a run of many shapes and dtypes passes dynamo's recompile
+    limit (8 a function), after which torch.compile runs the loss eagerly with only a warning,
+    and 'compile' would time eager code."""
+    torch._dynamo.reset()
 
 
 def command_line(module: str, argv: Optional[List[str]]) -> str:
@@ -137,6 +170,7 @@ def ceiling_row(timed: Dict[str, Callable[[], None]], nbytes: int, peer: str, re
     over `peer` and torch.compile, its and torch.compile's fraction of the copy's bandwidth, and
     the ceiling (torch.compile over the copy: the most any kernel can gain over it here)."""
     names = list(timed)
+    fresh_compilations()
     timed = dict(timed, copy=copy_workload(nbytes, device))
     ms = {p: 1e3 * s for p, s in median_seconds(timed, repeats, device).items()}
 
@@ -221,7 +255,7 @@ def median_seconds(steps: Dict[str, Callable[[], None]], repeats: int, device: s
             start = time.perf_counter()
             steps[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def first_call_seconds(step: Callable[[], None], device: str) -> float:
@@ -238,6 +272,7 @@ def peak_extra_bytes(step: Callable[[], None], device: str) -> Optional[int]:
     gradient it writes); None on the CPU, where PyTorch does not count allocations."""
     if device != "cuda":
         return None
+    getattr(step, "forget_gradient", lambda: None)()  # (else the last call's, freed, cancels its own)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()

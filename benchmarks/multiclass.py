@@ -16,7 +16,7 @@ in one run (benchmarks.common.median_seconds), with a copy of the loss's compuls
 and labels read, twice for dice_ce with backward, the gradient written) as the machine's yardstick. The table gives each median,
 native's speed-up over torch and over torch.compile, native's and torch.compile's bandwidth as a
 fraction of the copy's, and the ceiling (torch.compile over the copy: the most any kernel can
-gain over it on this machine). It prints Markdown, and with --out writes DIR/multiclass.md.
+gain over it on this machine). It prints Markdown, and with --out writes DIR/multiclass-<loss>.md.
 """
 
 import argparse
@@ -34,8 +34,16 @@ PEER = {"cross_entropy": "torch", "dice_ce": "monai"}  # the eager peer each los
 
 
 def providers(loss: str, device: str):
+    """The eager peer (MONAI's where MONAI is installed: the GPU machine has none; its column is
+    then n/a) and pylosses' backends that run on `device` (Triton on a GPU only)."""
+    peer = [PEER[loss]]
+    if peer == ["monai"]:
+        try:
+            import monai.losses  # noqa: F401
+        except ImportError:
+            peer = []
     have = pylosses.available_backends(device)
-    return [PEER[loss]] + [p for p in ("reference", "compile", "native", "triton")
+    return peer + [p for p in ("reference", "compile", "native", "triton")
                            if p in have and not (p == "triton" and device == "cpu")]
 
 

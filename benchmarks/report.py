@@ -63,18 +63,27 @@ def summary_rows(rows):
     return out
 
 
+def _provider(row):
+    """The provider's name, and where its loss or gradient is not the reference's, how far off."""
+    if row.get("agrees_with_reference", True):
+        return row["provider"]
+    return f"{row['provider']} (WRONG: {row['reference_error']:.1e} from the reference)"
+
+
 def markdown(rows, info):
     lines = [_machine_line(info), "",
              "Compulsory bytes: input and target read, and for forward+backward the gradient written. "
              "'of copy' is the bandwidth reached on them as a fraction of a copy of as many bytes timed "
-             "in the same run; 'first call' includes compilation and is not in the median.", ""]
+             "in the same run; 'first call' includes compilation and is not in the median. Before it is "
+             "timed, each provider's loss (and gradient) is checked against the reference's; a row marked "
+             "WRONG failed that check.", ""]
     summary = summary_rows(rows)
     if summary:
         lines += ["Summary, largest size:", "",
                   "| loss | mode | dtype | size | provider | median ms | vs eager | vs compile | of copy |",
                   "|---|---|---|---|---|---:|---:|---:|---:|"]
         for r in summary:
-            lines.append(f"| {r['loss']} | {r['mode']} | {r['dtype']} | {r['size']} | {r['provider']} | "
+            lines.append(f"| {r['loss']} | {r['mode']} | {r['dtype']} | {r['size']} | {_provider(r)} | "
                          f"{r['median_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
                          f"{_times(r['speedup_vs_compile'])} | {100 * r['bandwidth_fraction']:.0f}% |")
         lines.append("")
@@ -83,7 +92,7 @@ def markdown(rows, info):
                   "| size | provider | median ms | vs eager | vs compile | GB/s | of copy | peak extra MB | first call s |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(group, key=lambda r: r["numel"]):
-            lines.append(f"| {r['size']} | {r['provider']} | {r['median_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
+            lines.append(f"| {r['size']} | {_provider(r)} | {r['median_ms']:.3f} | {r['speedup_vs_eager']:.2f}x | "
                          f"{_times(r['speedup_vs_compile'])} | "
                          f"{r['bandwidth_gbs']:.1f} | {100 * r['bandwidth_fraction']:.0f}% | "
                          f"{_fmt(r['peak_extra_mb'], '.1f', 'not measured')} | {r['first_call_s']:.2f} |")

@@ -66,9 +66,11 @@ def main(argv=None) -> int:
         isa = _C.cpu_capability
     except ImportError:
         isa = "(no extension built)"
-    lines = [f"Segmentation loss, shape {shape}, float32, alpha 0.7, beta 0.3, mean. Machine: {info['cpu']}, "
-             f"{info['cpu_count']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
-             f"pylosses CPU kernels built for {isa}; {info['date']}. Median of {args.repeats} calls, providers "
+    where = (f"{info['gpu']}, CUDA {info['cuda']}, Triton {info['triton']}" if args.device == "cuda" else
+             f"{info['cpu']}, {info['cpu_count']} cores ({info['torch_threads']} torch threads), pylosses CPU kernels "
+             f"built for {isa}")
+    lines = [f"Segmentation loss, shape {shape}, float32, alpha 0.7, beta 0.3, mean. Machine: {where}, torch "
+             f"{info['torch']}; {info['date']}. Median of {args.repeats} calls, providers "
              f"taking turns. Command: `{command_line('benchmarks.seg_forms', argv)}`.", "",
              "| form | target | mode | eager ms | compile ms | native ms" + ceiling_columns("eager"),
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-from benchmarks import __main__ as cli  # noqa: E402
+from benchmarks import __main__ as cli, report  # noqa: E402
 from benchmarks.common import (CLASSES, LOSSES, compulsory_bytes, format_size, loss_shape, make_inputs,  # noqa: E402
                                parse_size, shape_for)
 
@@ -180,3 +180,33 @@ def test_region_benchmark_runs_and_writes_its_table(tmp_path):
     assert [(r[0][2:], r[2]) for r in rows] == [(loss, mode) for loss in region.LOSSES
                                                 for mode in ("forward", "forward+backward")]
     assert all("n/a" not in "|".join(r) for r in rows)
+
+
+def test_a_provider_that_computes_another_loss_is_marked_wrong(monkeypatch, tmp_path):
+    """Each provider's loss and gradient are checked against the reference before they are
+    timed: a kernel that is fast and wrong gets no plain speed-up figure."""
+    from benchmarks import common
+
+    right = common.loss_fn
+
+    def loss_fn(loss, provider):
+        f = right(loss, provider)
+        return (lambda x, t: 1.01 * f(x, t)) if provider == "jit" else f
+
+    monkeypatch.setattr(cli, "loss_fn", loss_fn)
+    monkeypatch.setattr(common, "loss_fn", loss_fn)
+    args = cli.parse_args(["--losses", "mse_loss", "--providers", "jit", "--sizes", "4K", "--repeats", "2"])
+    rows = cli.measure_cell("mse_loss", "forward+backward", "float32", "4K", args)
+    by_provider = {r["provider"]: r for r in rows}
+    assert by_provider["reference"]["agrees_with_reference"]
+    assert not by_provider["jit"]["agrees_with_reference"]
+    assert by_provider["jit"]["reference_error"] == pytest.approx(0.01, rel=1e-3)
+    assert "jit (WRONG: 1.0e-02 from the reference)" in report.markdown(rows, cli.machine("cpu") | {
+        "repeats": 2, "timing": "providers take turns", "timer": "wall clock"})
+
+
+def test_the_size_column_is_the_size_measured():
+    """A size that no shape holds exactly is reported as the elements measured."""
+    args = cli.parse_args(["--losses", "mse_loss", "--providers", "reference", "--sizes", "5000", "--repeats", "2"])
+    (row,) = cli.measure_cell("mse_loss", "forward", "float32", "5000", args)
+    assert row["numel"] == cli.parse_size(row["size"])
