@@ -26,7 +26,7 @@ from benchmarks import report
 from benchmarks.common import (DTYPES, LOSSES, MODES, PROVIDERS, REFERENCE_TOLERANCE, available_providers,
                                compulsory_bytes, copy_workload, device_name, first_call_seconds, format_size,
                                fresh_compilations, loss_fn, loss_shape, machine, make_inputs, median_seconds,
-                               parse_size, peak_extra_bytes, reference_error, workload)
+                               outputs, parse_size, peak_extra_bytes, reference_error, workload)
 
 # default sweeps, launch-bound to bandwidth-bound; --quick: a smoke run of a few cells
 SIZES = {"cpu": ["64K", "256K", "1M", "4M", "16M"], "cuda": ["64K", "1M", "4M", "16M", "64M", "256M"]}
@@ -105,7 +105,9 @@ def measure_cell(loss, mode, dtype, size, args):
     steps = {p: workload(loss, p, mode, x, t) for p in args.providers}
     first = {p: first_call_seconds(step, device) for p, step in steps.items()}  # compiles
     peaks = {p: peak_extra_bytes(step, device) for p, step in steps.items()}
-    errors = {p: reference_error(loss_fn(loss, p), loss_fn(loss, "reference"), mode, x, t) for p in args.providers}
+    want = outputs(loss_fn(loss, "reference"), mode, x, t)
+    errors = {p: reference_error(outputs(loss_fn(loss, p), mode, x, t), want) for p in args.providers}
+    del want
     steps["copy"] = copy_workload(nbytes, device)
     times = median_seconds(steps, args.repeats, device, back_to_back=args.back_to_back)
     copy_s = times.pop("copy")

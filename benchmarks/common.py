@@ -120,20 +120,22 @@ def step_of(call: Callable, mode: str, x: torch.Tensor, t) -> Callable[[], None]
 REFERENCE_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3, torch.float16: 3e-2, torch.bfloat16: 3e-2}
 
 
-def reference_error(call: Callable, reference_call: Callable, mode: str, x: torch.Tensor, t) -> float:
-    """max over the loss and (forward+backward) the input's gradient of |a - b| / |b| (norms, in
-    float64) between call and the reference: the check that what a row times computes the loss."""
-    def run(f):
-        leaf = x.detach().requires_grad_(mode != "forward")
-        with torch.set_grad_enabled(mode != "forward"):
-            loss = f(leaf, t)
-            grad = torch.autograd.grad(loss, leaf)[0] if mode != "forward" else None
-        return [v.detach().double() for v in (loss, grad) if v is not None]
+def outputs(call: Callable, mode: str, x: torch.Tensor, t) -> List[torch.Tensor]:
+    """call's loss, and in forward+backward its gradient of the input, in float64."""
+    leaf = x.detach().requires_grad_(mode != "forward")
+    with torch.set_grad_enabled(mode != "forward"):
+        loss = call(leaf, t)
+        grad = torch.autograd.grad(loss, leaf)[0] if mode != "forward" else None
+    return [v.detach().double() for v in (loss, grad) if v is not None]
 
+
+def reference_error(got: List[torch.Tensor], want: List[torch.Tensor]) -> float:
+    """max over outputs() of |a - b| / |b| (norms) against the reference's: the check that what a
+    row times computes the loss."""
     errors = []
-    for got, want in zip(run(call), run(reference_call)):
-        scale = torch.linalg.vector_norm(want)
-        errors.append(float(torch.linalg.vector_norm(got - want) / (scale if scale > 0 else 1.0)))
+    for a, b in zip(got, want):
+        scale = torch.linalg.vector_norm(b)
+        errors.append(float(torch.linalg.vector_norm(a - b) / (scale if scale > 0 else 1.0)))
     return max(errors)
 
 
