@@ -457,7 +457,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     t = target.long()
     ignored = t == ignore_index
     # an ignored pixel's logits may be inf or NaN (padding): read as 0, so that its loss and
-    # gradient are 0 (a weight of 0 times NaN would be NaN), as torch's
+    # gradient are 0 (a weight of 0 times NaN would be NaN): torch's loss is 0 there too, its
+    # gradient NaN at a NaN or +inf logit (README)
     x = torch.where(ignored.unsqueeze(1), torch.zeros((), dtype=dtype, device=x.device), x)
     t = torch.where(ignored, torch.zeros_like(t), t).unsqueeze(1)
     w = torch.ones(n_classes, dtype=dtype, device=x.device) if weight is None else weight.to(dtype)

@@ -20,16 +20,18 @@ struct MseScratch {
 
 template <typename input_t, typename target_t, typename out_t, typename grad_t>
 void mse_kernel(const input_t* x_data, const target_t* t_data, int64_t n, out_t* loss_data,
-                grad_t* grad_data, acc_type_t<input_t, target_t> grad_scale,
-                std::vector<acc_type_t<input_t, target_t>>& partials) {
+                grad_t* grad_data, acc_type_t<input_t, target_t> grad_scale, std::vector<double>& partials) {
   using acc_t = acc_type_t<input_t, target_t>;
   using V = Vec<acc_t>;
   const int64_t n_chunks = at::divup(n, kChunk);
   if (loss_data == nullptr) {
-    partials.assign(n_chunks, acc_t(0));
+    partials.assign(n_chunks, 0.0);
   }
   for_each_chunk<MseScratch<acc_t>>(n_chunks, [&](int64_t chunk, MseScratch<acc_t>& s) {
+    // the lanes add a block's terms (128 a lane in float32), the chunk's total is kept in double:
+    // float32 lanes over the whole chunk lost 2e-5 of the mean at 2**25 elements (torch: 7e-7)
     V acc(acc_t(0));
+    double total = 0;
     const int64_t chunk_end = std::min(n, (chunk + 1) * kChunk);
     for (int64_t b = chunk * kChunk; b < chunk_end; b += kBlock) {
       const int64_t len = std::min(kBlock, chunk_end - b);
@@ -62,10 +64,14 @@ void mse_kernel(const input_t* x_data, const target_t* t_data, int64_t n, out_t*
       if (grad) {
         store_row(grad, grad_data + b, len);
       }
+      if (!loss_data) {
+        total += lane_sum(acc);
+        acc = V(acc_t(0));
+      }
     }
     stream_fence();
     if (!loss_data) {
-      partials[chunk] = lane_sum(acc);
+      partials[chunk] = total;
     }
   });
 }
@@ -90,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cpu(const at::Tensor& input_, co
     using input_t = decltype(in_tag);
     using target_t = decltype(t_tag);
     using acc_t = acc_type_t<input_t, target_t>;
-    std::vector<acc_t> partials;
+    std::vector<double> partials;
     const input_t* x = input.const_data_ptr<input_t>();
     const target_t* t = target.const_data_ptr<target_t>();
     // only reduction="none" writes the loss per element, in the result dtype
@@ -102,8 +108,8 @@ std::tuple<at::Tensor, at::Tensor> mse_loss_fwd_cpu(const at::Tensor& input_, co
       const acc_t grad_scale = reduction == at::Reduction::Mean ? acc_t(1.0 / static_cast<double>(n)) : acc_t(1);
       mse_kernel(x, t, n, loss_data, grad_data, grad_scale, partials);
     });
-    for (const acc_t p : partials) {  // fixed order
-      total += static_cast<double>(p);
+    for (const double p : partials) {  // fixed order
+      total += p;
     }
   });
   if (reduction != at::Reduction::None) {

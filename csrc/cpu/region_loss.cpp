@@ -445,13 +445,15 @@ at::Tensor region_sums_cpu(const at::Tensor& input_, const at::Tensor& target_, 
       });
     });
     if (!partials.empty()) {
+      // in double: a 2**25-pixel plane's 4096 pieces added in float32 lost 1e-4 of the Dice
       at::parallel_for(0, geo.planes, 64, [&](int64_t begin, int64_t end) {
         for (int64_t plane = begin; plane < end; ++plane) {
-          for (int64_t chunk = 0; chunk < geo.chunks_per_plane; ++chunk) {  // fixed order
-            const acc_t* piece = piece_sums + (plane * geo.chunks_per_plane + chunk) * n_sums;
-            for (int k = 0; k < n_sums; ++k) {
-              out[plane * n_sums + k] += piece[k];
+          for (int k = 0; k < n_sums; ++k) {
+            double total = 0;
+            for (int64_t chunk = 0; chunk < geo.chunks_per_plane; ++chunk) {  // fixed order
+              total += static_cast<double>(piece_sums[(plane * geo.chunks_per_plane + chunk) * n_sums + k]);
             }
+            out[plane * n_sums + k] = static_cast<acc_t>(total);
           }
         }
       });
