@@ -31,8 +31,26 @@ struct CeOptions {
 // The loss of one pixel, from L = log S, y_t = x_t - m, w_t, v, and wy = sum_c w_c y_c (used only
 // where s > 0: the caller may pass 0 for it when it is not).
 template <typename S, typename T>
+C10_HOST_DEVICE inline T ce_loss_of_nll(const CeOptions<S>& o, T nll_t, T log_sum, T w_t, T v, T wy) {
+  return T(o.keep) * w_t * nll_t + T(o.smooth) * v * (T(o.weight_sum) * log_sum - wy);
+}
+
+// The same with the label's -log p_t as L - y_t: within a rounding of S (2^-24 absolute, as
+// torch's float32) of exact, which is not relative accuracy for a confident pixel's small loss.
+template <typename S, typename T>
 C10_HOST_DEVICE inline T ce_loss(const CeOptions<S>& o, T log_sum, T y_t, T w_t, T v, T wy) {
-  return T(o.keep) * w_t * (log_sum - y_t) + T(o.smooth) * v * (T(o.weight_sum) * log_sum - wy);
+  return ce_loss_of_nll(o, log_sum - y_t, log_sum, w_t, v, wy);
+}
+
+// The label's -log p_t = log(1 + R), R = sum_{c != t} e_c / e_t (the others' exponentials over
+// the label's), for a kernel whose exponentials and log are approximate (CUDA's float32: within
+// 2^-22 relative and absolute): where R < 1/8 (a loss below log(9/8), the label leading the
+// pixel) log1m_series(-R), which keeps R's relative accuracy, so a loss of 1e-7 is right to a few
+// 1e-7 of itself; elsewhere L - y_t (nll_plain), at least 0.118, to which an absolute error of a
+// few 1e-7 is small. A NaN or infinite R (the label's exponential 0) takes nll_plain.
+template <typename T>
+C10_HOST_DEVICE inline T ce_label_nll(T nll_plain, T ratio) {
+  return pselect(ratio < T(kSeriesBelow), log1m_series(pneg(ratio)), nll_plain);
 }
 
 // wy as ce_loss takes it from a kernel that sums it whether or not there is smoothing: 0 without,
@@ -55,6 +73,21 @@ C10_HOST_DEVICE inline T ce_grad_prob_factor(const CeOptions<S>& o, T w_t, T v) 
 template <typename S, typename T>
 C10_HOST_DEVICE inline T ce_grad(const CeOptions<S>& o, T p_c, T a, T is_t, T w_t, T v, T w_c) {
   return a * p_c - (T(o.keep) * w_t * is_t + T(o.smooth) * v * w_c);
+}
+
+// The same split by class, for the kernels that keep the label's gradient accurate: a class c
+// other than the label, A p_c - s/C v w_c ...
+template <typename S, typename T>
+C10_HOST_DEVICE inline T ce_grad_other(const CeOptions<S>& o, T p_c, T a, T v, T w_c) {
+  return a * p_c - T(o.smooth) * v * w_c;
+}
+
+// ... and the label t, A p_t - B_t = s/C v (W - w_t) - A q_t from a_q = A q_t, q_t = 1 - p_t =
+// (sum_{c != t} e_c) / S: without smoothing -A q_t, as accurate as q_t, where A (p_t - 1) from a
+// rounded p_t would be off by about 2^-24 A absolute (most of a confident pixel's gradient).
+template <typename S, typename T>
+C10_HOST_DEVICE inline T ce_grad_label(const CeOptions<S>& o, T a_q, T w_t, T v) {
+  return T(o.smooth) * v * (T(o.weight_sum) - w_t) - a_q;
 }
 
 }  // namespace pylosses::math

@@ -32,26 +32,6 @@ constexpr double kBceLogClamp = -100.0;
 // as a double, which the float64 gradient then matches to the last bit).
 constexpr double kBceGradEps = static_cast<double>(1e-12f);
 
-// log(1 - s) for |s| <= 1/8: -s c(s), c a degree-5 polynomial, fitted (Remez, minimax in the
-// relative error) to -log(1 - s) / s on [-1/8, 1/8]: within 2^-25.8 of it in exact arithmetic,
-// 1.3 ulp of the result in float32's (measured against log1p in float64 at 204,000 points);
-// Taylor's series needs degree 7 for the same. log(1 + e) is log1m_series(-e).
-template <typename T>
-C10_HOST_DEVICE inline T log1m_series(T s) {
-  constexpr double kC[6] = {1.0, 0x1.000002p-1, 0x1.555018p-2, 0x1.fff26cp-3, 0x1.a08e3ap-3, 0x1.5c4d34p-3};
-  T c = T(kC[5]);
-  for (int k = 4; k >= 0; --k) {
-    c = c * s + T(kC[k]);
-  }
-  return pneg(s * c);
-}
-
-// Below this |s|, CUDA's float32 log(1 - s) is log1m_series, within 1.3 ulp of it; from
-// it on, MUFU.LG2 (plog2_approx), whose error (2^-22 absolute near 1) the result's size, at
-// least log(9/8) = 0.118, keeps below 1.4e-6 relative.
-constexpr double kSeriesBelow = 0.125;
-constexpr double kLn2 = 0.693147180559945309;
-
 // log(q + r), where q + r = 1 - s: q rounded, r its rounding residue, and s exact wherever it
 // is below 1/8 (a hard label's probability, 1 + exp(-|x|) with s = -exp(-|x|)). The generic
 // form is log(q) + r; CUDA in float32 takes log1m_series there and MUFU.LG2 elsewhere.

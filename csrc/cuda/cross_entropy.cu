@@ -106,6 +106,8 @@ struct ExpDomain;
 
 template <>
 struct ExpDomain<float> {
+  // The label's loss and gradient from the other classes' exponentials (see label_terms).
+  static constexpr bool kLabelRatio = true;
   static constexpr float kToExp = 1.44269504088896341f;     // log2(e)
   static constexpr float kFromExp = 0.693147180559945309f;  // ln(2)
   static C10_HOST_DEVICE float fma(float a, float b, float c) { return ::fmaf(a, b, c); }
@@ -152,6 +154,7 @@ struct ExpDomain<float> {
 
 template <>
 struct ExpDomain<double> {
+  static constexpr bool kLabelRatio = false;  // (accurate exponentials and log)
   static constexpr double kToExp = 1.0;
   static constexpr double kFromExp = 1.0;
   static C10_HOST_DEVICE double fma(double a, double b, double c) { return ::fma(a, b, c); }
@@ -217,6 +220,9 @@ struct PixelState {
   acc_t v[kPix];
   acc_t x_t[kPix];      // the label's logit (0 where cls = -1)
   acc_t factor[kPix];   // A / S: the gradient is A p_c - B_c = (A / S) e_c - B_c
+  acc_t log_sum[kPix];   // log S, and the label's -log p_t (label_terms)
+  acc_t nll_t[kPix];
+  acc_t label_grad[kPix];  // kLabelRatio: the label's gradient (label_terms)
 };
 
 // The labels of the pack of kPix pixels at j into st (cls, w_t and v as cross_entropy_math.h has
@@ -250,32 +256,75 @@ __device__ __forceinline__ void read_labels(const A& a, const ClassWeights<kC, t
   }
 }
 
-// From S = sum_c 2^z_c (or e^z_c), the scaled max M and wz = sum_c w_c z_c of each pixel: its loss
-// (stored for "none", added to sums) and the gradient's factor A / S.
-template <int kPix, int kC, typename A>
-__device__ __forceinline__ void pixel_losses(const A& a, const math::CeOptions<typename A::acc_t>& o,
-                                             const ClassWeights<kC, typename A::acc_t>& w, int64_t j,
-                                             const typename A::acc_t (&S)[kPix], const typename A::acc_t (&M)[kPix],
+// What a pixel's loss and gradient need, from the sum S of its exponentials and the scaled max M:
+// log S and the label's -log p_t (nll_t) for the loss, and the gradient's factor A / S. With
+// kLabelRatio, S holds the classes' other than the label (the kernels leave the label out as they
+// add: mark_label) and this adds the label's, e_t = 2^z_t of the same z, so the same bits, and
+// keeps the relative accuracy of a confident pixel's loss and label gradient
+// (cross_entropy_math.h's ce_label_nll and ce_grad_label, from R = (the others) / e_t and
+// A q_t = (A / S) (the others)). e_t = 0 (a label's exponential flushed, or no label) makes R
+// NaN or inf: the plain log's path.
+template <int kPix, typename A>
+__device__ __forceinline__ void label_terms(const math::CeOptions<typename A::acc_t>& o,
+                                            const typename A::acc_t (&S)[kPix], const typename A::acc_t (&M)[kPix],
+                                            PixelState<kPix, typename A::acc_t>& st) {
+  using acc_t = typename A::acc_t;
+  using D = ExpDomain<acc_t>;
+#pragma unroll
+  for (int k = 0; k < kPix; ++k) {
+    const acc_t prob_factor = math::ce_grad_prob_factor(o, st.w_t[k], st.v[k]);
+    // y_t = x_t - m, in natural units
+    const acc_t y_t = D::kFromExp * D::fma(st.x_t[k], D::kToExp, -M[k]);
+    if constexpr (D::kLabelRatio) {
+      const acc_t others = S[k];
+      const acc_t e_t = st.cls[k] >= 0 ? D::exp(D::fma(st.x_t[k], D::kToExp, -M[k])) : acc_t(0);
+      const acc_t sum = others + e_t;
+      st.log_sum[k] = D::kFromExp * D::log(sum);
+      st.nll_t[k] = math::ce_label_nll(st.log_sum[k] - y_t, others * D::inverse(e_t));
+      st.factor[k] = prob_factor * D::inverse(sum);
+      st.label_grad[k] = math::ce_grad_label(o, st.factor[k] * others, st.w_t[k], st.v[k]);
+    } else {
+      st.log_sum[k] = D::kFromExp * D::log(S[k]);
+      st.nll_t[k] = st.log_sum[k] - y_t;
+      st.factor[k] = prob_factor * D::inverse(S[k]);
+    }
+  }
+}
+
+// The loss of each pixel (stored for "none", added to sums), from label_terms' values and
+// wz = sum_c w_c z_c.
+template <bool kSmooth, int kPix, typename A>
+__device__ __forceinline__ void pixel_losses(const A& a, const math::CeOptions<typename A::acc_t>& o, int64_t j,
                                              const typename A::acc_t (&wz)[kPix],
-                                             PixelState<kPix, typename A::acc_t>& st,
+                                             const PixelState<kPix, typename A::acc_t>& st,
                                              typename A::acc_t (&sums)[kCeSums]) {
   using acc_t = typename A::acc_t;
   using D = ExpDomain<acc_t>;
   Pack<typename A::loss_t, kPix> losses;
 #pragma unroll
   for (int k = 0; k < kPix; ++k) {
-    // log S, y_t = x_t - m and sum_c w_c y_c, in natural units
-    const acc_t log_sum = D::kFromExp * D::log(S[k]);
-    const acc_t y_t = D::kFromExp * D::fma(st.x_t[k], D::kToExp, -M[k]);
-    const acc_t loss = math::ce_loss(o, log_sum, y_t, st.w_t[k], st.v[k], D::kFromExp * wz[k]);
+    // (without smoothing its term, s / C = 0 times a finite value where the loss is, left out)
+    const acc_t loss = kSmooth ? math::ce_loss_of_nll(o, st.nll_t[k], st.log_sum[k], st.w_t[k], st.v[k],
+                                                      D::kFromExp * wz[k])
+                               : acc_t(o.keep) * st.w_t[k] * st.nll_t[k];
     losses.v[k] = static_cast<typename A::loss_t>(loss);
     sums[0] += loss;
-    st.factor[k] = math::ce_grad_prob_factor(o, st.w_t[k], st.v[k]) * D::inverse(S[k]);
   }
   if (a.loss) {
     store_pack(a.loss, j, losses);
   }
 }
+
+// kLabelRatio: the label's exponential e_c marked as -0 (every other one is +0 or above, NaN
+// aside), where the kernels add the others (-0 adds nothing) and where store_grads picks the
+// label's gradient by it: the test of c against the label made once a class, and no label kept
+// in registers for the stores. (label_terms takes the label's own exponential from its logit.)
+template <typename acc_t>
+__device__ __forceinline__ acc_t mark_label(acc_t e, bool is_label) {
+  return ExpDomain<acc_t>::kLabelRatio && is_label ? -acc_t(0) : e;
+}
+template <typename acc_t>
+__device__ __forceinline__ bool is_marked(acc_t e) { return std::signbit(e); }
 
 // w_c of the smoothing terms, 0 for a class c >= C of the bound; without smoothing (where the
 // math's s/C v w_c is 0 x w_c) 0, read from nowhere.
@@ -292,8 +341,8 @@ __device__ __forceinline__ typename A::acc_t smoothing_weight(const A& a, const 
   }
 }
 
-// The gradient of class c of a pack (grad points at its place) from its exponentials e,
-// stored unless c >= C (kMasked: c may be).
+// The gradient of class c of a pack (grad points at its place) from its exponentials e (the
+// label's marked: mark_label), stored unless c >= C (kMasked: c may be).
 template <bool kSmooth, bool kMasked, int kPix, int kC, typename A>
 __device__ __forceinline__ void store_grads(const A& a, const math::CeOptions<typename A::acc_t>& o,
                                             const ClassWeights<kC, typename A::acc_t>& w, typename A::grad_t* grad,
@@ -304,9 +353,17 @@ __device__ __forceinline__ void store_grads(const A& a, const math::CeOptions<ty
   Pack<typename A::grad_t, kPix> g;
 #pragma unroll
   for (int k = 0; k < kPix; ++k) {
-    const acc_t is_t = c == st.cls[k] ? acc_t(1) : acc_t(0);
     // A p_c - B_c with A p_c = (A / S) e_c
-    g.v[k] = static_cast<typename A::grad_t>(math::ce_grad(o, e[k], st.factor[k], is_t, st.w_t[k], st.v[k], w_c));
+    acc_t dx;
+    if constexpr (ExpDomain<acc_t>::kLabelRatio) {
+      // (without smoothing the other classes' term is (A / S) e_c alone: no v and w_c kept for it)
+      const acc_t other = kSmooth ? math::ce_grad_other(o, e[k], st.factor[k], st.v[k], w_c) : e[k] * st.factor[k];
+      dx = is_marked(e[k]) ? st.label_grad[k] : other;
+    } else {
+      const acc_t is_t = c == st.cls[k] ? acc_t(1) : acc_t(0);
+      dx = math::ce_grad(o, e[k], st.factor[k], is_t, st.w_t[k], st.v[k], w_c);
+    }
+    g.v[k] = static_cast<typename A::grad_t>(dx);
   }
   if (!kMasked || c < a.C) {
     store_pack(grad, 0, g);
@@ -374,10 +431,12 @@ __device__ __forceinline__ void ce_pack_in_registers(const A& a, const math::CeO
         wz[k] += w_c * z;
       }
       e[c][k] = D::exp(z);
-      S[k] += e[c][k];
+      e[c][k] = mark_label(e[c][k], c == st.cls[k]);
+      S[k] += e[c][k];  // (kLabelRatio: the label's e is -0 here; label_terms adds it)
     }
   }
-  pixel_losses<kPix>(a, o, w, j, S, M, wz, st, sums);
+  label_terms<kPix, A>(o, S, M, st);
+  pixel_losses<kSmooth, kPix>(a, o, j, wz, st, sums);
   if (grad) {
 #pragma unroll
     for (int c = 0; c < kC; ++c, grad += a.P) {
@@ -426,7 +485,7 @@ __device__ __forceinline__ void ce_pack_streaming(const A& a, const math::CeOpti
       acc_t sum = S[k] * D::rescale(M[k] - M_new);
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) {
-        sum += D::exp(D::fma(values[i][k], D::kToExp, -M_new));
+        sum += mark_label(D::exp(D::fma(values[i][k], D::kToExp, -M_new)), c0 + i == st.cls[k]);
       }
       S[k] = sum;
       M[k] = M_new;
@@ -438,15 +497,11 @@ __device__ __forceinline__ void ce_pack_streaming(const A& a, const math::CeOpti
   if (c0 < a.C) {
     first_pass(std::true_type{});
   }
-  // the loss and the gradient's factor; with smoothing the loss waits for wz, the second pass's
+  // the gradient's factor and the loss; with smoothing the loss waits for wz, the second pass's
   acc_t wz[kPix] = {};
-  if constexpr (kSmooth) {
-#pragma unroll
-    for (int k = 0; k < kPix; ++k) {
-      st.factor[k] = math::ce_grad_prob_factor(o, st.w_t[k], st.v[k]) * D::inverse(S[k]);
-    }
-  } else {
-    pixel_losses<kPix>(a, o, w, j, S, M, wz, st, sums);
+  label_terms<kPix, A>(o, S, M, st);
+  if constexpr (!kSmooth) {
+    pixel_losses<kSmooth, kPix>(a, o, j, wz, st, sums);
   }
   // the second pass, with and without the gradient's stores (a test on the moving pointer in
   // the loop would cost its classes a branch each)
@@ -472,7 +527,7 @@ __device__ __forceinline__ void ce_pack_streaming(const A& a, const math::CeOpti
           if constexpr (kSmooth) {
             wz[k] += w_c * z;
           }
-          e[k] = D::exp(z);
+          e[k] = mark_label(D::exp(z), c == st.cls[k]);
         }
         if constexpr (kStore) {
           store_grads<kSmooth, kMasked>(a, o, w, grad_c, c, e, st);
@@ -493,7 +548,7 @@ __device__ __forceinline__ void ce_pack_streaming(const A& a, const math::CeOpti
     second_pass(std::false_type{});
   }
   if constexpr (kSmooth) {
-    pixel_losses<kPix>(a, o, w, j, S, M, wz, st, sums);  // (it sets the factors again, to the same values)
+    pixel_losses<kSmooth, kPix>(a, o, j, wz, st, sums);
   }
 }
 

@@ -169,22 +169,30 @@ __device__ __forceinline__ void for_each_class(int C, const F& f) {
 
 // A pixel's softmax: the shift m (the max), the exponentials e_c = exp(x_c - m) (in float32 from
 // MUFU.EX2: math::pexp_nonpositive_approx; the CPU's are accurate) and 1 / their sum, and for the
-// cross-entropy log(sum), y_t = x_t - m and sum_c w_c y_c. On the register path (kC > 0) the
-// exponentials stay in e; on the chunked path prob(c) recomputes them.
+// cross-entropy log(sum), y_t = x_t - m, the label's -log p_t and sum_c w_c y_c. On the register
+// path (kC > 0) the exponentials stay in e; on the chunked path prob(c) recomputes them.
+// In float32 (kRatio) a confident pixel's cross-entropy keeps its relative accuracy as
+// cross_entropy.cu's does: its -log p_t from R = (the other classes' exponentials) / e_t
+// (math::ce_label_nll), and its label's gradient from the others' sum (label_q).
 template <int kC, typename input_t>
 struct PixelSoftmax {
   using acc_t = acc_type_t<input_t>;
+  static constexpr bool kRatio = std::is_same_v<acc_t, float>;
   acc_t e[kC > 0 ? kC : 1];
-  acc_t m = 0, inv = 0, log_sum = 0, y_t = 0, wy = 0;
+  acc_t m = 0, inv = 0, log_sum = 0, y_t = 0, nll_t = 0, wy = 0;
+  acc_t others = 0;  // kRatio, with_ce or with_others: sum_{c != cls} e_c
   const input_t* x = nullptr;  // the pixel's class 0 (null: a lane past the plane's end)
   int64_t S = 0;
 
-  // with_ce: also log_sum, y_t and wy, for the label cls; with_label: y_t alone. weights: the
-  // class weights in the caller's registers (register path), or null to read them
+  // with_ce: also log_sum, y_t, nll_t and wy, for the label cls; with_label: y_t alone;
+  // with_others: the others' sum alone (the cross-entropy's gradient). weights: the class
+  // weights in the caller's registers (register path), or null to read them
   __device__ __forceinline__ PixelSoftmax(const SoftmaxInputs<input_t>& in, const input_t* x_, int cls, bool with_ce,
-                                          bool with_label = false, const acc_t* weights = nullptr)
+                                          bool with_label = false, const acc_t* weights = nullptr,
+                                          bool with_others = false)
       : x(x_), S(in.S) {
     const int C = in.C;
+    const bool count_others = kRatio && (with_ce || with_others);
     acc_t sum = 0;
     if constexpr (kC > 0) {
 #pragma unroll
@@ -202,6 +210,9 @@ struct PixelSoftmax {
         }
         e[c] = math::pexp_nonpositive_approx(y);
         sum += e[c];
+        if (count_others) {
+          others += c == cls ? acc_t(0) : e[c];
+        }
       });
     } else {
       m = x ? static_cast<acc_t>(x[0]) : acc_t(0);
@@ -213,7 +224,11 @@ struct PixelSoftmax {
         if (with_ce) {
           wy += class_weight(in, c) * y;
         }
-        sum += math::pexp_nonpositive_approx(y);
+        const acc_t e_c = math::pexp_nonpositive_approx(y);
+        sum += e_c;
+        if (count_others) {
+          others += c == cls ? acc_t(0) : e_c;
+        }
       }
       if ((with_ce || with_label) && cls >= 0) {
         y_t = value(cls) - m;
@@ -222,8 +237,16 @@ struct PixelSoftmax {
     inv = math::preciprocal(sum);
     if (with_ce) {
       log_sum = math::plog(sum);
+      nll_t = log_sum - y_t;
+      if constexpr (kRatio) {
+        // e_t: the same bits as the label's e_c (the same y); 0 (flushed) makes R inf or NaN, the
+        // plain path's. (A pixel without a label: its loss is not taken.)
+        nll_t = math::ce_label_nll(nll_t, others * math::preciprocal(math::pexp_nonpositive_approx(y_t)));
+      }
     }
   }
+  // q_t = 1 - p_t = (the others' sum) / (the sum), kRatio with_ce or with_others
+  __device__ __forceinline__ acc_t label_q() const { return others * inv; }
   __device__ __forceinline__ acc_t value(int c) const { return x ? static_cast<acc_t>(x[c * S]) : acc_t(0); }
   // p_c
   __device__ __forceinline__ acc_t prob(int c) const {
@@ -352,7 +375,7 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxBlocksPerSM<kC, kCe, acc_typ
       }
       if constexpr (kCe) {
         const acc_t v = px.cls >= 0 ? acc_t(1) : acc_t(0);
-        const acc_t loss = math::ce_loss(o, sm.log_sum, sm.y_t, px.w_t, v, math::ce_smoothing_wy(o, sm.wy));
+        const acc_t loss = math::ce_loss_of_nll(o, sm.nll_t, sm.log_sum, px.w_t, v, math::ce_smoothing_wy(o, sm.wy));
         extra[1] += px.cls >= 0 ? loss : acc_t(0);  // a select: padding's NaN stays out
         extra[2] += px.w_t;
         extra[3] += v;
@@ -458,7 +481,7 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxGradBlocksPerSM<kC, acc_type
       }
       const PixelLabel<acc_t> px = read_label(in, b, s);
       const int64_t offset = b * in.CS + s;
-      const PixelSoftmax<kC, input_t> sm(in, in.x + offset, px.cls, false);
+      const PixelSoftmax<kC, input_t> sm(in, in.x + offset, px.cls, false, false, nullptr, kCe);
       const acc_t* g = a.grad_sums + b * C * kSums;
       const auto grad_p = [&](int c, acc_t p) {
         return math::region_grad_p<kMode>(p, c == px.cls ? acc_t(1) : acc_t(0), g[c * kSums], g[c * kSums + 1]);
@@ -476,6 +499,11 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxGradBlocksPerSM<kC, acc_type
         dot += p * G;
       };
       const acc_t factor = math::ce_grad_prob_factor(o, px.w_t, acc_t(1));
+      // float32: the label's cross-entropy gradient from q_t (ce_grad_label), not from p_t - 1
+      [[maybe_unused]] acc_t label_ce = 0;
+      if constexpr (kCe && PixelSoftmax<kC, input_t>::kRatio) {
+        label_ce = math::ce_grad_label(o, factor * sm.label_q(), px.w_t, acc_t(1));
+      }
       const auto write = [&](int c) {
         const acc_t p = sm.prob(c);
         acc_t G;
@@ -492,7 +520,12 @@ __global__ void __launch_bounds__(kThreads, kSoftmaxGradBlocksPerSM<kC, acc_type
           } else {
             w_c = class_weight(in, c);
           }
-          const acc_t ce = math::ce_grad(o, p, factor, c == px.cls ? acc_t(1) : acc_t(0), px.w_t, acc_t(1), w_c);
+          acc_t ce;
+          if constexpr (PixelSoftmax<kC, input_t>::kRatio) {
+            ce = c == px.cls ? label_ce : math::ce_grad_other(o, p, factor, acc_t(1), w_c);
+          } else {
+            ce = math::ce_grad(o, p, factor, c == px.cls ? acc_t(1) : acc_t(0), px.w_t, acc_t(1), w_c);
+          }
           dx += px.cls >= 0 ? ce : acc_t(0);  // a select: padding's NaN stays out
         }
         a.grad[offset + int64_t(c) * in.S] = static_cast<input_t>(dx);
