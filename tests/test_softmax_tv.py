@@ -83,6 +83,43 @@ def test_ties_and_a_single_class(backend):
     assert loss.item() == 0.0 and (torch.autograd.grad(loss, one)[0] == 0).all()
 
 
+# the Triton kernel's tilings (triton_kernels/softmax_tv.py): 2-D and 3-D slices in vectors (SO a
+# multiple of a thread's pixels) over several slabs and programs, with a last slab part full; slices
+# of single pixels (SO odd); 3-D rows in vectors or not; W alone, in vectors or not
+TILINGS = [(1, 2, 9, 132), (1, 3, 10, 45), (2, 3, 5, 6), (1, 3, 3, 5, 8), (1, 3, 3, 2, 6), (1, 2, 5, 3, 5),
+           (1, 3, 1, 70), (1, 2, 1, 600), (1, 2, 7, 1, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tilings(backend, dtype):
+    """Shapes that take each of the Triton kernel's tilings, values and gradients."""
+    for shape in TILINGS:
+        _check(backend, shape, dtype, "mean")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_along_every_axis(backend, dtype):
+    """Pixels with equal (or exactly shifted) logits next to each other along every axis, inside a
+    thread's vector, at its edges and across the walked axis's slabs: each tie's sign is 0 on both
+    of its sides, as the reference's."""
+    for shape in [(1, 3, 7, 12), (1, 3, 6, 3, 8)]:
+        x = torch.zeros(shape, dtype=dtype)
+        x[..., 3:, :] = 1.5  # a step along the outermost axis (shifted logits above it)
+        x[..., 5:] += 0.25
+        x[:, 1, ..., 9:] = -2.0
+        x = x.requires_grad_(True)
+        spatial = len(shape) - 2
+        got = _ops.softmax_tv(backend, x, 0.5, spatial, "sum")
+        exact = x.detach().double().requires_grad_(True)
+        want = reference.softmax_total_variation(exact, 0.5, spatial, "sum")
+        tol = TOL[dtype]
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+        torch.testing.assert_close(torch.autograd.grad(got, x)[0].double(), torch.autograd.grad(want, exact)[0],
+                                   rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grad_output_scales_and_inputs_stay_untouched(backend):
     """The backward applies grad_output (loss_backward); a non-contiguous input gives the
@@ -145,3 +182,15 @@ def test_dice_ce_lambda_tv_under_autocast_is_the_same_on_every_backend():
                                                     backend=backend)
     assert losses["native"].dtype == losses["reference"].dtype == torch.float32
     torch.testing.assert_close(losses["native"], losses["reference"])
+
+
+@pytest.mark.skipif("triton" not in BACKENDS, reason="Triton is not available")
+def test_triton_refuses_a_plane_whose_last_program_would_pass_32_bit_lanes():
+    """The Triton kernel's lanes (the slabs of its walked axis, then its last program's padding)
+    are 32-bit: a plane below 2**31 pixels whose last program's lanes reach 2**31 is refused,
+    naming the size, not wrapped (a wrapped lane would read before the plane)."""
+    from pylosses.triton_kernels import softmax_tv
+
+    x = torch.empty(1, 2, 1, 2**31 - 4, device="meta")  # (refused before any launch)
+    with pytest.raises(ValueError, match="fewer than 2\\*\\*31 pixels, got 2147483644"):
+        softmax_tv.softmax_tv_fwd(x, 1.0, 2, 1, True)
