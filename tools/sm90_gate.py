@@ -125,12 +125,13 @@ ALLOWED = [
      "is reduced by k ln 2 (the fixes of the H200 run's float16 TV gradients and BCE at large |x|), 12 warps an SM "
      "where the walk assumes 16; to be brought back"),
     # CUDA cross-entropy (ce): <pixels a pack, classes a thread holds (0: the two-pass path), input, label>
-    ("ce", "occupancy", "double,", "CUDA, float64 cross-entropy: 106 registers (at 64 it spills, even a class at a "
+    ("ce", "occupancy", "double,", "CUDA, float64 cross-entropy: 104 to 106 registers (at 64 it spills, even a class at a "
      "time), so 2 blocks (16 warps) an SM where the float32 and 16-bit paths keep 32; float64 checks, float32 and "
      "16-bit train"),
     *(("ce", "instructions", f"<1, {c}, c10::BFloat16", "CUDA, the one-pixel fallback of the cross-entropy (a plane "
-       "that is not a multiple of the pack, or misaligned pointers) with bfloat16 logits: 36 to 43 instructions an "
-       "element against budgets of 32 to 39 (predicted 78% to 97% of copy bandwidth); aligned planes take packs")
+       "that is not a multiple of the pack, or misaligned pointers) with bfloat16 logits: 39 to 48 instructions an "
+       "element against budgets of 32 to 47 (predicted 69% to 99% of copy bandwidth; 36 to 43 before the accurate "
+       "path for small losses); aligned planes take packs")
       for c in (4, 8)),
     # Triton cross-entropy: labels "C=... dtype target ... grad on|off [weight] [smoothing]"
     *(("ce", "occupancy", text, "Triton, the cross-entropy with class weights or label smoothing, or a 16-bit input "
@@ -180,38 +181,46 @@ ALLOWED = [
        "exponentials), a divisor in [1, C] that never takes it") for family in ("softmax_region",
                                                                               "softmax_region_backward")),
     # Triton softmax_tv_fwd (softmax_tv): labels "shape C=... dtype reduction grad on|off"; Triton 3.8
-    ("softmax_tv", "instructions", "C=", "Triton, a first version (issue 15): a program takes a block of pixels "
-     "and walks the classes three times (max and sum of exponentials, the loss and sum_k G_k p_k, the gradient), "
-     "each time for the pixel and its 2 x spatial_dims neighbours, so a logit's exponential is taken 2 d + 1 times a "
-     "sweep (15 an element in 2-D, 21 in 3-D with the gradient). Counted over all its sweeps: float32 168 (2-D) and "
-     "234 (3-D) instructions an element with the gradient against 62.3 (predicted 37% and 27% of copy bandwidth), "
-     "53 without it (C=4: 59%); 16-bit 182 to 263 against 31.2 to 46.7 (12% to 26%); float64 803 to 1120 (libdevice's "
-     "exp). The next step carries rows along an axis, each probability taken once a sweep"),
-    ("softmax_tv", "vector", "float16", "Triton, softmax_tv of a 16-bit input: 4 pixels a thread (64-bit accesses), "
-     "where 8 (128-bit) take 168 registers in 2-D and 230 in 3-D (8 to 12 warps an SM); the neighbours' loads along "
-     "the rows are unaligned, scalar, whatever the width, and the kernel is bound by its instructions"),
-    ("softmax_tv", "vector", "odd W", "Triton, softmax_tv on planes of S pixels not a multiple of 4: a class's plane "
-     "starts anywhere, so its loads and stores are scalar"),
+    ("softmax_tv", "instructions", "C=", "Triton, the walk (issue 15): a program owns lanes of slabs of "
+     "slices along the outermost kept axis, a thread 16 bytes of a slice (W neighbours inside it by split/join, its "
+     "two outer ones loaded) at 2 positions along the walked axis in 2-D (1 in 3-D and float64: registers, 16 warps) "
+     "plus a halo slice before and after, 3-D H neighbours loaded; three sweeps over the classes (max and sum of "
+     "exponentials, the loss and sum_k G_k p_k, the gradient), each tracked probability taken once a sweep: 2.5 "
+     "exponentials an element a sweep in 2-D, 5.5 in 3-D, where the first version took 5 and 7. Counted over all "
+     "its sweeps with the gradient: float32 102.2 (2-D) and 197.8 (3-D) instructions an element against 62.3 "
+     "(predicted 61% and 31% of copy bandwidth; the first version 168 and 234.5), 42.2 without it (C=4, against "
+     "31.2: 74%); 16-bit 108 to 213 against 31.2 to 46.7 (15% to 43%); float64 680 (2-D) and 1010 (3-D) "
+     "(libdevice's exp; 803 and 1120 before); 3-D bfloat16 without it (C=40) 86.0, 80.2 before (a position a "
+     "thread and its halo); planes whose slices are not a multiple of a vector, a pixel a thread "
+     "at 4 positions: 155 (odd W, 203 before). The exponentials of the halo and of the loaded neighbours and the "
+     "online softmax are most of what remains"),
+    ("softmax_tv", "vector", "float16", "Triton, softmax_tv of a 16-bit input: 4 pixels a thread (64-bit accesses): "
+     "8 (128-bit) would double the state a thread carries (its vector's pixels, halo and neighbours, 108 to 128 "
+     "registers with 4); the vector's outer neighbours' loads are scalar whatever the width, and the kernel is "
+     "bound by its instructions"),
+    ("softmax_tv", "vector", "odd W", "Triton, softmax_tv on planes whose slices (of the walked "
+     "axis) are not a multiple of 4 pixels: a thread takes a pixel, and its loads and stores are scalar"),
     ("softmax_tv", "occupancy", "3-D C=14 float64", "Triton, softmax_tv of a float64 input in 3-D: the online "
-     "softmax's state of a pixel and its six neighbours, 168 registers (12 warps an SM) where the gate asks for 16; "
-     "float64 checks, float32 and 16-bit train"),
+     "softmax's state of a vector of 2 pixels in 3 slices (its halo), its 2 outer W and 4 H neighbours (12 pixels), "
+     "146 registers (12 warps an SM) where the gate asks for 16; float64 checks, float32 and 16-bit train"),
     # (after the Triton entries: these match every variant, and the first match is the reason)
     # CUDA fused softmax region sums (softmax_region) and their backward: <class bound (0: chunked), mode, input>
     ("softmax_region", "instructions", "", "CUDA, the fused softmax region sums, <class bound, mode, input, with "
      "the cross-entropy>: per-lane sums (a class's term of p in registers, the label's p and count in the lane's "
      "own column of shared memory), added across the warp once a run of tiles; expf from MUFU.EX2. float32 without "
-     "the cross-entropy is within budget (21 to 29 instructions an element against 31 to 32); with it 34 to 38 "
-     "(the log, w_t, sum w_c y_c; the 8-class path's class weights in registers: predicted 86% to 92% of copy "
-     "bandwidth); 16-bit inputs, whose budget is half, 22 to 30 without it (55% to 72%) and 36 to 39 with it (42% "
-     "to 44%); float64 100 to 117 (54% to 63%). The "
+     "the cross-entropy is within budget (21 to 29 instructions an element against 31 to 32); with it 38.5 to 41 "
+     "(the log, w_t, sum w_c y_c, and the accurate path for small losses: the others' sum, a series; the 8-class "
+     "path's class weights in registers: predicted 78% to 82% of copy bandwidth); 16-bit inputs, whose budget is "
+     "half, 22 to 30 without it (55% to 72%) and 40 to 42.5 with it (39% to 40%); float64 100 to 117 (54% to 63%). "
+     "The "
      "chunked path's hot loop as the gate finds it is its max sweep (13 to 16), not its sums sweep, a warp "
      "butterfly of each class's sums a tile of 32 pixels: about 30 instructions a class and pixel (C above 32 only): "
      "its 'ok' is not a prediction of its speed"),
     ("softmax_region_backward", "instructions", "", "CUDA, the fused softmax region backward: a thread a pixel, the "
      "softmax, sum_k p_k G_k and the gradient; on the register path (up to 8 classes) G_c and the class weights "
-     "kept in registers, expf from MUFU.EX2: float32 53 to 60 instructions an element against 63 and float64 119 to "
-     "134 against 126 pass (predicted 94% or more of copy bandwidth); 16-bit inputs 59 to 65 against 32 (49% to "
-     "55%). The chunked path (above 8 classes) reads each class's logit three times and its hot loop as the gate "
+     "kept in registers, expf from MUFU.EX2: float32 55 to 62 instructions an element against 63 and float64 119 to "
+     "134 against 126 pass (predicted 94% or more of copy bandwidth); 16-bit inputs 61 to 68 against 32 (47% to "
+     "52%). The chunked path (above 8 classes) reads each class's logit three times and its hot loop as the gate "
      "finds it is the max sweep: its 16-bit 40 to 45 against 31 (69% to 78%)"),
     # CUDA softmax_tv_fwd (softmax_tv): <spatial dims, input>
     ("softmax_tv", "instructions", "", "CUDA, the ring version (issue 15): a thread walks 8 positions of a column "
