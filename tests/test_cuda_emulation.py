@@ -610,12 +610,16 @@ def test_cross_entropy_a_class_masked_out_with_minus_inf(emulated):
 
 
 def test_cross_entropy_zero_weights_give_nan(emulated):
-    """Pixels that count but weigh 0 (D = 0): "mean" is NaN, as torch's."""
+    """Pixels that count but weigh 0 (D = 0): "mean" is NaN, as torch's; with every class's weight
+    0 and label smoothing, its gradient is NaN everywhere, as torch's (0 / 0; it was +-inf)."""
     x, t = _ce_inputs((2, 8, 12), 3, torch.float32)
     weight = torch.tensor([1.0, 1.0, 1.0])
     weight[t.unique()] = 0
     loss, _, scale = emulated.cross_entropy_fwd(x, t, weight, -100, 0.0, 1, True)
     assert torch.isnan(loss) and not torch.isfinite(scale)
+    for n_classes in (4, 40):
+        x, t = _ce_inputs((2, 4, 6), n_classes, torch.float32)
+        _ce_compare(emulated, x, t, torch.zeros(n_classes), -100, 0.1, 1, f"C={n_classes} zero weights")
 
 
 @pytest.mark.parametrize("n_classes", [4, 7, 40])
