@@ -311,3 +311,25 @@ GRADIENT_LOSSES = {
     "dice_ce": lambda x, b: pylosses.dice_ce_loss(x, (x[:, :1] > 0).long(), softmax=True, to_onehot_y=True,
                                                   backend=b),
 }
+
+
+def confident_logits(batch_spatial, n_classes, seed=0):
+    """float32 logits (B, C, spatial...) whose label leads the others by 2 to 17, and the labels
+    (B, spatial...), a fifth of them ignored (-100): pixel losses from about 0.1 down to 1e-7, a
+    confident model's."""
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch_spatial[0], n_classes) + tuple(batch_spatial[1:])
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    t = torch.randint(0, n_classes, batch_spatial, generator=g)
+    lead = 2 + 15 * torch.rand(batch_spatial, generator=g, dtype=torch.float64)
+    x = x + torch.nn.functional.one_hot(t, n_classes).movedim(-1, 1) * lead.unsqueeze(1)
+    t = torch.where(torch.rand(batch_spatial, generator=g) < 0.2, torch.full_like(t, -100), t)
+    return x.float(), t
+
+
+def assert_relative_to_each(got, want, what, tol, floor=0.0):
+    """Each element of got within tol of want's own size (not the largest element's), or of floor."""
+    got, want = got.detach().double(), want.detach().double()
+    err = (got - want).abs() / want.abs().clamp_min(floor or 1e-300)
+    worst = float(err.max())
+    assert worst <= tol, f"{what}: off by {worst:.3g} of the element (tolerance {tol:.3g})"

@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cases import MSE_SHAPES, SEG2D_SHAPES, SEG3D_SHAPES, check_bce_element_by_element
+from cases import (MSE_SHAPES, SEG2D_SHAPES, SEG3D_SHAPES, assert_relative_to_each, check_bce_element_by_element,
+                   confident_logits)
 from test_region_ops import BCE_MODES as REGION_BCE_MODES, DTYPES as REGION_DTYPES, MASK_KINDS, MODES as REGION_MODES
 from test_region_ops import SHAPES as REGION_SHAPES
 from test_region_ops import _check as _check_region, _inputs as _region_inputs
@@ -513,25 +514,6 @@ def test_cross_entropy_label_dtypes_float32(emulated, target_dtype):
             _ce_compare(emulated, x, t, None, ignore, 0.0, 1, f"C={n_classes} {target_dtype} ignore={ignore}")
 
 
-def _confident_inputs(batch_spatial, n_classes, seed=0):
-    """float32 logits whose label leads the others by 2 to 17: pixel losses from about 0.1 down
-    to 1e-7, a confident model's, with a fifth of the labels ignored (-100)."""
-    g = torch.Generator().manual_seed(seed)
-    x, t = _ce_inputs(batch_spatial, n_classes, torch.float64, seed=seed)
-    x = x / 3
-    lead = 2 + 15 * torch.rand(batch_spatial, generator=g, dtype=torch.float64)
-    x = x + torch.nn.functional.one_hot(t, n_classes).movedim(-1, 1) * lead.unsqueeze(1)
-    t = torch.where(torch.rand(batch_spatial, generator=g) < 0.2, torch.full_like(t, -100), t)
-    return x.float(), t
-
-
-def _relative_to_each(got, want, what, tol, floor=0.0):
-    """Each element of got within tol of want's own size (not the largest element's), or of floor."""
-    err = (got.double() - want.double()).abs() / want.double().abs().clamp_min(floor or 1e-300)
-    worst = float(err.max())
-    assert worst <= tol, f"{what}: off by {worst:.3g} of the element (tolerance {tol:.3g})"
-
-
 CONFIDENT_CLASSES = [2, 4, 7, 14, 40]  # the register path's bounds 4 and 8, the streaming path
 
 
@@ -542,7 +524,7 @@ def test_cross_entropy_keeps_small_losses_accurate(emulated, n_classes):
     (torch's float32 is within about 1e-7 absolute; the approximate exp2 and log2 the kernel takes
     on a GPU, at their worst errors in the emulation, were 2e-4 relative at a loss of 0.002),
     with and without class weights, on every path."""
-    x, t = _confident_inputs((2, 12, 16), n_classes, seed=n_classes)
+    x, t = confident_logits((2, 12, 16), n_classes, seed=n_classes)
     weight = torch.linspace(0.5, 2.0, n_classes)
     for w in (None, weight):
         loss, grad, _ = emulated.cross_entropy_fwd(x, t, w, -100, 0.0, 0, True)
@@ -550,11 +532,11 @@ def test_cross_entropy_keeps_small_losses_accurate(emulated, n_classes):
         what = f"C={n_classes} weights={w is not None}"
         counted = t != -100
         assert float(want_loss[counted].min()) < 1e-6 and float(want_loss[counted].max()) > 1e-2, what
-        _relative_to_each(loss[counted], want_loss[counted], what + " loss", 4e-6)
+        assert_relative_to_each(loss[counted], want_loss[counted], what + " loss", 4e-6)
         # every class's gradient of the counted pixels, each to its own size (below 2^-100,
         # flushed, to that)
         keep = counted.unsqueeze(1).expand_as(grad)
-        _relative_to_each(grad[keep], want_grad[keep], what + " grad", 4e-6, floor=2**-100)
+        assert_relative_to_each(grad[keep], want_grad[keep], what + " grad", 4e-6, floor=2**-100)
 
 
 @pytest.mark.parametrize("n_classes", CONFIDENT_CLASSES)
@@ -562,15 +544,15 @@ def test_softmax_region_cross_entropy_keeps_small_losses_accurate(emulated, n_cl
     """DiceCE's cross-entropy term (softmax_region_sums with_ce) of confident pixels: the sum of
     their losses, and its gradient element by element, within a few float32 roundings of the
     float64 reference."""
-    x, t = _confident_inputs((2, 12, 16), n_classes, seed=n_classes)
+    x, t = confident_logits((2, 12, 16), n_classes, seed=n_classes)
     labels = torch.where(t == -100, torch.full_like(t, 255), t)
     args = (x, labels, None, 0, None, 255, 0.0, True)
     sums, ce = emulated.softmax_region_sums(*args)
     want_loss, want_grad = _ce_reference(x, t, None, -100, 0.0, 2)
-    _relative_to_each(ce[0], want_loss, f"C={n_classes} loss sum", 4e-6)
+    assert_relative_to_each(ce[0], want_loss, f"C={n_classes} loss sum", 4e-6)
     grad = emulated.softmax_region_sums_backward(torch.zeros_like(sums), torch.tensor([1.0, 0.0, 0.0]), *args[:-1])
     keep = (t != -100).unsqueeze(1).expand_as(grad)
-    _relative_to_each(grad[keep], want_grad[keep], f"C={n_classes} grad", 4e-6, floor=2**-100)
+    assert_relative_to_each(grad[keep], want_grad[keep], f"C={n_classes} grad", 4e-6, floor=2**-100)
 
 
 def test_cross_entropy_misaligned_takes_the_scalar_path(emulated):
