@@ -95,22 +95,36 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
     const int64_t j0 = walk_tile * kWalk - 1;  // the walked axis's position of ring slot 0
     const bool pixel_ok = w >= 0 && w < a.W && (!k3D || (h >= 0 && h < a.H));
     const bool output = pixel_ok && lane >= 1 && lane <= kCols && (!k3D || (warp >= 1 && warp <= kRows));
-    const bool has_left = w > 0, has_right = w + 1 < a.W;
-    const bool has_up = k3D && warp > 0 && h > 0, has_down = k3D && warp + 1 < kWarps && h + 1 < a.H;
+    const bool has_left = w > 0;
     // slot k's logit of class 0 at base + k walk_stride (used only where ok[k])
     const int64_t base = b * a.CS + (k3D ? h * a.W : 0) + w + j0 * a.walk_stride;
-    bool ok[kRing];
+    // the ring's masks, once an item as bits (bit k: slot k; a bit test in the sweeps, where 64-bit
+    // compares would be redone a class): ok, the pixel there; pair, it and slot k - 1 (the walk's
+    // pair); left, it and its W neighbour w - 1 (the W pair, whose sign is then 0 where masked,
+    // so that the next lane's right pair needs no mask of its own); out_*, those of an output pixel
+    unsigned ok = 0;
 #pragma unroll
     for (int k = 0; k < kRing; ++k) {
-      ok[k] = pixel_ok && j0 + k >= 0 && j0 + k < a.walk_len;
+      ok |= unsigned(pixel_ok && j0 + k >= 0 && j0 + k < a.walk_len) << k;
     }
+    const unsigned pair = ok & (ok << 1), left_ok = has_left ? ok : 0u;
+    const unsigned out = output ? ok : 0u;
+    const auto bit = [](unsigned mask, int k) { return ((mask >> k) & 1u) != 0u; };
+    // a pair's sign, tv_sign(prev, p) = sign(p - prev) (0 for a NaN), in float whatever acc_t
+    // is (exact: -1, 0 or 1; a float64 ring's signs in half the registers, shuffled once)
+    using sign_t = float;
+    const auto sign_of = [](acc_t prev, acc_t p) { return sign_t(p > prev) - sign_t(p < prev); };
+    // 3-D: the warps whose probabilities are the H neighbours (this warp's own where there is
+    // none: a difference of 0, as a missing neighbour's)
+    const int up_warp = k3D && warp > 0 && h > 0 ? warp - 1 : warp;
+    const int down_warp = k3D && warp + 1 < kWarps && h + 1 < a.H ? warp + 1 : warp;
     // class c's logits of the ring, in acc_t (0 where a slot is missing): a pointer a class,
     // stepped along the ring (no 64-bit product a slot)
     const auto load_ring = [&](int c, acc_t (&x)[kRing]) {
       const input_t* ptr = a.x + (base + c * a.S);
 #pragma unroll
       for (int k = 0; k < kRing; ++k, ptr += a.walk_stride) {
-        x[k] = ok[k] ? static_cast<acc_t>(*ptr) : acc_t(0);
+        x[k] = bit(ok, k) ? static_cast<acc_t>(*ptr) : acc_t(0);
       }
     };
 
@@ -140,28 +154,34 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
         inv[k] += math::pexp_nonpositive_approx(x[k] - m[k]);
       }
     }
+    // 0 for a missing slot (whose logits read as 0, m 0 and the sum C): its probabilities
+    // exp(0) x 0 = 0, as a missing neighbour's, with no selection a class
 #pragma unroll
     for (int k = 0; k < kRing; ++k) {
-      inv[k] = math::preciprocal(inv[k]);
+      inv[k] = bit(ok, k) ? math::preciprocal(inv[k]) : acc_t(0);
     }
 
     // One sweep of class c: its probabilities along the ring, then each output slot's G_c from
     // its neighbours; kLoss: the loss terms and sum_k G_k p_k added up, else dx_c written.
+    // Selections, never branches: the masks' bits pick a term or 0.
     acc_t dot[kWalk] = {};
+    acc_t item_sums[kTvSums] = {};  // this item's loss terms, whether or not an output's
     const auto sweep = [&](int c, auto loss_tag) {
       constexpr bool kLoss = decltype(loss_tag)::value;
       acc_t p[kRing];
       load_ring(c, p);
 #pragma unroll
       for (int k = 0; k < kRing; ++k) {
-        p[k] = ok[k] ? math::pexp_nonpositive_approx(p[k] - m[k]) * inv[k] : acc_t(0);
+        p[k] = math::pexp_nonpositive_approx(p[k] - m[k]) * inv[k];
       }
       // the sign of each pair along the walk, once: walk_sign[k] = tv_sign(p[k - 1], p[k]), 0
       // where either is missing (so slot k's walk term is walk_sign[k] - walk_sign[k + 1])
-      acc_t walk_sign[kRing];
+      // the gradient of slot 1, then stepped along the ring as the loads are
+      grad_t* grad_ptr = kLoss ? nullptr : a.grad + (base + c * a.S + a.walk_stride);
+      sign_t walk_sign[kRing];
 #pragma unroll
       for (int k = 1; k < kRing; ++k) {
-        walk_sign[k] = ok[k - 1] && ok[k] ? math::tv_sign(p[k - 1], p[k]) : acc_t(0);
+        walk_sign[k] = bit(pair, k) ? sign_of(p[k - 1], p[k]) : sign_t(0);
       }
       if constexpr (k3D) {
         __syncthreads();  // the last sweep's readers are done with ring_rows
@@ -175,37 +195,44 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
       for (int t = 0; t < kWalk; ++t) {
         const int k = t + 1;
         const acc_t cur = p[k];
-        // W: the left pair's sign here, the right pair's from the next lane (the sign of its left
-        // pair); every lane shuffles, and a missing neighbour's pair has sign 0
-        const acc_t from_left = __shfl_up_sync(kAll, cur, 1);
-        const acc_t left = has_left ? from_left : cur;
-        const acc_t left_sign = math::tv_sign(left, cur);
-        const acc_t right_sign = __shfl_down_sync(kAll, left_sign, 1);
-        acc_t G = a.w_col * (left_sign - (has_right ? right_sign : acc_t(0))) +
-                  a.w_walk * (walk_sign[k] - (k + 1 < kRing ? walk_sign[k + 1] : acc_t(0)));
+        // W: the left pair's sign here (0 where w - 1 or this pixel is missing), the right pair's
+        // from the next lane (the sign of its left pair: 0 where w + 1 is missing); every lane
+        // shuffles (lane 0 gets its own value, lane 31 its own sign: halo lanes, no output)
+        const acc_t left = __shfl_up_sync(kAll, cur, 1);
+        const sign_t left_sign = bit(left_ok, k) ? sign_of(left, cur) : sign_t(0);
+        const sign_t right_sign = __shfl_down_sync(kAll, left_sign, 1);
+        acc_t G = a.w_col * acc_t(left_sign - right_sign) + a.w_walk * acc_t(walk_sign[k] - walk_sign[k + 1]);
         acc_t up = cur;
         if constexpr (k3D) {
-          up = has_up ? ring_rows[k][warp - 1][lane] : cur;
-          const acc_t down = has_down ? ring_rows[k][warp + 1][lane] : cur;
+          up = ring_rows[k][up_warp][lane];
+          const acc_t down = ring_rows[k][down_warp][lane];
           G += a.w_row * math::tv_grad(up, cur, down);
         }
-        if (output && ok[k]) {
-          if constexpr (kLoss) {  // each pair once, at its later element
-            sums[0] += math::tv_loss(left, cur);
-            sums[kWalkSum] += ok[k - 1] ? math::tv_loss(p[k - 1], cur) : acc_t(0);
-            if constexpr (k3D) {
-              sums[1] += math::tv_loss(up, cur);
-            }
-            dot[t] += G * cur;
-          } else {
-            a.grad[base + k * a.walk_stride + c * a.S] = static_cast<grad_t>(cur * (G - dot[t]));
+        if constexpr (kLoss) {
+          // each pair once, at its later element: |d| as sign(d) d (exact, and NaN for a NaN d
+          // as |d| is), the sign the masked one, so that a missing pair adds 0 (its d is finite,
+          // a missing slot's p 0); the thread's own mask (output) once an item, on item_sums
+          item_sums[0] += acc_t(left_sign) * (cur - left);
+          item_sums[kWalkSum] += acc_t(walk_sign[k]) * (cur - p[k - 1]);
+          if constexpr (k3D) {
+            item_sums[1] += math::tv_sign(up, cur) * (cur - up);
           }
+          dot[t] += G * cur;  // read only at output slots
+        } else {
+          if (bit(out, k)) {
+            *grad_ptr = static_cast<grad_t>(cur * (G - dot[t]));
+          }
+          grad_ptr += a.walk_stride;
         }
       }
     };
 #pragma unroll 1
     for (int c = 0; c < a.C; ++c) {
       sweep(c, std::true_type{});
+    }
+#pragma unroll
+    for (int k = 0; k < kTvSums; ++k) {
+      sums[k] += output ? item_sums[k] : acc_t(0);
     }
     if (a.grad) {  // the same for the whole launch: no divergence
 #pragma unroll 1
