@@ -24,6 +24,17 @@
 // about 4 exponentials an output element in 2-D, 5.3 in 3-D, where the first version (a thread a
 // pixel, every neighbour's softmax recomputed) took 15 and 21.
 //
+// The sweeps select, never branch: the ring's masks (a slot's pixel there, a pair's two, an
+// output) are bits set once an item; a missing slot's 1 / sum is 0, so its p is 0 with no
+// selection a class; a W pair's sign is masked where it is computed (the left lane's), so the
+// right pair's shuffled sign needs no mask; a 3-D H neighbour is read from this warp's own row
+// where there is none; the loss adds |d| as sign(d) d with the masked sign (exact; NaN where d
+// is), so that a missing pair adds 0, and drops the halo lanes' sums once, after the last item;
+// signs are float whatever acc_t is (exact; float64's shuffled once, in half the registers).
+// The sm_90 gate counts the four class loops at float32 99.3 instructions an output element
+// in 2-D and 164.3 in 3-D (136.5 and 233.8 before these), 16-bit 127 to 205 (165 to 268),
+// float64 313 and 468 (429 and 641), no spills, 16 warps an SM.
+//
 // Per-block sums of the three axes' terms go to a row of partials, which sum_and_finish adds in
 // a fixed order: no atomics, no host sync, the same bits run after run. Every pixel's statistics
 // and probabilities are computed by the same code in every thread that needs them, so a pair's
@@ -52,6 +63,21 @@ constexpr int kRows = kWarps - 2;        // 3-D: output rows a block, warps 1 to
 // registers a thread at most): the ring of a thread is three arrays of kRing and one of kWalk.
 constexpr int kTvBlocksPerSM = 2;
 
+// The maximum of the classes' logits, NaN if either is: float32 in one instruction (max.NaN,
+// sm_80 on) where math::pmax (a < b ? b : a) takes a compare and a select. A NaN maximum, or
+// math::pmax's (which passes on a NaN only from its first operand), gives the same
+// probabilities: NaN for every class of a pixel with a NaN logit (its sum of exponentials is).
+template <typename T>
+__device__ inline T max_nan(T a, T b) { return math::pmax(a, b); }
+#if defined(__CUDA_ARCH__)
+template <>
+__device__ inline float max_nan(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+#endif
+
 template <typename input_t>
 struct TvArgs {
   using acc_t = acc_type_t<input_t>;
@@ -75,6 +101,8 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
   constexpr bool k3D = kDims == 3;
   constexpr int kWalkSum = k3D ? 2 : 1;  // the walked axis's sum: D in 3-D, H in 2-D
   constexpr unsigned kAll = 0xffffffffu;
+  constexpr int kPair = kRing, kLeft = 2 * kRing, kOut = 3 * kRing;  // the masks' fields (below)
+  constexpr int kMaskWords = (4 * kRing + 31) / 32;  // 32-bit words of the masks (below)
   const int lane = int(threadIdx.x) % kWarp, warp = int(threadIdx.x) / kWarp;
   // 3-D: each warp's probabilities of the class in hand at each ring position, for the H neighbours
   __shared__ acc_t ring_rows[k3D ? kRing : 1][kWarps][kWarp];
@@ -96,27 +124,37 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
     const bool pixel_ok = w >= 0 && w < a.W && (!k3D || (h >= 0 && h < a.H));
     const bool output = pixel_ok && lane >= 1 && lane <= kCols && (!k3D || (warp >= 1 && warp <= kRows));
     const bool has_left = w > 0;
-    // slot k's logit of class 0 at base + k walk_stride (used only where ok[k])
+    // slot k's logit of class 0 at base + k walk_stride (read only where ok)
     const int64_t base = b * a.CS + (k3D ? h * a.W : 0) + w + j0 * a.walk_stride;
     // the ring's masks, once an item as bits (bit k: slot k; a bit test in the sweeps, where 64-bit
-    // compares would be redone a class): ok, the pixel there; pair, it and slot k - 1 (the walk's
-    // pair); left, it and its W neighbour w - 1 (the W pair, whose sign is then 0 where masked,
-    // so that the next lane's right pair needs no mask of its own); out_*, those of an output pixel
+    // compares would be redone a class): ok, the pixel there; pair (at kPair), it and slot k - 1
+    // (the walk's pair); left (at kLeft), it and its W neighbour w - 1 (the W pair, whose sign is
+    // then 0 where masked, so that the next lane's right pair needs no mask of its own); out (at
+    // kOut), ok for an output pixel
     unsigned ok = 0;
 #pragma unroll
     for (int k = 0; k < kRing; ++k) {
       ok |= unsigned(pixel_ok && j0 + k >= 0 && j0 + k < a.walk_len) << k;
     }
-    const unsigned pair = ok & (ok << 1), left_ok = has_left ? ok : 0u;
-    const unsigned out = output ? ok : 0u;
-    const auto bit = [](unsigned mask, int k) { return ((mask >> k) & 1u) != 0u; };
+    // the four packed kRing bits apart into 32-bit words (one register in float64, whose ring is
+    // at the limit; two in float32), bit(i) a constant word's constant bit
+    unsigned long long packed = ok | (unsigned long long)(ok & (ok << 1)) << kPair |
+                                (unsigned long long)(has_left ? ok : 0u) << kLeft |
+                                (unsigned long long)(output ? ok : 0u) << kOut;
+    unsigned masks[kMaskWords];
+#pragma unroll
+    for (int i = 0; i < kMaskWords; ++i) {
+      masks[i] = unsigned(packed >> (32 * i));
+    }
+    const auto bit = [&](int i) { return ((masks[i / 32] >> (i % 32)) & 1u) != 0u; };
     // a pair's sign, tv_sign(prev, p) = sign(p - prev) (0 for a NaN), in float whatever acc_t
     // is (exact: -1, 0 or 1; a float64 ring's signs in half the registers, shuffled once)
     using sign_t = float;
     const auto sign_of = [](acc_t prev, acc_t p) { return sign_t(p > prev) - sign_t(p < prev); };
     // 3-D: the warps whose probabilities are the H neighbours (this warp's own where there is
-    // none: a difference of 0, as a missing neighbour's)
-    const int up_warp = k3D && warp > 0 && h > 0 ? warp - 1 : warp;
+    // none, or no pixel here: a difference of 0, as a missing neighbour's; so that the loss's H
+    // term of a row past H, whose p are 0, is 0 with no mask)
+    const int up_warp = k3D && warp > 0 && h > 0 && h < a.H ? warp - 1 : warp;
     const int down_warp = k3D && warp + 1 < kWarps && h + 1 < a.H ? warp + 1 : warp;
     // class c's logits of the ring, in acc_t (0 where a slot is missing): a pointer a class,
     // stepped along the ring (no 64-bit product a slot)
@@ -124,7 +162,7 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
       const input_t* ptr = a.x + (base + c * a.S);
 #pragma unroll
       for (int k = 0; k < kRing; ++k, ptr += a.walk_stride) {
-        x[k] = bit(ok, k) ? static_cast<acc_t>(*ptr) : acc_t(0);
+        x[k] = bit(k) ? static_cast<acc_t>(*ptr) : acc_t(0);
       }
     };
 
@@ -138,7 +176,8 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
       load_ring(c, x);
 #pragma unroll
       for (int k = 0; k < kRing; ++k) {
-        m[k] = math::pmax(x[k], m[k]);
+        // (16-bit inputs keep math::pmax: max_nan made their loop longer)
+        m[k] = std::is_same_v<input_t, float> ? max_nan(x[k], m[k]) : math::pmax(x[k], m[k]);
       }
     }
 #pragma unroll
@@ -158,14 +197,13 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
     // exp(0) x 0 = 0, as a missing neighbour's, with no selection a class
 #pragma unroll
     for (int k = 0; k < kRing; ++k) {
-      inv[k] = bit(ok, k) ? math::preciprocal(inv[k]) : acc_t(0);
+      inv[k] = bit(k) ? math::preciprocal(inv[k]) : acc_t(0);
     }
 
     // One sweep of class c: its probabilities along the ring, then each output slot's G_c from
     // its neighbours; kLoss: the loss terms and sum_k G_k p_k added up, else dx_c written.
     // Selections, never branches: the masks' bits pick a term or 0.
     acc_t dot[kWalk] = {};
-    acc_t item_sums[kTvSums] = {};  // this item's loss terms, whether or not an output's
     const auto sweep = [&](int c, auto loss_tag) {
       constexpr bool kLoss = decltype(loss_tag)::value;
       acc_t p[kRing];
@@ -174,14 +212,14 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
       for (int k = 0; k < kRing; ++k) {
         p[k] = math::pexp_nonpositive_approx(p[k] - m[k]) * inv[k];
       }
-      // the sign of each pair along the walk, once: walk_sign[k] = tv_sign(p[k - 1], p[k]), 0
-      // where either is missing (so slot k's walk term is walk_sign[k] - walk_sign[k + 1])
       // the gradient of slot 1, then stepped along the ring as the loads are
       grad_t* grad_ptr = kLoss ? nullptr : a.grad + (base + c * a.S + a.walk_stride);
+      // the sign of each pair along the walk, once: walk_sign[k] = tv_sign(p[k - 1], p[k]), 0
+      // where either is missing (so slot k's walk term is walk_sign[k] - walk_sign[k + 1])
       sign_t walk_sign[kRing];
 #pragma unroll
       for (int k = 1; k < kRing; ++k) {
-        walk_sign[k] = bit(pair, k) ? sign_of(p[k - 1], p[k]) : sign_t(0);
+        walk_sign[k] = bit(kPair + k) ? sign_of(p[k - 1], p[k]) : sign_t(0);
       }
       if constexpr (k3D) {
         __syncthreads();  // the last sweep's readers are done with ring_rows
@@ -199,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
         // from the next lane (the sign of its left pair: 0 where w + 1 is missing); every lane
         // shuffles (lane 0 gets its own value, lane 31 its own sign: halo lanes, no output)
         const acc_t left = __shfl_up_sync(kAll, cur, 1);
-        const sign_t left_sign = bit(left_ok, k) ? sign_of(left, cur) : sign_t(0);
+        const sign_t left_sign = bit(kLeft + k) ? sign_of(left, cur) : sign_t(0);
         const sign_t right_sign = __shfl_down_sync(kAll, left_sign, 1);
         acc_t G = a.w_col * acc_t(left_sign - right_sign) + a.w_walk * acc_t(walk_sign[k] - walk_sign[k + 1]);
         acc_t up = cur;
@@ -210,16 +248,17 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
         }
         if constexpr (kLoss) {
           // each pair once, at its later element: |d| as sign(d) d (exact, and NaN for a NaN d
-          // as |d| is), the sign the masked one, so that a missing pair adds 0 (its d is finite,
-          // a missing slot's p 0); the thread's own mask (output) once an item, on item_sums
-          item_sums[0] += acc_t(left_sign) * (cur - left);
-          item_sums[kWalkSum] += acc_t(walk_sign[k]) * (cur - p[k - 1]);
+          // as |d| is), with the masked sign, so that a missing pair adds 0 (its d is finite: a
+          // missing slot's or pixel's p is 0) and no selection is needed; a halo lane's terms
+          // (lanes 0 and 31, 3-D warps 0 and 7) are dropped once, after the last item
+          sums[0] += acc_t(left_sign) * (cur - left);
+          sums[kWalkSum] += acc_t(walk_sign[k]) * (cur - p[k - 1]);
           if constexpr (k3D) {
-            item_sums[1] += math::tv_sign(up, cur) * (cur - up);
+            sums[1] += math::tv_sign(up, cur) * (cur - up);
           }
           dot[t] += G * cur;  // read only at output slots
         } else {
-          if (bit(out, k)) {
+          if (bit(kOut + k)) {
             *grad_ptr = static_cast<grad_t>(cur * (G - dot[t]));
           }
           grad_ptr += a.walk_stride;
@@ -230,16 +269,18 @@ __global__ void __launch_bounds__(kThreads, kTvBlocksPerSM) softmax_tv_kernel(co
     for (int c = 0; c < a.C; ++c) {
       sweep(c, std::true_type{});
     }
-#pragma unroll
-    for (int k = 0; k < kTvSums; ++k) {
-      sums[k] += output ? item_sums[k] : acc_t(0);
-    }
     if (a.grad) {  // the same for the whole launch: no divergence
 #pragma unroll 1
       for (int c = 0; c < a.C; ++c) {
         sweep(c, std::false_type{});
       }
     }
+  }
+  // the halo lanes' terms: pairs that the neighbouring column (3-D: row) tiles count
+  const bool output_lane = lane >= 1 && lane <= kCols && (!k3D || (warp >= 1 && warp <= kRows));
+#pragma unroll
+  for (int k = 0; k < kTvSums; ++k) {
+    sums[k] = output_lane ? sums[k] : acc_t(0);
   }
   block_sum(sums);
   if (threadIdx.x == 0) {
