@@ -227,10 +227,12 @@ ALLOWED = [
      "(4 in float64) plus a halo, the softmax's statistics once, then two sweeps over the classes (the loss and "
      "sum_k G_k p_k; the gradient), W neighbours by warp shuffles (2 of 32 lanes a halo), 3-D H neighbours through "
      "shared memory (2 of 8 warps a halo): about 4 exponentials an output element in 2-D, 5.3 in 3-D. Counted over "
-     "its four class loops, per output element: float32 136.5 (2-D) and 233.8 (3-D) against 62.3 (predicted 46% "
-     "and 27% of copy bandwidth; the first version, a thread a pixel, 187 and 266); 16-bit 165 to 268 against 31.2 "
-     "and 46.7 (12% to 28%); float64 429 and 641 against 124.7 (19% to 29%). The sign and selection arithmetic of "
-     "the three axes' terms, twice (loss sweep and gradient sweep), is most of it now"),
+     "its four class loops, per output element: float32 99.3 (2-D) and 164.3 (3-D) against 62.3 (predicted 63% "
+     "and 38% of copy bandwidth; the first version, a thread a pixel, 187 and 266; before branch-free masks, 136.5 "
+     "and 233.8); 16-bit 127 to 205 against 31.2 and 46.7 (15% to 37%); float64 313 and 468 against 124.7 (27% to "
+     "40%). The sweeps select, never branch (masks as bits set once an item, a missing slot's p 0 through its "
+     "1 / sum, |d| as the masked sign times d); the sign and selection arithmetic of the axes' terms, twice (loss "
+     "sweep and gradient sweep), and the 64-bit addresses of the ring's loads are most of what is left"),
     *((family, "calls", text, "the slow path of the float64 IEEE division 1 / sum (math::preciprocal in "
        "double; extreme operands only, the sum lies in [1, C])")
       for family, text in (("softmax_region", "double,"), ("softmax_region_backward", "double>"))),
