@@ -28,8 +28,8 @@ struct CeOptions {
   S weight_sum;  // W = sum_c w_c (C when there are no weights)
 };
 
-// The loss of one pixel, from L = log S, y_t = x_t - m, w_t, v, and wy = sum_c w_c y_c (used only
-// where s > 0: the caller may pass 0 for it when it is not).
+// The loss of one pixel, from the label's -log p_t (nll_t), L = log S, w_t, v, and wy = sum_c w_c y_c
+// (used only where s > 0: the caller may pass 0 for it when it is not).
 template <typename S, typename T>
 C10_HOST_DEVICE inline T ce_loss_of_nll(const CeOptions<S>& o, T nll_t, T log_sum, T w_t, T v, T wy) {
   return T(o.keep) * w_t * nll_t + T(o.smooth) * v * (T(o.weight_sum) * log_sum - wy);

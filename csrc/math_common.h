@@ -26,7 +26,8 @@ C10_HOST_DEVICE inline T preciprocal(T d) { return T(1) / d; }
 // On the device in float32: MUFU.RCP (within 1 ulp) and one Newton step, within 0.5 ulp but for
 // rare misroundings, with errors of either sign and no slow path (an IEEE division branches to
 // one for extreme operands). For d normal and below 2^126, which the callers' are: [1e-12, 2]
-// (and 0 from cross_entropy.cu's label_terms, which takes the NaN it gives as "no ratio").
+// (and 0, a label's flushed exponential, from the cross-entropy's ratio R in cross_entropy.cu
+// and softmax_region.cu, which take the NaN it gives as "no ratio": math::ce_label_nll).
 __device__ inline float preciprocal(float d) {
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
@@ -123,9 +124,10 @@ C10_HOST_DEVICE inline T log1m_series(T s) {
   return pneg(s * c);
 }
 
-// Below this |s|, CUDA's float32 log(1 - s) is log1m_series (seg_loss_math.h's plog1m), within 1.3 ulp of it; from
-// it on, MUFU.LG2 (plog2_approx), whose error (2^-22 absolute near 1) the result's size, at
-// least log(9/8) = 0.118, keeps below 1.4e-6 relative.
+// Below this |s|, CUDA's float32 log(1 - s) is log1m_series (seg_loss_math.h's plog1m), within
+// 1.3 ulp of it; from it on, MUFU.LG2 (plog2_approx), whose error (2^-22 absolute near 1) the
+// result's size, at least log(9/8) = 0.118, keeps below 1.4e-6 relative. (The cross-entropy's
+// ce_label_nll takes the series below the same bound.)
 constexpr double kSeriesBelow = 0.125;
 constexpr double kLn2 = 0.693147180559945309;
 

@@ -273,11 +273,12 @@ __device__ __forceinline__ void label_terms(const math::CeOptions<typename A::ac
 #pragma unroll
   for (int k = 0; k < kPix; ++k) {
     const acc_t prob_factor = math::ce_grad_prob_factor(o, st.w_t[k], st.v[k]);
-    // y_t = x_t - m, in natural units
-    const acc_t y_t = D::kFromExp * D::fma(st.x_t[k], D::kToExp, -M[k]);
+    // z_t, and y_t = x_t - m in natural units
+    const acc_t z_t = D::fma(st.x_t[k], D::kToExp, -M[k]);
+    const acc_t y_t = D::kFromExp * z_t;
     if constexpr (D::kLabelRatio) {
       const acc_t others = S[k];
-      const acc_t e_t = st.cls[k] >= 0 ? D::exp(D::fma(st.x_t[k], D::kToExp, -M[k])) : acc_t(0);
+      const acc_t e_t = st.cls[k] >= 0 ? D::exp(z_t) : acc_t(0);
       const acc_t sum = others + e_t;
       st.log_sum[k] = D::kFromExp * D::log(sum);
       st.nll_t[k] = math::ce_label_nll(st.log_sum[k] - y_t, others * D::inverse(e_t));
