@@ -1,5 +1,7 @@
 """Every backend against the float64 reference: values and both gradients, over the case tables."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -39,6 +41,39 @@ def test_layouts(loss, layout, backend):
     shape = (2, 3, 6, 5) if loss.is_seg and loss.spatial_dims == 2 else shapes_for(loss)[2]
     for reduction in REDUCTIONS:
         check_against_reference(loss, backend, shape, torch.float32, torch.float32, reduction, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("loss", [SEG, SEG_TV_ONLY, SEG3D], ids=lambda c: c.name)
+def test_rows_of_whole_vectors(loss, dtype):
+    """Rows whose length is a multiple of the CPU's vector width (4 to 16 lanes): the native
+    kernel reads float32 and float64 probabilities in place, with no padded copy of each row, so
+    a row's last full vector must not take the next row's first element as its right neighbour
+    (nor its first vector the previous row's last)."""
+    shapes = [(2, 1, 5, 32), (1, 2, 3, 64), (3, 1, 2, 16)] if loss.spatial_dims == 2 else [(1, 2, 3, 4, 16),
+                                                                                            (2, 1, 2, 3, 32)]
+    for shape in shapes:
+        for reduction in REDUCTIONS:
+            check_against_reference(loss, "native", shape, dtype, dtype, reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(2, 1, 1100, 61), (1, 1, 5, 32), (1, 2, 3, 4, 16)], ids=str)
+def test_every_probability_is_checked(shape, dtype):
+    """A probability outside [0, 1] raises torch's error wherever it sits: the first and last
+    element of the tensor, of a row, and of the bands of rows the CPU kernel splits a sample into
+    (each band checks the rows it owns)."""
+    x = torch.full(shape, 0.5, dtype=dtype)
+    t = torch.zeros(shape)
+    spatial_dims = len(shape) - 2
+    H, W = shape[-2:]
+    rows = sorted({0, 1, H // 2, H - 2, H - 1, 1074, 1075} & set(range(H)))  # 1075 rows a band at W = 61
+    for lead, h, w, bad in itertools.product((0, -1), rows, (0, W - 1), (1.5, float("nan"))):
+        y = x.clone()
+        y[(lead,) * (len(shape) - 2) + (h, w)] = bad
+        with pytest.raises(RuntimeError, match="all elements of input should be between 0 and 1"):
+            pylosses.segmentation_loss(y, t, spatial_dims=spatial_dims, backend="native")
+    assert torch.isfinite(pylosses.segmentation_loss(x, t, spatial_dims=spatial_dims, backend="native"))
 
 
 def test_uint8_targets_match_bool():

@@ -526,6 +526,37 @@ inline void store(const Vec<acc_t>& v, acc_t* p, int64_t lanes) {
   }
 }
 
+// Lanes [lo, hi) from base[lo, hi) and the other lanes from `other`, reading nothing of base
+// outside [lo, hi) (masked loads: the lanes left out cannot fault). A row's first and last
+// vector take their outer neighbour this way where nothing is readable past the row's ends.
+template <typename acc_t>
+inline Vec<acc_t> load_lanes_or(const acc_t* base, int64_t lo, int64_t hi, const Vec<acc_t>& other) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const auto bits = ((uint32_t(1) << hi) - 1) & ~((uint32_t(1) << lo) - 1);
+  if constexpr (std::is_same_v<acc_t, float>) return _mm512_mask_loadu_ps(other, __mmask16(bits), base);
+  if constexpr (std::is_same_v<acc_t, double>) return _mm512_mask_loadu_pd(other, __mmask8(bits), base);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(int32_t(lo) - 1)),
+                                        _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(hi)), lane));
+    return _mm256_blendv_ps(other, _mm256_maskload_ps(base, in), _mm256_castsi256_ps(in));
+  }
+  if constexpr (std::is_same_v<acc_t, double>) {
+    const __m256i lane = _mm256_setr_epi64x(0, 1, 2, 3);
+    const __m256i in = _mm256_and_si256(_mm256_cmpgt_epi64(lane, _mm256_set1_epi64x(lo - 1)),
+                                        _mm256_cmpgt_epi64(_mm256_set1_epi64x(hi), lane));
+    return _mm256_blendv_pd(other, _mm256_maskload_pd(base, in), _mm256_castsi256_pd(in));
+  }
+#endif
+  acc_t lanes[Vec<acc_t>::size()];
+  other.store(lanes);
+  for (int64_t j = lo; j < hi; ++j) {
+    lanes[j] = base[j];
+  }
+  return Vec<acc_t>::loadu(lanes);
+}
+
 // A full vector to memory that nothing reads soon (a gradient, for the optimizer): past the
 // caches when the address allows, which spares reading the line before writing it. Call
 // stream_fence() after the last one.

@@ -9,7 +9,8 @@
 // A chunk walks its band depth by depth. The probabilities of the band at d - 1, d and d + 1,
 // with one row of halo above and below, are kept in a ring of three slabs of padded rows, so
 // every element is read from memory and turned into a probability once (its halo rows twice),
-// and its H and D neighbours come from cache.
+// and its H and D neighbours come from cache. Probabilities that need no conversion (float32 or
+// float64 input, not logits) skip the ring: the walk reads the input's rows themselves.
 #include <torch/library.h>
 
 #include "cpu_common.h"
@@ -71,8 +72,9 @@ struct SegParams {
 };
 
 // Pointers to the probabilities of a row and of its neighbours on the H and D axes (the row
-// itself where a neighbour is missing). p[-1] and p[W] are valid: the ring rows are padded.
-// softplus: the row's log(1 + exp(-|x|)), which the logits form's fill computed with p.
+// itself where a neighbour is missing): ring rows, padded (p[-1] and p[W] repeat the row's
+// ends), or the input's own rows (kDirect). softplus: the row's log(1 + exp(-|x|)), which the
+// logits form's fill computed with p.
 template <typename acc_t>
 struct Neighbourhood {
   const acc_t *p, *up, *down, *front, *back, *softplus;
@@ -101,17 +103,25 @@ void flush(SegVecSums<acc_t>& sums, SegSums<double>& total) {
 // float targets take it a vector at a time, where all its labels are hard.
 // kStream: grad is the gradient tensor itself (not a row to convert), whose full vectors go
 // past the caches (store_stream): nothing reads them before the backward.
-template <typename acc_t, bool kLogits, bool k3D, bool kGrad, bool kCheckTarget, bool kHardLabels, bool kStream>
+// kDirect: the rows are the input's own (probabilities already acc_t), not padded, and p's
+// range is checked here, where the ring's fill checks it otherwise.
+template <typename acc_t, bool kLogits, bool k3D, bool kGrad, bool kCheckTarget, bool kHardLabels, bool kStream,
+          bool kDirect>
 void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int64_t W,
              const SegParams<acc_t>& prm, SegVecSums<acc_t>& sums, acc_t* grad) {
   using V = Vec<acc_t>;
   // local accumulators: through the reference they would live in memory, since any float store
   // may alias a vector
-  V bce = sums.bce, tv_w = sums.tv_w, tv_h = sums.tv_h, tv_d = sums.tv_d, t_ok = sums.t_ok;
+  V bce = sums.bce, tv_w = sums.tv_w, tv_h = sums.tv_h, tv_d = sums.tv_d, t_ok = sums.t_ok, p_ok = sums.p_ok;
   for_each_vector<acc_t>(W, [&](auto tail, int64_t i, int64_t lanes) {
     constexpr bool kTail = decltype(tail)::value;
     const V p = load<kTail>(nb.p + i, lanes);
-    const V left = load<kTail>(nb.p + i - 1, lanes);
+    if constexpr (kDirect) {  // lanes past the row are 0: inside [0, 1]
+      p_ok = p_ok & math::in_unit_interval(p);
+    }
+    // the row's first element is its own left neighbour (a difference of 0), its last its own
+    // right one: the ring's padding holds them, an input row is masked at its ends
+    const V left = !kDirect || i > 0 ? load<kTail>(nb.p + i - 1, lanes) : load_lanes_or(nb.p - 1, 1, lanes, p);
     const V up = load<kTail>(nb.up + i, lanes);
     const V tv = load<kTail>(t + i, lanes);
     const V xv = kLogits ? load<kTail>(x + i, lanes) : p;
@@ -132,7 +142,8 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
       accumulate<kTail>(tv_d, math::tv_loss(front, p), lanes);
     }
     if constexpr (kGrad) {
-      const V right = load<kTail>(nb.p + i + 1, lanes);
+      const V right = !kDirect || (!kTail && i + lanes < W) ? load<kTail>(nb.p + i + 1, lanes)
+                                                            : load_lanes_or(nb.p + i + 1, 0, lanes - 1, p);
       const V down = load<kTail>(nb.down + i, lanes);
       V tv_grad = V(prm.w_w) * math::tv_grad(left, p, right) + V(prm.w_h) * math::tv_grad(up, p, down);
       if constexpr (k3D) {
@@ -151,6 +162,7 @@ void seg_row(const acc_t* x, const Neighbourhood<acc_t>& nb, const acc_t* t, int
   sums.tv_h = tv_h;
   sums.tv_d = tv_d;
   sums.t_ok = t_ok;
+  sums.p_ok = p_ok;
 }
 
 // alpha * d BCE / d target of one row.
@@ -201,9 +213,13 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
   constexpr bool kCheckTarget = math::kTargetChecked<kLogits, is_float_v<target_t>, std::is_same_v<target_t, bool>>;
   const int64_t W = geo.W, H = geo.H, D = geo.D;
   const int64_t padded = W + 2, slab_rows = geo.rows_per_chunk + 2;
+  // probabilities that are acc_t already (float32 or float64) are read where they are, with
+  // their range checked in seg_row: a ring of them would be a copy (a store and a load an
+  // element, a quarter of the forward's time in float32)
+  constexpr bool kDirect = !kLogits && std::is_same_v<input_t, acc_t>;
   for_each_chunk<SegScratch<acc_t>>(geo.n_chunks(), [&](int64_t chunk, SegScratch<acc_t>& s) {
-    if (s.ring.empty()) {
-      s.ring.resize(3 * slab_rows * padded);
+    if (s.x.empty()) {
+      s.ring.resize(kDirect ? 0 : 3 * slab_rows * padded);
       s.softplus_ring.resize(kLogits ? s.ring.size() : 0);
       s.x.resize(W);
       s.t.resize(W);
@@ -220,11 +236,19 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
     const auto row_offset = [&](int64_t d, int64_t h) { return ((volume * D + d) * H + h) * W; };
     const auto ring_index = [&](int64_t d, int64_t h) { return ((d % 3) * slab_rows + (h - lo)) * padded; };
     const auto ring_row = [&](int64_t d, int64_t h) { return s.ring.data() + ring_index(d, h); };
+    // the probabilities of row h at depth d
+    const auto prob_row = [&](int64_t d, int64_t h) -> const acc_t* {
+      if constexpr (kDirect) {
+        return input + row_offset(d, h);
+      } else {
+        return ring_row(d, h) + 1;
+      }
+    };
     const auto softplus_row = [&](int64_t d, int64_t h) {
       return kLogits ? s.softplus_ring.data() + ring_index(d, h) : nullptr;
     };
     const auto fill_slab = [&](int64_t d) {
-      for (int64_t h = lo; h < hi; ++h) {
+      for (int64_t h = lo; h < hi && !kDirect; ++h) {
         fill_prob_row<acc_t, kLogits>(input + row_offset(d, h), ring_row(d, h), softplus_row(d, h), W, sums);
       }
     };
@@ -234,19 +258,20 @@ void seg_kernel(const SegGeometry& geo, const input_t* input, const target_t* ta
         fill_slab(d + 1);
       }
       for (int64_t h = h0; h < h1; ++h) {
-        const acc_t* p = ring_row(d, h) + 1;
+        const acc_t* p = prob_row(d, h);
         Neighbourhood<acc_t> nb{p, p, p, p, p, softplus_row(d, h)};
-        if (h > 0) nb.up = ring_row(d, h - 1) + 1;
-        if (h < H - 1) nb.down = ring_row(d, h + 1) + 1;
-        if (d > 0) nb.front = ring_row(d - 1, h) + 1;
-        if (d < D - 1) nb.back = ring_row(d + 1, h) + 1;
+        if (h > 0) nb.up = prob_row(d, h - 1);
+        if (h < H - 1) nb.down = prob_row(d, h + 1);
+        if (d > 0) nb.front = prob_row(d - 1, h);
+        if (d < D - 1) nb.back = prob_row(d + 1, h);
 
         const int64_t offset = row_offset(d, h);
         const acc_t* x = kLogits ? load_row(input + offset, s.x.data(), W) : p;
         const acc_t* t = load_row(target + offset, s.t.data(), W);
         acc_t* g = kGrad ? out_row(grad_in + offset, s.grad.data()) : nullptr;
         constexpr bool kStream = std::is_same_v<saved_grad_t<input_t>, acc_t>;
-        seg_row<acc_t, kLogits, k3D, kGrad, kCheckTarget, !is_float_v<target_t>, kStream>(x, nb, t, W, prm, sums, g);
+        seg_row<acc_t, kLogits, k3D, kGrad, kCheckTarget, !is_float_v<target_t>, kStream, kDirect>(
+            x, nb, t, W, prm, sums, g);
         if ((run += W) >= kLaneRunElements) {
           flush(sums, total);
           run = 0;
